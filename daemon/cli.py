@@ -1,0 +1,129 @@
+"""The `contourqa` command: argument parsing and wiring only; the work is done in qa_models and training.
+
+Errors a user can cause end as one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from contourqa import __version__
+from contourqa.qa_models.assessment import AssessConfig, Assessment, assess_files, structure_masks, load_structure
+from contourqa.qa_models.errors import ContourQAError, InputError
+from contourqa.qa_models.geometry import to_sitk
+from contourqa.qa_models.series import load_series
+from contourqa.qa_models.sr_report import write_sr
+
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+
+log = logging.getLogger("contourqa")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contourqa", description="Quality checks of automatically generated contours.")
+    parser.add_argument("--version", action="version", version=f"contourqa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library warnings")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    assess = commands.add_parser("assess", help="screen every ROI of an RTSTRUCT or SEG against its image series")
+    assess.add_argument("image_dir", type=Path, help="folder holding the image series the structures were drawn on")
+    assess.add_argument("structure_file", type=Path, help="RTSTRUCT or SEG file")
+    assess.add_argument("--roi", action="append", default=[], help="assess only this ROI (repeatable)")
+    assess.add_argument("--sr", type=Path, help="write the QA report as a DICOM Comprehensive 3D SR here")
+    assess.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    assess.set_defaults(run=_run_assess)
+
+    rasterise = commands.add_parser("rasterise", help="write one NIfTI mask per ROI on the image grid")
+    rasterise.add_argument("image_dir", type=Path)
+    rasterise.add_argument("structure_file", type=Path)
+    rasterise.add_argument("--out", type=Path, required=True, help="folder for <roi name>.nii.gz files")
+    rasterise.add_argument("--roi", action="append", default=[], help="only this ROI (repeatable)")
+    rasterise.set_defaults(run=_run_rasterise)
+
+    phantom = commands.add_parser("phantom", help="generate synthetic pelvis MR studies with reference and candidates")
+    phantom.add_argument("out_dir", type=Path)
+    phantom.add_argument("--cases", type=int, default=1, help="number of studies (default 1)")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    phantom.add_argument("--size", type=int, nargs=3, metavar=("ROWS", "COLUMNS", "SLICES"), default=(320, 320, 28),
+                         help="image matrix (default 320 320 28)")
+    phantom.set_defaults(run=_run_phantom)
+    return parser
+
+
+def _run_assess(args: argparse.Namespace) -> int:
+    assessment = assess_files(args.image_dir, args.structure_file, AssessConfig(), args.roi)
+    if args.sr:
+        write_sr(assessment, args.sr)
+    if args.json:
+        print(json.dumps(assessment.as_dict(), indent=2))
+    else:
+        _print_table(assessment)
+    return EXIT_OK
+
+
+def _print_table(assessment: Assessment) -> None:
+    print(f"{'ROI':<24} {'volume ml':>10}  {'verdict':<8} failed screens")
+    for roi in assessment.rois:
+        failed = "; ".join(f"{s.name}: {s.detail}" for s in roi.screens if not s.passed) or "-"
+        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f}  {roi.verdict.value:<8} {failed}")
+
+
+def _safe_file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "roi"
+
+
+def _run_rasterise(args: argparse.Namespace) -> int:
+    structure = load_structure(args.structure_file)
+    series = load_series(args.image_dir)
+    masks = structure_masks(structure, series, AssessConfig(), args.roi)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for roi_mask, _ in masks:
+        target = args.out / f"{_safe_file_name(roi_mask.name)}.nii.gz"
+        temporary = target.with_name(f".partial-{target.name}")
+        sitk.WriteImage(to_sitk(roi_mask.mask.astype("uint8"), series.grid), str(temporary), useCompression=True)
+        temporary.replace(target)
+        print(f"{target}\t{int(roi_mask.mask.sum())} voxels")
+    return EXIT_OK
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
+
+    if args.cases < 1:
+        raise InputError("--cases must be at least 1")
+    rows, columns, slices = args.size
+    manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices))
+    print(manifest)
+    return EXIT_OK
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    if not verbose:
+        # highdicom and pydicom warn about inherited header quirks; they are not the user's problem here.
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.run(args)
+    except ContourQAError as error:
+        print(f"contourqa: error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

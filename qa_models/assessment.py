@@ -1,0 +1,158 @@
+"""One structure set (RTSTRUCT or SEG) assessed against its image series: masks, screens, verdicts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+from pydicom.dataset import Dataset
+
+from .errors import InputError
+from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
+from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
+from .seg import SEG_SOP_CLASS, decode_segments
+from .series import ImageSeries, load_series, read_dicom
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_STRUCTURE_CLASSES = {RTSTRUCT_SOP_CLASS: "RT Structure Set", SEG_SOP_CLASS: "Segmentation"}
+
+
+class Verdict(str, Enum):
+    ACCEPT = "accept"
+    REVIEW = "review"
+    REJECT = "reject"
+
+
+class AssessConfig(BaseModel):
+    """Everything that decides a verdict; read once at the edge and passed down."""
+
+    screens: ScreenConfig = Field(default_factory=ScreenConfig)
+    plane_tolerance: float = Field(0.5, gt=0, le=0.5,
+                                   description="largest contour distance from its image plane, in slice spacings")
+
+
+@dataclass
+class RoiAssessment:
+    number: int
+    name: str
+    interpreted_type: str
+    volume_ml: float
+    voxels: int
+    screens: list[ScreenResult]
+    verdict: Verdict
+    warnings: list[str] = field(default_factory=list)
+    segment_number: int | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        result = {
+            "name": self.name, "number": self.number, "interpreted_type": self.interpreted_type,
+            "volume_ml": round(self.volume_ml, 3), "voxels": self.voxels,
+            "screens": [s.as_dict() for s in self.screens], "verdict": self.verdict.value,
+            "warnings": self.warnings,
+        }
+        if self.segment_number is not None:
+            result["segment_number"] = self.segment_number
+        return result
+
+
+@dataclass
+class Assessment:
+    structure: Dataset = field(repr=False)
+    series: ImageSeries = field(repr=False)
+    rois: list[RoiAssessment]
+
+    def as_dict(self) -> dict:
+        s, image = self.structure, self.series
+        return {
+            "structure": {
+                "sop_class_uid": str(s.SOPClassUID),
+                "sop_class": SUPPORTED_STRUCTURE_CLASSES[str(s.SOPClassUID)],
+                "sop_instance_uid": str(s.SOPInstanceUID),
+                "series_instance_uid": str(s.SeriesInstanceUID),
+                "study_instance_uid": str(s.StudyInstanceUID),
+                "frame_of_reference_uid": image.frame_of_reference_uid,
+                "manufacturer": str(s.get("Manufacturer", "")),
+                "software_versions": str(s.get("SoftwareVersions", "")),
+            },
+            "image_series": {
+                "series_instance_uid": image.series_instance_uid,
+                "study_instance_uid": image.study_instance_uid,
+                "modality": image.modality,
+                "shape": list(image.grid.shape),
+                "spacing_mm": [round(float(v), 6) for v in image.grid.spacing],
+                "instances": len(set(image.slice_sop_instance_uids)),
+            },
+            "rois": [r.as_dict() for r in self.rois],
+        }
+
+
+def load_structure(path: str | Path) -> Dataset:
+    """Read an RTSTRUCT or SEG file, refusing every other SOP class."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    dataset = read_dicom(path)
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    if sop_class not in SUPPORTED_STRUCTURE_CLASSES:
+        raise InputError(f"{path}: unsupported SOP class {sop_class or 'missing'} (expected RTSTRUCT or SEG)")
+    return dataset
+
+
+def structure_masks(structure: Dataset, series: ImageSeries, config: AssessConfig,
+                    roi_names: list[str] | None = None) -> list[tuple[RoiMask, str]]:
+    """Masks on the series grid for the chosen ROIs (all when ``roi_names`` is empty), with interpreted types."""
+    if str(structure.SOPClassUID) == SEG_SOP_CLASS:
+        masks = decode_segments(structure, series)
+        if roi_names:
+            wanted = {n.lower() for n in roi_names}
+            missing = wanted - {m.name.lower() for m in masks}
+            if missing:
+                raise InputError(f"ROI '{sorted(missing)[0]}' not found; the segmentation has: "
+                                 f"{', '.join(m.name for m in masks)}")
+            masks = [m for m in masks if m.name.lower() in wanted]
+        return [(m, "") for m in masks]
+    check_references(structure, series)
+    rois = read_rois(structure)
+    if roi_names:
+        rois = [find_roi(rois, name) for name in roi_names]
+    return [(rasterise_roi(roi, series, config.plane_tolerance), roi.interpreted_type) for roi in rois]
+
+
+def verdict_of(screens: list[ScreenResult]) -> Verdict:
+    """Reject when a reject-severity screen failed, review when any other failed, else accept."""
+    failed = [s for s in screens if not s.passed]
+    if any(s.severity is Severity.REJECT for s in failed):
+        return Verdict.REJECT
+    return Verdict.REVIEW if failed else Verdict.ACCEPT
+
+
+def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
+           roi_names: list[str] | None = None) -> Assessment:
+    """Rasterise or decode every ROI, screen it and give it a verdict."""
+    config = config or AssessConfig()
+    body = body_mask(series.array, series.modality)
+    rois = []
+    for roi_mask, interpreted_type in structure_masks(structure, series, config, roi_names):
+        screens = run_screens(roi_mask.mask, series.grid, roi_mask.name, body, config.screens, interpreted_type)
+        voxels = int(roi_mask.mask.sum())
+        rois.append(RoiAssessment(
+            number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
+            volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
+            verdict=verdict_of(screens), warnings=roi_mask.warnings, segment_number=roi_mask.segment_number,
+            mask=roi_mask.mask,
+        ))
+    return Assessment(structure=structure, series=series, rois=rois)
+
+
+def assess_files(image_dir: str | Path, structure_file: str | Path, config: AssessConfig | None = None,
+                 roi_names: list[str] | None = None) -> Assessment:
+    """``assess`` from paths: load the structure first (cheap to refuse), then the series."""
+    structure = load_structure(structure_file)
+    series = load_series(image_dir)
+    return assess(series, structure, config, roi_names)

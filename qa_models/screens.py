@@ -1,0 +1,187 @@
+"""Rule-based failure screens: each a small named function, cheap, returning passed/failed with a
+one-line detail and the numbers behind it.
+
+They catch the gross failures of auto-contouring (the four failure modes of Isaksson et al. 2022:
+empty, uniform binary noise, all ones, a mask shifted far off its organ) and a few common defects
+(implausible volume, gaps between contoured slices, masks cut off by the field of view).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+import numpy as np
+from pydantic import BaseModel, Field
+from scipy import ndimage
+
+from .geometry import Grid
+
+
+class Severity(str, Enum):
+    """What a failed screen does to the verdict."""
+
+    REJECT = "reject"
+    REVIEW = "review"
+
+
+@dataclass
+class ScreenResult:
+    name: str
+    passed: bool
+    detail: str
+    severity: Severity
+    values: dict[str, float | int | str | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        result = asdict(self)
+        result["severity"] = self.severity.value
+        return result
+
+
+class VolumeRange(BaseModel):
+    """Plausible volume of a ROI in ml; ``pattern`` is a regular expression matched against the normalised name."""
+
+    pattern: str
+    min_ml: float = Field(ge=0)
+    max_ml: float = Field(gt=0)
+
+
+DEFAULT_VOLUME_RANGES = [
+    VolumeRange(pattern=r"prostate", min_ml=8, max_ml=200),
+    VolumeRange(pattern=r"bladder", min_ml=20, max_ml=1200),
+    VolumeRange(pattern=r"rectum", min_ml=5, max_ml=300),
+    VolumeRange(pattern=r"femo|femur", min_ml=10, max_ml=600),
+]
+
+
+class ScreenConfig(BaseModel):
+    """Thresholds of the screens; every default is documented in the README."""
+
+    max_fov_fraction: float = Field(0.3, gt=0, le=1, description="largest share of the field of view a ROI may fill")
+    max_outside_body_fraction: float = Field(0.1, ge=0, le=1, description="largest share of a ROI outside the body")
+    max_components: int = Field(2, ge=1, description="most connected components (26-connected) before review")
+    noise_surface_fraction: float = Field(0.6, gt=0, le=1,
+                                          description="share of surface voxels above which a mask is noise")
+    noise_min_voxels: int = Field(100, ge=1, description="smallest mask the noise rule judges")
+    max_slice_gaps: int = Field(0, ge=0, description="empty slices allowed between contoured ones")
+    volume_ranges: list[VolumeRange] = Field(default_factory=lambda: list(DEFAULT_VOLUME_RANGES))
+    large_roi_types: list[str] = Field(default_factory=lambda: ["EXTERNAL", "BODY"],
+                                       description="RTROIInterpretedType values exempt from the size screens")
+
+
+def normalised_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def screen_empty(mask: np.ndarray) -> ScreenResult:
+    voxels = int(mask.sum())
+    detail = "mask is empty" if voxels == 0 else f"{voxels} voxels"
+    return ScreenResult("empty", voxels > 0, detail, Severity.REJECT, {"voxels": voxels})
+
+
+def screen_fov_fraction(mask: np.ndarray, config: ScreenConfig) -> ScreenResult:
+    fraction = float(mask.mean())
+    passed = fraction <= config.max_fov_fraction
+    detail = f"fills {fraction:.1%} of the field of view (limit {config.max_fov_fraction:.0%})"
+    return ScreenResult("fov_fraction", passed, detail, Severity.REJECT, {"fraction": fraction})
+
+
+def screen_outside_body(mask: np.ndarray, body: np.ndarray, config: ScreenConfig) -> ScreenResult:
+    voxels = int(mask.sum())
+    fraction = float((mask & ~body).sum() / voxels) if voxels else 0.0
+    passed = fraction <= config.max_outside_body_fraction
+    detail = f"{fraction:.1%} of the mask lies outside the body (limit {config.max_outside_body_fraction:.0%})"
+    return ScreenResult("outside_body", passed, detail, Severity.REJECT, {"fraction": fraction})
+
+
+def screen_fragmentation(mask: np.ndarray, config: ScreenConfig) -> ScreenResult:
+    """Connected components and the share of surface voxels: noise is many tiny, all-surface pieces."""
+    labels, components = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    voxels = int(mask.sum())
+    if voxels == 0:
+        return ScreenResult("fragmentation", True, "no voxels", Severity.REVIEW, {"components": 0})
+    largest = int(np.bincount(labels.ravel())[1:].max())
+    # In-plane erosion: a thin stack of slices is not all surface, uniform noise is.
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    surface = int((mask & ~ndimage.binary_erosion(mask, in_plane)).sum())
+    surface_fraction = surface / voxels
+    values = {"components": int(components), "largest_fraction": largest / voxels, "surface_fraction": surface_fraction}
+    detail = (f"{components} component(s), largest {largest / voxels:.1%} of the volume, "
+              f"{surface_fraction:.0%} surface voxels")
+    if surface_fraction > config.noise_surface_fraction and voxels >= config.noise_min_voxels:
+        return ScreenResult("fragmentation", False, "noise-like mask: " + detail, Severity.REJECT, values)
+    return ScreenResult("fragmentation", components <= config.max_components, detail, Severity.REVIEW, values)
+
+
+def screen_volume(mask: np.ndarray, grid: Grid, roi_name: str, config: ScreenConfig) -> ScreenResult:
+    volume_ml = float(mask.sum()) * grid.voxel_volume_ml
+    name = normalised_name(roi_name)
+    for expected in config.volume_ranges:
+        if re.search(expected.pattern, name):
+            passed = expected.min_ml <= volume_ml <= expected.max_ml
+            detail = f"{volume_ml:.1f} ml ({'within' if passed else 'outside'} {expected.min_ml:g}-{expected.max_ml:g} ml)"
+            return ScreenResult("volume_range", passed, detail, Severity.REVIEW,
+                                {"volume_ml": volume_ml, "min_ml": expected.min_ml, "max_ml": expected.max_ml})
+    return ScreenResult("volume_range", True, f"{volume_ml:.1f} ml (no range configured for '{roi_name}')",
+                        Severity.REVIEW, {"volume_ml": volume_ml})
+
+
+def screen_slice_gaps(mask: np.ndarray, config: ScreenConfig) -> ScreenResult:
+    contoured = np.flatnonzero(mask.any(axis=(1, 2)))
+    if contoured.size == 0:
+        return ScreenResult("slice_gaps", True, "no contoured slices", Severity.REVIEW, {"gaps": 0})
+    present = set(contoured.tolist())
+    empty = [k for k in range(int(contoured[0]), int(contoured[-1]) + 1) if k not in present]
+    passed = len(empty) <= config.max_slice_gaps
+    detail = (f"{len(empty)} empty slice(s) between contoured slices {contoured[0]}-{contoured[-1]}"
+              + (f": {', '.join(map(str, empty[:8]))}{' ...' if len(empty) > 8 else ''}" if empty else ""))
+    return ScreenResult("slice_gaps", passed, detail, Severity.REVIEW, {"gaps": len(empty)})
+
+
+def screen_fov_edge(mask: np.ndarray) -> ScreenResult:
+    """A mask touching the edge of the field of view (in-plane or first/last slice) may be cut off."""
+    edges = {
+        "first slice": mask[0].any(), "last slice": mask[-1].any(),
+        "top row": mask[:, 0, :].any(), "bottom row": mask[:, -1, :].any(),
+        "left column": mask[:, :, 0].any(), "right column": mask[:, :, -1].any(),
+    }
+    touched = [name for name, hit in edges.items() if hit]
+    detail = f"touches the {', '.join(touched)} of the field of view" if touched else "inside the field of view"
+    return ScreenResult("fov_edge", not touched, detail, Severity.REVIEW, {"edges": ",".join(touched)})
+
+
+def body_mask(image: np.ndarray, modality: str = "MR") -> np.ndarray:
+    """The patient's body: voxels above the background level, holes filled slice by slice, lightly dilated.
+
+    CT uses a fixed -500 HU; other modalities 10 % of the way from the 1st to the 99th percentile,
+    which keeps dark tissue (tumour on T1, fluid) inside the body where an Otsu split would not.
+    """
+    finite = image[np.isfinite(image)]
+    if finite.size == 0 or float(finite.max()) == float(finite.min()):
+        return np.ones(image.shape, dtype=bool)
+    if modality == "CT":
+        threshold = -500.0
+    else:
+        low, high = np.percentile(finite, [1, 99])
+        threshold = float(low + 0.1 * (high - low))
+    body = image > threshold
+    body = np.stack([ndimage.binary_fill_holes(plane) for plane in body])
+    return ndimage.binary_dilation(body, iterations=2)
+
+
+def run_screens(mask: np.ndarray, grid: Grid, roi_name: str, body: np.ndarray, config: ScreenConfig,
+                interpreted_type: str = "") -> list[ScreenResult]:
+    """Every screen for one ROI, in a fixed order. Body-sized ROIs skip the size screens."""
+    results = [screen_empty(mask)]
+    if interpreted_type.upper() not in config.large_roi_types:
+        results += [screen_fov_fraction(mask, config), screen_outside_body(mask, body, config)]
+    results += [
+        screen_fragmentation(mask, config),
+        screen_volume(mask, grid, roi_name, config),
+        screen_slice_gaps(mask, config),
+        screen_fov_edge(mask),
+    ]
+    return results

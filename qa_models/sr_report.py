@@ -1,0 +1,149 @@
+"""The QA result of one structure set as a DICOM Comprehensive 3D SR (TID 1500), built with highdicom.
+
+One measurement group per ROI: tracking identifier (ROI number and name), finding site where the
+name maps to a known code, the ROI volume, each screen as a qualitative evaluation, and the verdict.
+Screens and verdicts have no standard codes, so they live in the private scheme ``99CQA``, declared
+in CodingSchemeIdentificationSequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from contourqa import NAME, __version__
+
+from .assessment import Assessment, RoiAssessment
+from .screens import normalised_name
+from .seg import SEG_SOP_CLASS
+
+PRIVATE_SCHEME = "99CQA"
+# Standard code for Dice measurements; pydicom's code dictionary lacks it.
+DICE_SIMILARITY = hd.sr.CodedConcept("130920", "DCM", "Dice Similarity Coefficient")
+VERDICT = hd.sr.CodedConcept("VERDICT", PRIVATE_SCHEME, "Contour quality verdict")
+VERDICT_VALUES = {
+    "accept": hd.sr.CodedConcept("ACCEPT", PRIVATE_SCHEME, "Contour accepted"),
+    "review": hd.sr.CodedConcept("REVIEW", PRIVATE_SCHEME, "Contour needs review"),
+    "reject": hd.sr.CodedConcept("REJECT", PRIVATE_SCHEME, "Contour rejected"),
+}
+SCREEN_CONCEPTS = {
+    "empty": hd.sr.CodedConcept("S-EMPTY", PRIVATE_SCHEME, "Non-empty mask screen passed"),
+    "fov_fraction": hd.sr.CodedConcept("S-FOVFRAC", PRIVATE_SCHEME, "Field of view fraction screen passed"),
+    "outside_body": hd.sr.CodedConcept("S-OUTBODY", PRIVATE_SCHEME, "Inside body screen passed"),
+    "fragmentation": hd.sr.CodedConcept("S-FRAG", PRIVATE_SCHEME, "Fragmentation screen passed"),
+    "volume_range": hd.sr.CodedConcept("S-VOLUME", PRIVATE_SCHEME, "Plausible volume screen passed"),
+    "slice_gaps": hd.sr.CodedConcept("S-GAPS", PRIVATE_SCHEME, "Slice gap screen passed"),
+    "fov_edge": hd.sr.CodedConcept("S-FOVEDGE", PRIVATE_SCHEME, "Field of view edge screen passed"),
+}
+YES, NO = codes.SCT.Yes, codes.SCT.No
+MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+
+# Anatomy the finding site can name: (pattern on the normalised ROI name, code, laterality).
+_FINDING_SITES = [
+    (r"prostate", codes.SCT.Prostate),
+    (r"bladder", codes.SCT.Bladder),
+    (r"rectum", codes.SCT.Rectum),
+    (r"femo|femur", codes.SCT.FemoralHead),
+]
+_LEFT, _RIGHT = re.compile(r"(^|_)(l|left|lt)($|_)"), re.compile(r"(^|_)(r|right|rt)($|_)")
+
+
+@dataclass(frozen=True)
+class SrIdentity:
+    """UIDs and numbers of the SR to write; created once by the caller so tests can fix them."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int = 9901
+    instance_number: int = 1
+
+    @classmethod
+    def new(cls) -> "SrIdentity":
+        return cls(series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())
+
+
+def finding_site(roi_name: str) -> hd.sr.FindingSite | None:
+    """The coded anatomy of a ROI name, with laterality, or None when the name is not recognised."""
+    name = normalised_name(roi_name)
+    for pattern, code in _FINDING_SITES:
+        if re.search(pattern, name):
+            laterality = codes.SCT.Left if _LEFT.search(name) else codes.SCT.Right if _RIGHT.search(name) else None
+            return hd.sr.FindingSite(anatomic_location=code, laterality=laterality)
+    return None
+
+
+def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd.sr.AlgorithmIdentification):
+    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"ROI {roi.number}: {roi.name}")
+    site = finding_site(roi.name)
+    arguments = dict(
+        tracking_identifier=tracking,
+        algorithm_id=algorithm,
+        finding_sites=[site] if site else None,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=round(roi.volume_ml, 4), unit=MILLILITRE)],
+        qualitative_evaluations=[
+            *(hd.sr.QualitativeEvaluation(SCREEN_CONCEPTS[s.name], YES if s.passed else NO) for s in roi.screens),
+            hd.sr.QualitativeEvaluation(VERDICT, VERDICT_VALUES[roi.verdict.value]),
+        ],
+    )
+    structure = assessment.structure
+    if str(structure.SOPClassUID) == SEG_SOP_CLASS:
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=str(structure.SOPClassUID), sop_instance_uid=str(structure.SOPInstanceUID),
+            segment_number=roi.segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(assessment.series.series_instance_uid),
+        )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **arguments)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(**arguments)
+
+
+def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensive3DSR:
+    """The SR dataset of an assessment; patient and study identity come from the assessed structure set."""
+    algorithm = hd.sr.AlgorithmIdentification(name=NAME, version=__version__)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.sop_instance_uid, name=NAME, manufacturer_name=NAME, model_name=__version__),
+    )
+    procedure = (codes.LN.CTUnspecifiedBodyRegion if assessment.series.modality == "CT"
+                 else codes.LN.MRIUnspecifiedBodyRegion)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure,
+        imaging_measurements=[_measurement_group(roi, assessment, algorithm) for roi in assessment.rois],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[assessment.structure, *assessment.series.datasets],
+        content=report,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=NAME,
+        is_complete=True,
+        series_description="contourqa contour QA report",
+    )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "contourqa contour quality codes"
+    scheme.CodingSchemeResponsibleOrganization = "contourqa project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def write_sr(assessment: Assessment, path: str | Path, identity: SrIdentity | None = None) -> Path:
+    """Write the SR atomically: a temporary file renamed into place, so no partial file is left behind."""
+    path = Path(path)
+    sr = build_sr(assessment, identity or SrIdentity.new())
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        sr.save_as(temporary, enforce_file_format=True)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

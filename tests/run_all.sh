@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs them. README's second command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v storescu >/dev/null || missing+=(dcmtk)
+command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+command -v plastimatch >/dev/null || missing+=(plastimatch)
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python -m pip install -q -e '.[test]'
+
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ $status -eq 5 ]; then
+    echo "pytest collected no tests: failing" >&2
+    exit 1
+fi
+exit $status
