@@ -1,0 +1,51 @@
+"""Shared fixtures: phantom studies made by the project's own generator, and the real vendor data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+SMALL = PhantomSpec(rows=128, columns=128, slices=28)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real vendor data not found at {REALDATA}")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> Path:
+    """Two small phantom studies; seed 1 makes case000 oblique and case001 axial."""
+    out = tmp_path_factory.mktemp("phantom")
+    generate_phantom_studies(out, cases=2, seed=1, spec=SMALL)
+    return out
+
+
+@pytest.fixture
+def case_copy(phantom, tmp_path) -> Path:
+    """A private copy of case001 that a test may damage."""
+    target = tmp_path / "case"
+    shutil.copytree(phantom / "case001", target)
+    return target
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed console entry point, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "contourqa.daemon.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; tests/run_all.sh installs it")
+    return path
