@@ -32,7 +32,8 @@ class AssessConfig(BaseModel):
     """Everything that decides a verdict; read once at the edge and passed down."""
 
     screens: ScreenConfig = Field(default_factory=ScreenConfig)
-    plane_tolerance: float = Field(0.5, gt=0, le=0.5,
+    # Stricter than half a spacing: a contour midway between two planes is reported, not assigned to either.
+    plane_tolerance: float = Field(0.25, gt=0, le=0.5,
                                    description="largest contour distance from its image plane, in slice spacings")
 
 

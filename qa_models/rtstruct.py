@@ -94,7 +94,7 @@ def check_references(dataset: Dataset, series: ImageSeries) -> None:
             f"the image folder holds {series.series_instance_uid}")
 
 
-def rasterise_roi(roi: Roi, series: ImageSeries, plane_tolerance: float = 0.5) -> RoiMask:
+def rasterise_roi(roi: Roi, series: ImageSeries, plane_tolerance: float = 0.25) -> RoiMask:
     """The ROI's CLOSED_PLANAR contours filled on the series grid (even-odd per slice).
 
     ``plane_tolerance`` is the largest distance, in slice spacings, between a contour and the image
