@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except ContourQAError as error:
         print(f"contourqa: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except OSError as error:  # unreadable input or unwritable output named on the command line
+        print(f"contourqa: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

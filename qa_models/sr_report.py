@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from contourqa import NAME, __version__
 
 from .assessment import Assessment, RoiAssessment
+from .errors import InputError
 from .screens import normalised_name
 from .seg import SEG_SOP_CLASS
 
@@ -144,6 +145,8 @@ def write_sr(assessment: Assessment, path: str | Path, identity: SrIdentity | No
     try:
         sr.save_as(temporary, enforce_file_format=True)
         temporary.replace(path)
+    except OSError as error:
+        raise InputError(f"cannot write the SR to {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -1,0 +1,157 @@
+import json
+import subprocess
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from conftest import require_tool, run_cli
+
+
+def assert_one_line_error(result, fragment):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("contourqa: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0]
+
+
+def test_assess_json_reports_every_roi(phantom, tmp_path):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "candidates" / "auto01.dcm", "--json", "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    structure = pydicom.dcmread(study / "candidates" / "auto01.dcm")
+    assert report["structure"]["sop_instance_uid"] == structure.SOPInstanceUID
+    assert report["structure"]["sop_class"] == "RT Structure Set"
+    assert report["image_series"]["instances"] == 28
+    assert [r["name"] for r in report["rois"]] == ["Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"]
+    for roi in report["rois"]:
+        assert roi["verdict"] in {"accept", "review", "reject"}
+        assert roi["volume_ml"] > 0
+        assert {s["name"] for s in roi["screens"]} >= {"empty", "fragmentation", "volume_range"}
+        assert all(set(s) >= {"name", "passed", "detail"} for s in roi["screens"])
+    assert (tmp_path / "sr.dcm").is_file()
+
+
+@pytest.mark.parametrize("candidate", ["failure_empty.dcm", "failure_all_ones.dcm", "failure_noise_seg.dcm"])
+def test_failure_modes_are_rejected(phantom, candidate):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "candidates" / candidate, "--json")
+    assert result.returncode == 0, result.stderr
+    assert {r["verdict"] for r in json.loads(result.stdout)["rois"]} == {"reject"}
+
+
+def test_shifted_failure_is_rejected_where_it_leaves_the_body(phantom):
+    # A shift that keeps a ROI inside the body is left to the Dice regressor; the screens catch the rest.
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "candidates" / "failure_shifted.dcm", "--json")
+    rois = json.loads(result.stdout)["rois"]
+    for roi in rois:
+        outside = next(s for s in roi["screens"] if s["name"] == "outside_body")
+        assert (roi["verdict"] == "reject") == (not outside["passed"] or roi["voxels"] == 0)
+    assert sum(r["verdict"] == "reject" for r in rois) >= 4
+
+
+def test_reference_contours_are_not_rejected(phantom):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "reference.dcm", "--json")
+    verdicts = [r["verdict"] for r in json.loads(result.stdout)["rois"]]
+    assert "reject" not in verdicts and verdicts[0] == "accept"
+
+
+def test_not_dicom(phantom, tmp_path):
+    bogus = tmp_path / "struct.dcm"
+    bogus.write_text("hello")
+    assert_one_line_error(run_cli("assess", phantom / "case001" / "image", bogus), "not a DICOM file")
+
+
+def test_unsupported_sop_class(phantom, tmp_path):
+    image = next((phantom / "case001" / "image").iterdir())
+    result = run_cli("assess", phantom / "case001" / "image", image, "--sr", tmp_path / "sr.dcm")
+    assert_one_line_error(result, "unsupported SOP class 1.2.840.10008.5.1.4.1.1.4")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial SR
+
+
+def test_frame_of_reference_differs(phantom, tmp_path):
+    ds = pydicom.dcmread(phantom / "case001" / "reference.dcm")
+    other = generate_uid()
+    ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
+    for roi in ds.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = other
+    ds.save_as(tmp_path / "rs.dcm")
+    result = run_cli("assess", phantom / "case001" / "image", tmp_path / "rs.dcm", "--sr", tmp_path / "sr.dcm")
+    assert_one_line_error(result, "frame of reference")
+    assert not (tmp_path / "sr.dcm").exists()
+
+
+def test_real_structure_set_of_another_frame_of_reference(realdata, tmp_path):
+    # rt-utils ships an RTSTRUCT whose frame of reference does not match its CT.
+    base = realdata / "rt-utils" / "tests"
+    mismatched = sorted(base.rglob("*.dcm"))
+    candidates = [p for p in mismatched if "mismatch" in str(p).lower() or "invalid" in str(p).lower()]
+    if not candidates:
+        pytest.fail(f"no mismatched RTSTRUCT found under {base}")
+    image_dir = next(p.parent for p in mismatched if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CT")
+    result = run_cli("assess", image_dir, candidates[0])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_referenced_images_missing(case_copy, tmp_path):
+    series_files = sorted((case_copy / "image").iterdir(),
+                          key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    # Remove the top slices, where the bladder is drawn: the series stays regular but shorter.
+    for path in series_files[-8:]:
+        path.unlink()
+    result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--sr", tmp_path / "sr.dcm")
+    assert_one_line_error(result, "referenced images missing")
+    assert not (tmp_path / "sr.dcm").exists()
+
+
+def test_roi_name_not_found(phantom):
+    result = run_cli("assess", phantom / "case001" / "image", phantom / "case001" / "reference.dcm", "--roi", "Liver")
+    assert_one_line_error(result, "ROI 'Liver' not found; the structure set has: Prostate, Bladder")
+
+
+def test_unwritable_sr_path(phantom, tmp_path):
+    result = run_cli("assess", phantom / "case001" / "image", phantom / "case001" / "reference.dcm",
+                     "--sr", tmp_path / "missing" / "sr.dcm")
+    assert_one_line_error(result, "cannot write the SR")
+
+
+def test_missing_image_folder(phantom, tmp_path):
+    assert_one_line_error(run_cli("assess", tmp_path / "nowhere", phantom / "case001" / "reference.dcm"), "not a folder")
+
+
+def test_phantom_objects_validate_with_dciodvfy(phantom):
+    dciodvfy = require_tool("dciodvfy")
+    study = phantom / "case000"
+    paths = [next((study / "image").iterdir()), study / "reference.dcm", study / "candidates" / "auto01_binary_seg.dcm",
+             study / "candidates" / "auto02_fractional_seg.dcm", study / "candidates" / "failure_empty.dcm"]
+    for path in paths:
+        result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], path.name
+
+
+def test_phantom_manifest_and_reproducibility(tmp_path):
+    first = run_cli("phantom", tmp_path / "a", "--cases", "1", "--seed", "7", "--size", "64", "64", "28")
+    second = run_cli("phantom", tmp_path / "b", "--cases", "1", "--seed", "7", "--size", "64", "64", "28")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    header = (tmp_path / "a" / "manifest.csv").read_text().splitlines()[0]
+    assert header.startswith("case_id,image,reference,candidate,roi")
+    rows = (tmp_path / "a" / "manifest.csv").read_text().splitlines()[1:]
+    assert len(rows) == 5 * (6 + 2 + 4)
+    kinds_a = [r.split(",")[5] for r in rows]
+    kinds_b = [r.split(",")[5] for r in (tmp_path / "b" / "manifest.csv").read_text().splitlines()[1:]]
+    assert kinds_a == kinds_b
+    for row in rows:
+        case_id, image, reference, candidate = row.split(",")[:4]
+        assert (tmp_path / "a" / image).is_dir() and (tmp_path / "a" / candidate).is_file()
+    pixels = lambda root: sorted(pydicom.dcmread(p).PixelData for p in (root / "case000" / "image").iterdir())  # noqa: E731
+    assert pixels(tmp_path / "a") == pixels(tmp_path / "b")
+
+
+def test_phantom_refuses_zero_cases(tmp_path):
+    assert_one_line_error(run_cli("phantom", tmp_path, "--cases", "0"), "--cases must be at least 1")
