@@ -85,17 +85,15 @@ def test_frame_of_reference_differs(phantom, tmp_path):
     assert not (tmp_path / "sr.dcm").exists()
 
 
-def test_real_structure_set_of_another_frame_of_reference(realdata, tmp_path):
-    # rt-utils ships an RTSTRUCT whose frame of reference does not match its CT.
-    base = realdata / "rt-utils" / "tests"
-    mismatched = sorted(base.rglob("*.dcm"))
-    candidates = [p for p in mismatched if "mismatch" in str(p).lower() or "invalid" in str(p).lower()]
-    if not candidates:
-        pytest.fail(f"no mismatched RTSTRUCT found under {base}")
-    image_dir = next(p.parent for p in mismatched if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CT")
-    result = run_cli("assess", image_dir, candidates[0])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("structure, fragment", [
+    ("rt.dcm", "differs from the series"),  # rt-utils: frame of reference does not match the CT
+    ("invalid_reference_rt.dcm", "referenced images missing"),  # MIM: 3 of its 5 CT slices are absent
+])
+def test_real_structure_sets_with_bad_references(realdata, tmp_path, structure, fragment):
+    base = realdata / "rt-utils" / "tests" / "mock_data"
+    result = run_cli("assess", base, base / structure, "--sr", tmp_path / "sr.dcm")
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "sr.dcm").exists()
 
 
 def test_referenced_images_missing(case_copy, tmp_path):
