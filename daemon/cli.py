@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import SimpleITK as sitk
+from pydantic import ValidationError
 
 from contourqa import __version__
 from contourqa.qa_models.assessment import AssessConfig, Assessment, assess_files, structure_masks, load_structure
@@ -54,6 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--size", type=int, nargs=3, metavar=("ROWS", "COLUMNS", "SLICES"), default=(320, 320, 28),
                          help="image matrix (default 320 320 28)")
     phantom.set_defaults(run=_run_phantom)
+
+    train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
+    train.add_argument("--manifest", type=Path, required=True, help="CSV: case_id,image,reference,candidate,roi[,...]")
+    train.add_argument("--out", type=Path, required=True, help="model folder to write")
+    train.add_argument("--arch", choices=("efficientdet3d", "regnet3d"), help="network (default efficientdet3d)")
+    train.add_argument("--epochs", type=int, help="epochs per fold (default 30)")
+    train.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default 100)")
+    train.add_argument("--batch-size", type=int, help="samples per batch (default 8)")
+    train.add_argument("--folds", type=int, help="k-fold cross-validation by case; the folds form the ensemble (default 1)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--loss", choices=("mse", "huber"), help="loss (default mse)")
+    train.add_argument("--name", help="model name written in the card")
+    train.add_argument("--model-version", dest="version", help="model version written in the card")
+    train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
+    train.set_defaults(run=_run_train)
     return parser
 
 
@@ -102,6 +120,29 @@ def _run_phantom(args: argparse.Namespace) -> int:
     manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices))
     print(manifest)
     return EXIT_OK
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from contourqa.training.train import TrainConfig, train
+
+    overrides = {key: value for key, value in {
+        "architecture": args.arch, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed, "loss": args.loss,
+        "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
+    try:
+        config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+    except ValidationError as error:
+        raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
+    card = train(args.manifest, args.out, config, resume=args.resume)
+    summary = card.cross_validation
+    print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
+          + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))
+    return EXIT_OK
+
+
+def _first_validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -1,0 +1,151 @@
+"""A trained Dice regressor as a self-describing folder (``model.json`` card + ``weights.pt``), and the
+predictor that loads it. It knows nothing about training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from .crop import InputSpec, bounding_box, crop_input
+from .errors import InputError
+from .geometry import Grid
+from .networks import build_network
+
+CARD_FILE, WEIGHTS_FILE = "model.json", "weights.pt"
+
+
+class ModelCard(BaseModel):
+    """What a model is, what it was trained on, how well it did, and what it may be used for."""
+
+    name: str
+    version: str
+    architecture: str
+    input: InputSpec
+    modalities: list[str] = Field(description="image modalities it is valid for")
+    roi_names: list[str] = Field(description="ROI names (case-insensitive) it is valid for")
+    contourqa_version: str
+    created: str
+    seed: int | None = None
+    training_data: dict = Field(default_factory=dict)
+    cross_validation: dict = Field(default_factory=dict)
+    evaluation: dict = Field(default_factory=dict)
+    training_command: str = ""
+    ensemble_size: int = 1
+
+
+def device_for(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Prediction:
+    dice: float
+    low: float  # 5th percentile of the MC-dropout / ensemble samples
+    high: float  # 95th percentile
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package, used when no other is configured."""
+    return Path(str(resources.files("contourqa.qa_models") / "default_model"))
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    path = Path(model_dir) / CARD_FILE
+    try:
+        return ModelCard.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{model_dir}: not a model folder (no {CARD_FILE})") from None
+    except (ValidationError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
+
+
+class DicePredictor:
+    """Predicts the Dice a mask would score against an expert reference, without the reference."""
+
+    def __init__(self, card: ModelCard, networks: list[torch.nn.Module], device: torch.device):
+        self.card, self.networks, self.device = card, networks, device
+
+    @classmethod
+    def from_model_folder(cls, model_dir: str | Path, device: str = "auto") -> "DicePredictor":
+        model_dir = Path(model_dir)
+        card = read_card(model_dir)
+        target = device_for(device)
+        try:
+            # weights_only: a model folder may come from elsewhere; never unpickle arbitrary objects.
+            states = torch.load(model_dir / WEIGHTS_FILE, map_location=target, weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"{model_dir}: model folder lacks {WEIGHTS_FILE}") from None
+        except (RuntimeError, ValueError, EOFError) as error:
+            raise InputError(f"{model_dir / WEIGHTS_FILE}: unreadable weights ({error})") from None
+        networks = []
+        for state in states if isinstance(states, list) else [states]:
+            network = build_network(card.architecture, len(card.input.channels))
+            try:
+                network.load_state_dict(state)
+            except RuntimeError as error:
+                raise InputError(f"{model_dir}: weights do not match architecture {card.architecture} "
+                                 f"({str(error).splitlines()[0]})") from None
+            networks.append(network.to(target).eval())
+        return cls(card, networks, target)
+
+    def check_applicable(self, roi_name: str, modality: str) -> None:
+        """Refuse a ROI or modality the model was not trained for: no silent wrong number."""
+        if modality.upper() not in {m.upper() for m in self.card.modalities}:
+            raise InputError(f"model {self.card.name} {self.card.version} is valid for {', '.join(self.card.modalities)} "
+                             f"images, not {modality or 'unknown modality'}")
+        if roi_name.lower() not in {n.lower() for n in self.card.roi_names}:
+            raise InputError(f"model {self.card.name} {self.card.version} is not valid for ROI '{roi_name}' "
+                             f"(valid: {', '.join(self.card.roi_names)})")
+
+    def applies_to(self, roi_name: str, modality: str) -> bool:
+        try:
+            self.check_applicable(roi_name, modality)
+        except InputError:
+            return False
+        return True
+
+    def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid,
+                      entropy: np.ndarray | None = None) -> torch.Tensor:
+        spec = self.card.input
+        channels = [torch.from_numpy(mask.astype(np.float32))]
+        if "entropy" in spec.channels:
+            channels.append(torch.from_numpy((entropy if entropy is not None else np.zeros(mask.shape)).astype(np.float32)))
+        return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), channels,
+                          bounding_box(mask, grid, spec), grid, spec)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0,
+                entropy: np.ndarray | None = None) -> Prediction:
+        """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval.
+
+        The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
+        ensemble members; without either it collapses to the point estimate.
+        """
+        x = self.network_input(image, mask, grid, entropy).unsqueeze(0).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        points = torch.stack([network(x)[0] for network in self.networks])
+        samples = [points]
+        if mc_samples > 0:
+            batch = x.expand(mc_samples, *x.shape[1:])
+            for network in self.networks:
+                _dropout_on(network, True)
+                samples.append(network(batch))
+                _dropout_on(network, False)
+        values = torch.cat(samples).float().cpu().numpy()
+        return Prediction(float(points.mean()), float(np.percentile(values, 5)), float(np.percentile(values, 95)))
+
+
+def _dropout_on(network: torch.nn.Module, active: bool) -> None:
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout3d)):
+            module.train(active)

@@ -1,0 +1,112 @@
+"""Rasterised training data, computed once per case and kept on disk, so epochs never re-read DICOM.
+
+A case holds its image, the reference mask of every ROI in the manifest, and every candidate mask
+with its true Dice, computed by contourqa's own rasteriser at the image's resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+from contourqa.qa_models.geometry import Grid
+from contourqa.qa_models.series import load_series
+
+from .manifest import ManifestRow
+
+log = logging.getLogger(__name__)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice similarity coefficient of two boolean masks; two empty masks agree perfectly."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+@dataclass
+class Candidate:
+    row: ManifestRow
+    mask: np.ndarray
+    dice: float
+
+
+@dataclass
+class CachedCase:
+    case_id: str
+    image: np.ndarray
+    grid: Grid
+    modality: str
+    references: dict[str, np.ndarray]
+    candidates: list[Candidate]
+
+
+def _masks_by_roi(path: Path, series, rois: set[str]) -> dict[str, np.ndarray]:
+    structure = load_structure(path)
+    return {m.name.lower(): m.mask for m, _ in structure_masks(structure, series, AssessConfig(), sorted(rois))}
+
+
+def _key(rows: list[ManifestRow]) -> str:
+    text = "|".join(f"{r.image}:{r.reference}:{r.candidate}:{r.roi}:{r.candidate.stat().st_mtime_ns}" for r in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_case(rows: list[ManifestRow], cache_dir: Path | None = None) -> CachedCase:
+    """One case (all manifest rows of one case_id), from the cache when it is there and current."""
+    case_id = rows[0].case_id
+    cache_file = cache_dir / f"{case_id}-{_key(rows)}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.exists():
+        return _read(cache_file, rows)
+    series = load_series(rows[0].image)
+    rois = {r.roi for r in rows}
+    references = {name: mask for name, mask in _masks_by_roi(rows[0].reference, series, rois).items()}
+    by_file: dict[Path, dict[str, np.ndarray]] = {}
+    candidates = []
+    for row in rows:
+        if row.candidate not in by_file:
+            by_file[row.candidate] = _masks_by_roi(row.candidate, series, {r.roi for r in rows if r.candidate == row.candidate})
+        mask = by_file[row.candidate][row.roi.lower()]
+        candidates.append(Candidate(row, mask, dice(mask, references[row.roi.lower()])))
+    case = CachedCase(case_id, series.array, series.grid, series.modality, references, candidates)
+    if cache_file is not None:
+        _write(cache_file, case)
+    return case
+
+
+def _write(path: Path, case: CachedCase) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"image": case.image, "origin": case.grid.origin, "spacing": case.grid.spacing,
+              "direction": case.grid.direction, "modality": np.array(case.modality),
+              "dice": np.array([c.dice for c in case.candidates])}
+    arrays.update({f"reference/{name}": np.packbits(mask) for name, mask in case.references.items()})
+    arrays.update({f"candidate/{n}": np.packbits(c.mask) for n, c in enumerate(case.candidates)})
+    temporary = path.with_name(path.name + ".partial.npz")
+    np.savez(temporary, **arrays)
+    temporary.replace(path)
+
+
+def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
+    with np.load(path) as data:
+        image = data["image"]
+        grid = Grid(data["origin"], data["spacing"], data["direction"], image.shape)
+        size = image.size
+        unpack = lambda packed: np.unpackbits(packed, count=size).astype(bool).reshape(image.shape)  # noqa: E731
+        references = {k.split("/", 1)[1]: unpack(data[k]) for k in data.files if k.startswith("reference/")}
+        candidates = [Candidate(row, unpack(data[f"candidate/{n}"]), float(data["dice"][n])) for n, row in enumerate(rows)]
+        return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates)
+
+
+def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None) -> list[CachedCase]:
+    """Every case of a manifest, in order of first appearance."""
+    by_case: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        by_case.setdefault(row.case_id, []).append(row)
+    cases = []
+    for number, (case_id, case_rows) in enumerate(by_case.items(), start=1):
+        log.info("case %s (%d/%d)", case_id, number, len(by_case))
+        cases.append(load_case(case_rows, cache_dir))
+    return cases

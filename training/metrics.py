@@ -1,0 +1,37 @@
+"""How well predicted Dice tracks true Dice, in the terms of Isaksson et al. 2022 and the Reg-net study."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+DICE_BANDS = ((0.0, 0.5), (0.5, 0.75), (0.75, 0.8), (0.8, 0.9), (0.9, 1.0001))
+
+
+def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: float = 0.75,
+                       accept_above: float = 0.8) -> dict:
+    """MAE, max error, correlations, MAE per band, the study's global accuracy rule, and QC flagging.
+
+    A prediction fails the global rule when it is below ``flag_below`` while the truth is above
+    ``accept_above``, or above ``accept_above`` while the truth is below ``flag_below``.
+    """
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    error = np.abs(predicted - true)
+    wrong = ((predicted < flag_below) & (true > accept_above)) | ((predicted > accept_above) & (true < flag_below))
+    flagged, bad = predicted < flag_below, true < flag_below
+    kept = true[~flagged]
+    varied = len(true) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0
+    return {
+        "n": int(len(true)),
+        "mae": float(error.mean()),
+        "max_error": float(error.max()),
+        "spearman": float(stats.spearmanr(true, predicted).statistic) if varied else None,
+        "pearson": float(stats.pearsonr(true, predicted).statistic) if varied else None,
+        "mae_by_band": {f"{low:.2f}-{min(high, 1):.2f}": {"n": int(m.sum()), "mae": float(error[m].mean())}
+                        for low, high in DICE_BANDS if (m := (true >= low) & (true < high)).any()},
+        "global_accuracy": float(1 - wrong.mean()),
+        "flag_precision": float((flagged & bad).sum() / flagged.sum()) if flagged.any() else None,
+        "flag_recall": float((flagged & bad).sum() / bad.sum()) if bad.any() else None,
+        "mean_dice_before_filter": float(true.mean()),
+        "mean_dice_after_filter": float(kept.mean()) if kept.size else None,
+    }

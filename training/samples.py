@@ -1,0 +1,129 @@
+"""Training pairs (network input, true Dice) with the published augmentation, so a few dozen reference
+masks give virtually unlimited pairs:
+
+- a sample's contour is swapped for another training contour of the same ROI, scaled about its
+  centroid by a log-uniform factor in [0.55, 1.8], and its Dice recomputed against the case's reference;
+- the four failure modes (empty, uniform binary noise, all ones, shifted by up to 50 %) are mixed in,
+  so the network covers Dice 0 to 1 (the published network never saw them);
+- image and mask are flipped left-right, rotated in-plane within +-15 degrees, translated within
+  +-10 %, zoomed within +-10 % and elastically deformed, together, so the Dice target is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input
+
+from .cache import CachedCase, dice
+
+SCALE_RANGE = (0.55, 1.8)
+# Share of samples drawn from each source.
+SOURCES = {"candidate": 0.35, "swap": 0.25, "scaled": 0.15, "reference": 0.05, "failure": 0.20}
+FAILURES = ("empty", "noise", "all_ones", "shifted")
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    k, j, i = np.nonzero(mask)
+    return np.array([i.mean(), j.mean(), k.mean()])
+
+
+def transplant(source: np.ndarray, source_spacing: np.ndarray, target_shape: tuple[int, int, int],
+               target_spacing: np.ndarray, target_centre: np.ndarray, scale: float) -> np.ndarray:
+    """``source`` mask scaled by ``scale`` about its centroid and placed with its centroid at ``target_centre``
+    (continuous i, j, k) on a grid of ``target_shape`` and ``target_spacing``."""
+    depth, rows, columns = target_shape
+    k, j, i = torch.meshgrid(torch.arange(depth), torch.arange(rows), torch.arange(columns), indexing="ij")
+    target = torch.stack([i, j, k], dim=-1).float()
+    offset_mm = (target - torch.tensor(target_centre, dtype=torch.float32)) * torch.tensor(target_spacing, dtype=torch.float32)
+    source_index = torch.tensor(_centroid(source), dtype=torch.float32) + offset_mm / (
+        scale * torch.tensor(source_spacing, dtype=torch.float32))
+    size = torch.tensor(source.shape[::-1], dtype=torch.float32)
+    coordinates = (2 * source_index / torch.clamp(size - 1, min=1) - 1).unsqueeze(0)
+    volume = torch.from_numpy(source.astype(np.float32))[None, None]
+    sampled = F.grid_sample(volume, coordinates, mode="nearest", padding_mode="zeros", align_corners=True)
+    return sampled[0, 0].numpy() > 0.5
+
+
+def failure_mask(kind: str, reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if kind == "empty":
+        return np.zeros_like(reference)
+    if kind == "noise":
+        return rng.random(reference.shape) < 0.5
+    if kind == "all_ones":
+        return np.ones_like(reference)
+    if kind == "shifted":
+        shift = [0] + [int(round(rng.uniform(-0.5, 0.5) * n)) for n in reference.shape[1:]]
+        shifted = np.roll(reference, shift, axis=(0, 1, 2))
+        for axis, step in zip((1, 2), shift[1:]):  # what rolled out of the field of view is gone, not wrapped
+            index = [slice(None)] * 3
+            index[axis] = slice(0, step) if step > 0 else slice(reference.shape[axis] + step, None)
+            shifted[tuple(index)] = False
+        return shifted
+    raise ValueError(kind)
+
+
+def augmentation(rng: np.random.Generator, spec: InputSpec, extent_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(transform on mm offsets, translation in mm, elastic displacement (3, D, H, W) in mm)."""
+    angle = np.radians(rng.uniform(-15, 15))
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    zoom = rng.uniform(0.9, 1.1)
+    flip = np.diag([-1.0 if rng.random() < 0.5 else 1.0, 1.0, 1.0])
+    translation = rng.uniform(-0.1, 0.1, 3) * extent_mm
+    coarse = torch.from_numpy(rng.normal(0, 2.0, (1, 3, 3, 4, 4)).astype(np.float32))  # ~2 mm smooth warps
+    displacement = F.interpolate(coarse, size=spec.shape, mode="trilinear", align_corners=True)[0]
+    return rotation @ flip * zoom, translation, displacement
+
+
+class SampleGenerator:
+    """Draws (input, target) pairs from cached cases; deterministic for a given ``rng``."""
+
+    def __init__(self, cases: list[CachedCase], spec: InputSpec, rng: np.random.Generator, augment: bool = True):
+        self.cases, self.spec, self.rng, self.augment = cases, spec, rng, augment
+        self.by_roi: dict[str, list[tuple[CachedCase, np.ndarray]]] = {}
+        for case in cases:
+            for roi, mask in case.references.items():
+                if mask.any():
+                    self.by_roi.setdefault(roi, []).append((case, mask))
+
+    def candidate_mask(self, case: CachedCase, roi: str) -> tuple[np.ndarray, str]:
+        reference = case.references[roi]
+        source = self.rng.choice(list(SOURCES), p=list(SOURCES.values()))
+        own = [c for c in case.candidates if c.row.roi.lower() == roi]
+        if source == "candidate" and own:
+            return own[int(self.rng.integers(len(own)))].mask, "candidate"
+        if source == "failure" or not reference.any():
+            kind = FAILURES[int(self.rng.integers(len(FAILURES)))]
+            return failure_mask(kind, reference, self.rng), f"failure_{kind}"
+        if source == "reference":
+            return reference, "reference"
+        donor_case, donor = (case, reference) if source == "scaled" else \
+            self.by_roi[roi][int(self.rng.integers(len(self.by_roi[roi])))]
+        scale = float(np.exp(self.rng.uniform(*np.log(SCALE_RANGE))))
+        centre = _centroid(reference) + self.rng.normal(0, 1.0, 3)
+        return transplant(donor, donor_case.grid.spacing, reference.shape, case.grid.spacing, centre, scale), source
+
+    def sample(self) -> tuple[torch.Tensor, float, str]:
+        case = self.cases[int(self.rng.integers(len(self.cases)))]
+        roi = sorted(case.references)[int(self.rng.integers(len(case.references)))]
+        mask, source = self.candidate_mask(case, roi)
+        target = dice(mask, case.references[roi])
+        return self.input_for(case, mask), target, source
+
+    def input_for(self, case: CachedCase, mask: np.ndarray) -> torch.Tensor:
+        box = bounding_box(mask, case.grid, self.spec)
+        transform = displacement = None
+        if self.augment:
+            transform, translation, displacement = augmentation(self.rng, self.spec, box.extent_mm)
+            box = type(box)(box.centre + translation / case.grid.spacing, box.extent_mm)
+        channels = [torch.from_numpy(mask.astype(np.float32))]
+        if "entropy" in self.spec.channels:
+            channels.append(torch.zeros(mask.shape))
+        return crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)), channels, box, case.grid,
+                          self.spec, transform, displacement)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = zip(*(self.sample()[:2] for _ in range(size)))
+        return torch.stack(inputs), torch.tensor(targets, dtype=torch.float32)

@@ -1,0 +1,172 @@
+"""`contourqa train`: fit a Dice regressor on a site's own manifest, with k-fold cross-validation by case.
+
+Each fold trains on the other folds' cases; the folder it writes holds the fold models as an ensemble,
+the model card with cross-validated metrics on the held-out cases, a checkpoint per epoch (resumable)
+and the loss history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from contourqa import __version__
+from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input
+from contourqa.qa_models.errors import InputError
+from contourqa.qa_models.networks import ARCHITECTURES, build_network
+from contourqa.qa_models.predictor import CARD_FILE, WEIGHTS_FILE, ModelCard, device_for
+
+from .cache import CachedCase, load_cases
+from .manifest import read_manifest
+from .metrics import regression_metrics
+from .samples import SampleGenerator
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    architecture: str = "efficientdet3d"
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    lr_drop_fraction: float = Field(0.6, gt=0, le=1, description="share of epochs after which the rate drops tenfold")
+    loss: str = Field("mse", pattern="^(mse|huber)$")
+    folds: int = Field(1, ge=1)
+    seed: int = 0
+    input: InputSpec = Field(default_factory=InputSpec)
+    name: str = "contourqa-dice"
+    version: str = "1"
+    device: str = "auto"
+
+    @classmethod
+    def quick(cls, **overrides) -> "TrainConfig":
+        """A configuration that trains in a few minutes on two CPU cores, for tests and smoke runs."""
+        settings = dict(architecture="regnet3d", epochs=3, steps_per_epoch=8, batch_size=4,
+                        input=InputSpec(shape=(16, 32, 32)))
+        settings.update(overrides)
+        return cls(**settings)
+
+
+def _folds(cases: list[CachedCase], folds: int, seed: int) -> list[tuple[list[CachedCase], list[CachedCase]]]:
+    if folds == 1:
+        return [(cases, [])]
+    if folds > len(cases):
+        raise InputError(f"--folds {folds} needs at least {folds} cases; the manifest has {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    groups = [set(order[f::folds].tolist()) for f in range(folds)]
+    return [([c for n, c in enumerate(cases) if n not in group], [c for n, c in enumerate(cases) if n in group])
+            for group in groups]
+
+
+@torch.no_grad()
+def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: InputSpec,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) Dice of every manifest candidate of ``cases``, without augmentation."""
+    network.eval()
+    true, predicted = [], []
+    for case in cases:
+        image = torch.from_numpy(case.image.astype(np.float32, copy=False))
+        for candidate in case.candidates:
+            x = crop_input(image, [torch.from_numpy(candidate.mask.astype(np.float32))],
+                           bounding_box(candidate.mask, case.grid, spec), case.grid, spec)
+            predicted.append(float(network(x[None].to(device).contiguous(memory_format=torch.channels_last_3d))[0]))
+            true.append(candidate.dice)
+    return np.array(true), np.array(predicted)
+
+
+def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, out_dir: Path, resume: bool,
+                device: torch.device) -> tuple[dict, list[dict]]:
+    checkpoint_dir = out_dir / "checkpoints"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed * 1000 + fold)
+    network = build_network(config.architecture, len(config.input.channels)).to(device)
+    network = network.to(memory_format=torch.channels_last_3d)  # 1.4-1.7x faster 3-D convolutions on CPU
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    drop_at = max(1, int(round(config.lr_drop_fraction * config.epochs)))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=[drop_at], gamma=0.1)
+    loss_function = torch.nn.MSELoss() if config.loss == "mse" else torch.nn.HuberLoss(delta=0.1)
+    history: list[dict] = []
+    start = 0
+    existing = sorted(checkpoint_dir.glob(f"fold{fold}-epoch*.pt"))
+    if resume and existing:
+        state = torch.load(existing[-1], map_location=device, weights_only=True)
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = json.loads(state["history"])
+        start = int(state["epoch"]) + 1
+        log.info("fold %d: resuming after epoch %d", fold, start)
+    for epoch in range(start, config.epochs):
+        # Each epoch draws from its own seed, so a resumed run makes the same samples as an unbroken one.
+        generator = SampleGenerator(train_cases, config.input, np.random.default_rng([config.seed, fold, epoch]))
+        torch.manual_seed(config.seed * 100003 + fold * 1009 + epoch)
+        network.train()
+        losses = []
+        steps = tqdm(range(config.steps_per_epoch), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
+                     file=sys.stderr, disable=None, leave=False)
+        for _ in steps:
+            inputs, targets = generator.batch(config.batch_size)
+            inputs = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
+            optimiser.zero_grad()
+            loss = loss_function(network(inputs), targets.to(device))
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            steps.set_postfix(loss=f"{np.mean(losses):.4f}")
+        scheduler.step()
+        history.append({"fold": fold, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                        "learning_rate": optimiser.param_groups[0]["lr"]})
+        log.info("fold %d epoch %d: train loss %.5f", fold, epoch + 1, history[-1]["train_loss"])
+        torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history)},
+                   checkpoint_dir / f"fold{fold}-epoch{epoch + 1:04d}.pt")
+    return network, history
+
+
+def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False,
+          cache_dir: Path | None = None) -> ModelCard:
+    """Train ``config.folds`` models and write the model folder; returns its card."""
+    if config.architecture not in ARCHITECTURES:
+        raise InputError(f"unknown architecture '{config.architecture}' (choose from {', '.join(ARCHITECTURES)})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(manifest)
+    cases = load_cases(rows, cache_dir or out_dir / "cache")
+    device = device_for(config.device)
+    states, history, held_out_true, held_out_predicted = [], [], [], []
+    for fold, (train_cases, validation_cases) in enumerate(_folds(cases, config.folds, config.seed)):
+        network, fold_history = _train_fold(fold, train_cases, config, out_dir, resume, device)
+        history += fold_history
+        if validation_cases:
+            true, predicted = predict_candidates(network, validation_cases, config.input, device)
+            held_out_true.append(true)
+            held_out_predicted.append(predicted)
+        states.append({k: v.contiguous().cpu() for k, v in network.state_dict().items()})
+    true_dice = np.array([c.dice for case in cases for c in case.candidates])
+    card = ModelCard(
+        name=config.name, version=config.version, architecture=config.architecture, input=config.input,
+        modalities=sorted({case.modality for case in cases}), roi_names=sorted({r.roi for r in rows}, key=str.lower),
+        contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        seed=config.seed, ensemble_size=len(states),
+        training_data={"cases": len(cases), "candidates": len(true_dice), "rois": sorted({r.roi for r in rows}),
+                       "dice_min": float(true_dice.min()), "dice_max": float(true_dice.max()),
+                       "dice_mean": float(true_dice.mean()), "manifest": str(Path(manifest).name),
+                       "config": json.loads(config.model_dump_json())},
+        cross_validation=regression_metrics(np.concatenate(held_out_true), np.concatenate(held_out_predicted))
+        if held_out_true else {},
+        training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
+    )
+    torch.save(states, out_dir / WEIGHTS_FILE)
+    (out_dir / CARD_FILE).write_text(card.model_dump_json(indent=2))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return card
