@@ -19,6 +19,7 @@ from contourqa import __version__
 from contourqa.qa_models.assessment import AssessConfig, Assessment, assess_files, structure_masks, load_structure
 from contourqa.qa_models.errors import ContourQAError, InputError
 from contourqa.qa_models.geometry import to_sitk
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir
 from contourqa.qa_models.series import load_series
 from contourqa.qa_models.sr_report import write_sr
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--roi", action="append", default=[], help="assess only this ROI (repeatable)")
     assess.add_argument("--sr", type=Path, help="write the QA report as a DICOM Comprehensive 3D SR here")
     assess.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    model = assess.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="model folder for the Dice prediction (default: the shipped model)")
+    model.add_argument("--no-model", action="store_true", help="screens only, no Dice prediction")
+    assess.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes for the interval (default 10)")
     assess.set_defaults(run=_run_assess)
 
     rasterise = commands.add_parser("rasterise", help="write one NIfTI mask per ROI on the image grid")
@@ -72,11 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
     train.set_defaults(run=_run_train)
+
+    evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
+    evaluate.add_argument("--manifest", type=Path, required=True)
+    evaluate.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
+    evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
+    evaluate.set_defaults(run=_run_evaluate)
     return parser
 
 
+def _predictor(args: argparse.Namespace) -> DicePredictor | None:
+    """The named model, else the shipped default when it is installed, else none."""
+    if args.no_model:
+        return None
+    if args.model is not None:
+        return DicePredictor.from_model_folder(args.model)
+    default = default_model_dir()
+    return DicePredictor.from_model_folder(default) if (default / "model.json").exists() else None
+
+
 def _run_assess(args: argparse.Namespace) -> int:
-    assessment = assess_files(args.image_dir, args.structure_file, AssessConfig(), args.roi)
+    if args.mc_samples < 0:
+        raise InputError("--mc-samples must be 0 or more")
+    config = AssessConfig(mc_samples=args.mc_samples)
+    assessment = assess_files(args.image_dir, args.structure_file, config, args.roi, _predictor(args),
+                              strict_model=args.model is not None)
     if args.sr:
         write_sr(assessment, args.sr)
     if args.json:
@@ -87,10 +114,12 @@ def _run_assess(args: argparse.Namespace) -> int:
 
 
 def _print_table(assessment: Assessment) -> None:
-    print(f"{'ROI':<24} {'volume ml':>10}  {'verdict':<8} failed screens")
+    print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} failed screens")
     for roi in assessment.rois:
         failed = "; ".join(f"{s.name}: {s.detail}" for s in roi.screens if not s.passed) or "-"
-        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f}  {roi.verdict.value:<8} {failed}")
+        p = roi.prediction
+        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "-"
+        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
 
 
 def _safe_file_name(name: str) -> str:
@@ -137,6 +166,25 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = card.cross_validation
     print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
           + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))
+    return EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from contourqa.training.evaluate import evaluate, render_html
+
+    report = evaluate(args.manifest, args.model or default_model_dir(), baseline_trials=args.baseline_trials)
+    if args.html:
+        render_html(report, args.html)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        m = report["realistic"]
+        print(f"realistic candidates: n={m['n']} MAE={m['mae']:.4f} max={m['max_error']:.3f} "
+              f"Spearman={m['spearman']} global accuracy={m['global_accuracy']:.3%}")
+        for kind, f in report["failures"].items():
+            print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
+        for name, b in report["baselines"].items():
+            print(f"baseline {name}: MAE={b['mae']:.4f} Spearman={b['spearman']}")
     return EXIT_OK
 
 

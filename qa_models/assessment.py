@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from .errors import InputError
+from .predictor import DicePredictor, ModelCard, Prediction
 from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
 from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
 from .seg import SEG_SOP_CLASS, decode_segments
@@ -32,6 +33,9 @@ class AssessConfig(BaseModel):
     """Everything that decides a verdict; read once at the edge and passed down."""
 
     screens: ScreenConfig = Field(default_factory=ScreenConfig)
+    reject_below: float = Field(0.75, ge=0, le=1, description="predicted Dice below this rejects")
+    review_below: float = Field(0.8, ge=0, le=1, description="predicted Dice below this needs review")
+    mc_samples: int = Field(10, ge=0, description="Monte Carlo dropout passes for the Dice interval")
     # Stricter than half a spacing: a contour midway between two planes is reported, not assigned to either.
     plane_tolerance: float = Field(0.25, gt=0, le=0.5,
                                    description="largest contour distance from its image plane, in slice spacings")
@@ -49,6 +53,8 @@ class RoiAssessment:
     warnings: list[str] = field(default_factory=list)
     segment_number: int | None = None
     mask: np.ndarray | None = field(default=None, repr=False)
+    prediction: Prediction | None = None
+    uncertainty_vs: float | None = None  # voxel-wise sum of entropy of a FRACTIONAL segment
 
     def as_dict(self) -> dict:
         result = {
@@ -59,6 +65,13 @@ class RoiAssessment:
         }
         if self.segment_number is not None:
             result["segment_number"] = self.segment_number
+        if self.prediction is not None:
+            result["predicted_dice"] = round(self.prediction.dice, 4)
+            result["predicted_dice_interval"] = [round(self.prediction.low, 4), round(self.prediction.high, 4)]
+        else:
+            result["predicted_dice"] = None
+        if self.uncertainty_vs is not None:
+            result["uncertainty_vs"] = round(self.uncertainty_vs, 3)
         return result
 
 
@@ -67,6 +80,7 @@ class Assessment:
     structure: Dataset = field(repr=False)
     series: ImageSeries = field(repr=False)
     rois: list[RoiAssessment]
+    model: ModelCard | None = None
 
     def as_dict(self) -> dict:
         s, image = self.structure, self.series
@@ -89,6 +103,8 @@ class Assessment:
                 "spacing_mm": [round(float(v), 6) for v in image.grid.spacing],
                 "instances": len(set(image.slice_sop_instance_uids)),
             },
+            "model": {"name": self.model.name, "version": self.model.version,
+                      "architecture": self.model.architecture} if self.model else None,
             "rois": [r.as_dict() for r in self.rois],
         }
 
@@ -133,27 +149,64 @@ def verdict_of(screens: list[ScreenResult]) -> Verdict:
     return Verdict.REVIEW if failed else Verdict.ACCEPT
 
 
+def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig) -> Verdict:
+    """The worse of the screens' verdict and the predicted Dice's (below reject_below / review_below)."""
+    verdicts = [verdict_of(screens)]
+    if predicted_dice is not None:
+        verdicts.append(Verdict.REJECT if predicted_dice < config.reject_below
+                        else Verdict.REVIEW if predicted_dice < config.review_below else Verdict.ACCEPT)
+    order = [Verdict.ACCEPT, Verdict.REVIEW, Verdict.REJECT]
+    return max(verdicts, key=order.index)
+
+
+def voxelwise_entropy_sum(probabilities: np.ndarray) -> float:
+    """VS: the sum over voxels of the binary entropy (bits) of a FRACTIONAL segment's probabilities."""
+    p = np.clip(probabilities[(probabilities > 0) & (probabilities < 1)].astype(np.float64), 1e-12, 1 - 1e-12)
+    return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
+
+
 def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
-           roi_names: list[str] | None = None) -> Assessment:
-    """Rasterise or decode every ROI, screen it and give it a verdict."""
+           roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
+           strict_model: bool = False) -> Assessment:
+    """Rasterise or decode every ROI, screen it, predict its Dice, and give it a verdict.
+
+    With ``strict_model`` (a model the user named) a ROI or modality the model does not cover is an
+    error; otherwise (the default model) that ROI gets no predicted Dice and a warning.
+    """
     config = config or AssessConfig()
     body = body_mask(series.array, series.modality)
     rois = []
     for roi_mask, interpreted_type in structure_masks(structure, series, config, roi_names):
         screens = run_screens(roi_mask.mask, series.grid, roi_mask.name, body, config.screens, interpreted_type)
+        warnings = list(roi_mask.warnings)
+        prediction = None
+        if predictor is not None:
+            if strict_model:
+                predictor.check_applicable(roi_mask.name, series.modality)
+            if predictor.applies_to(roi_mask.name, series.modality):
+                entropy = None
+                if roi_mask.probabilities is not None:
+                    p = np.clip(roi_mask.probabilities, 1e-6, 1 - 1e-6)
+                    entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+                prediction = predictor.predict(series.array, roi_mask.mask, series.grid, config.mc_samples, entropy)
+            else:
+                warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
+                                f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         voxels = int(roi_mask.mask.sum())
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
             volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
-            verdict=verdict_of(screens), warnings=roi_mask.warnings, segment_number=roi_mask.segment_number,
-            mask=roi_mask.mask,
+            verdict=combined_verdict(screens, prediction.dice if prediction else None, config), warnings=warnings,
+            segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
+            uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
         ))
-    return Assessment(structure=structure, series=series, rois=rois)
+    return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 
 
 def assess_files(image_dir: str | Path, structure_file: str | Path, config: AssessConfig | None = None,
-                 roi_names: list[str] | None = None) -> Assessment:
+                 roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
+                 strict_model: bool = False) -> Assessment:
     """``assess`` from paths: load the structure first (cheap to refuse), then the series."""
     structure = load_structure(structure_file)
     series = load_series(image_dir)
-    return assess(series, structure, config, roi_names)
+    return assess(series, structure, config, roi_names, predictor, strict_model)

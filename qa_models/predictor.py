@@ -5,6 +5,7 @@ predictor that loads it. It knows nothing about training.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,8 +86,9 @@ class DicePredictor:
             states = torch.load(model_dir / WEIGHTS_FILE, map_location=target, weights_only=True)
         except FileNotFoundError:
             raise InputError(f"{model_dir}: model folder lacks {WEIGHTS_FILE}") from None
-        except (RuntimeError, ValueError, EOFError) as error:
-            raise InputError(f"{model_dir / WEIGHTS_FILE}: unreadable weights ({error})") from None
+        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{model_dir / WEIGHTS_FILE}: refused or unreadable weights ({reason})") from None
         networks = []
         for state in states if isinstance(states, list) else [states]:
             network = build_network(card.architecture, len(card.input.channels))

@@ -42,6 +42,13 @@ SCREEN_CONCEPTS = {
     "slice_gaps": hd.sr.CodedConcept("S-GAPS", PRIVATE_SCHEME, "Slice gap screen passed"),
     "fov_edge": hd.sr.CodedConcept("S-FOVEDGE", PRIVATE_SCHEME, "Field of view edge screen passed"),
 }
+PREDICTED_WITHOUT_REFERENCE = hd.sr.CodedConcept("PRED-NOREF", PRIVATE_SCHEME,
+                                                  "Predicted without reference segmentation")
+DICE_LOW = hd.sr.CodedConcept("DICE-P05", PRIVATE_SCHEME, "Predicted Dice 5th percentile")
+DICE_HIGH = hd.sr.CodedConcept("DICE-P95", PRIVATE_SCHEME, "Predicted Dice 95th percentile")
+ENTROPY_SUM = hd.sr.CodedConcept("ENTROPY-VS", PRIVATE_SCHEME, "Voxel-wise sum of segmentation entropy")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+BITS = hd.sr.CodedConcept("bit", "UCUM", "bit")
 YES, NO = codes.SCT.Yes, codes.SCT.No
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 
@@ -79,14 +86,27 @@ def finding_site(roi_name: str) -> hd.sr.FindingSite | None:
     return None
 
 
-def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd.sr.AlgorithmIdentification):
+def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | None) -> list[hd.sr.Measurement]:
+    measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(roi.volume_ml, 4), unit=MILLILITRE)]
+    if roi.prediction is not None and model is not None:
+        for concept, value in ((DICE_SIMILARITY, roi.prediction.dice), (DICE_LOW, roi.prediction.low),
+                               (DICE_HIGH, roi.prediction.high)):
+            measurements.append(hd.sr.Measurement(name=concept, value=round(value, 4), unit=NO_UNITS,
+                                                  method=PREDICTED_WITHOUT_REFERENCE, algorithm_id=model))
+    if roi.uncertainty_vs is not None:
+        measurements.append(hd.sr.Measurement(name=ENTROPY_SUM, value=round(roi.uncertainty_vs, 3), unit=BITS))
+    return measurements
+
+
+def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd.sr.AlgorithmIdentification,
+                       model: hd.sr.AlgorithmIdentification | None):
     tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"ROI {roi.number}: {roi.name}")
     site = finding_site(roi.name)
     arguments = dict(
         tracking_identifier=tracking,
         algorithm_id=algorithm,
         finding_sites=[site] if site else None,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=round(roi.volume_ml, 4), unit=MILLILITRE)],
+        measurements=_measurements(roi, model),
         qualitative_evaluations=[
             *(hd.sr.QualitativeEvaluation(SCREEN_CONCEPTS[s.name], YES if s.passed else NO) for s in roi.screens),
             hd.sr.QualitativeEvaluation(VERDICT, VERDICT_VALUES[roi.verdict.value]),
@@ -106,6 +126,9 @@ def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd
 def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensive3DSR:
     """The SR dataset of an assessment; patient and study identity come from the assessed structure set."""
     algorithm = hd.sr.AlgorithmIdentification(name=NAME, version=__version__)
+    model = (hd.sr.AlgorithmIdentification(name=assessment.model.name, version=assessment.model.version,
+                                           parameters=[assessment.model.architecture])
+             if assessment.model else None)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -116,7 +139,7 @@ def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensiv
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure,
-        imaging_measurements=[_measurement_group(roi, assessment, algorithm) for roi in assessment.rois],
+        imaging_measurements=[_measurement_group(roi, assessment, algorithm, model) for roi in assessment.rois],
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[assessment.structure, *assessment.series.datasets],

@@ -49,3 +49,13 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed; tests/run_all.sh installs it")
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_model(phantom, tmp_path_factory) -> Path:
+    """A model trained by `contourqa train --quick --folds 2` on the two phantom cases."""
+    out = tmp_path_factory.mktemp("model") / "quick"
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--folds", "2",
+                     "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    return out

@@ -34,17 +34,28 @@ def transplant(source: np.ndarray, source_spacing: np.ndarray, target_shape: tup
                target_spacing: np.ndarray, target_centre: np.ndarray, scale: float) -> np.ndarray:
     """``source`` mask scaled by ``scale`` about its centroid and placed with its centroid at ``target_centre``
     (continuous i, j, k) on a grid of ``target_shape`` and ``target_spacing``."""
-    depth, rows, columns = target_shape
-    k, j, i = torch.meshgrid(torch.arange(depth), torch.arange(rows), torch.arange(columns), indexing="ij")
-    target = torch.stack([i, j, k], dim=-1).float()
+    k, j, i = np.nonzero(source)
+    centroid = np.array([i.mean(), j.mean(), k.mean()])
+    reach_mm = np.maximum(np.abs(np.array([i.min(), j.min(), k.min()]) - centroid),
+                          np.abs(np.array([i.max(), j.max(), k.max()]) - centroid)) * source_spacing * scale
+    # Only the block the scaled mask can reach is sampled: a few thousand points, not the whole grid.
+    size = np.array(target_shape[::-1])
+    low = np.clip(np.floor(target_centre - reach_mm / target_spacing) - 1, 0, size - 1).astype(int)
+    high = np.clip(np.ceil(target_centre + reach_mm / target_spacing) + 2, 1, size).astype(int)
+    result = np.zeros(target_shape, dtype=bool)
+    if np.any(high <= low):
+        return result
+    kk, jj, ii = torch.meshgrid(*(torch.arange(low[a], high[a]) for a in (2, 1, 0)), indexing="ij")
+    target = torch.stack([ii, jj, kk], dim=-1).float()
     offset_mm = (target - torch.tensor(target_centre, dtype=torch.float32)) * torch.tensor(target_spacing, dtype=torch.float32)
-    source_index = torch.tensor(_centroid(source), dtype=torch.float32) + offset_mm / (
+    source_index = torch.tensor(centroid, dtype=torch.float32) + offset_mm / (
         scale * torch.tensor(source_spacing, dtype=torch.float32))
-    size = torch.tensor(source.shape[::-1], dtype=torch.float32)
-    coordinates = (2 * source_index / torch.clamp(size - 1, min=1) - 1).unsqueeze(0)
+    source_size = torch.tensor(source.shape[::-1], dtype=torch.float32)
+    coordinates = (2 * source_index / torch.clamp(source_size - 1, min=1) - 1).unsqueeze(0)
     volume = torch.from_numpy(source.astype(np.float32))[None, None]
     sampled = F.grid_sample(volume, coordinates, mode="nearest", padding_mode="zeros", align_corners=True)
-    return sampled[0, 0].numpy() > 0.5
+    result[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sampled[0, 0].numpy() > 0.5
+    return result
 
 
 def failure_mask(kind: str, reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:

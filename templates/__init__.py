@@ -1,0 +1,1 @@
+"""jinja2 templates of contourqa's HTML reports (display only)."""

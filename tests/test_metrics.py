@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+from contourqa.training.metrics import regression_metrics
+
+
+def test_global_accuracy_and_flagging_follow_the_published_rules():
+    true = np.array([0.90, 0.85, 0.70, 0.60, 0.95, 0.50])
+    predicted = np.array([0.70, 0.86, 0.85, 0.60, 0.94, 0.78])
+    m = regression_metrics(true, predicted)
+    # Wrong by the rule: 0.70 predicted for 0.90 true (pred < .75, true > .8); 0.85 for 0.70 (pred > .8, true < .75).
+    assert m["global_accuracy"] == pytest.approx(4 / 6)
+    # Flagged (pred < 0.75): items 0 and 3; truly bad (true < 0.75): items 2, 3, 5.
+    assert m["flag_precision"] == pytest.approx(1 / 2)
+    assert m["flag_recall"] == pytest.approx(1 / 3)
+    assert m["mae"] == pytest.approx(np.mean([0.2, 0.01, 0.15, 0.0, 0.01, 0.28]))
+    assert m["max_error"] == pytest.approx(0.28)
+    assert m["mean_dice_before_filter"] == pytest.approx(true.mean())
+    assert m["mean_dice_after_filter"] == pytest.approx(np.mean([0.85, 0.70, 0.95, 0.50]))
+    assert m["mae_by_band"]["0.90-1.00"]["n"] == 2
+
+
+def test_perfect_ranking_has_unit_spearman():
+    true = np.linspace(0.1, 0.95, 10)
+    m = regression_metrics(true, true ** 2)
+    assert m["spearman"] == pytest.approx(1.0)
+    assert m["pearson"] < 1.0

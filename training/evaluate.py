@@ -1,0 +1,148 @@
+"""`contourqa evaluate`: how a model does on a manifest's candidates, beside two baselines.
+
+Baselines in the same report: the naive predictor (the mean Dice the model was trained on) and a
+gradient-boosted model on the clinical columns only (CatBoost tuned with Optuna, cross-validated by
+case), so a user sees what the image adds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from contourqa.qa_models.assessment import AssessConfig, combined_verdict
+from contourqa.qa_models.predictor import DicePredictor
+from contourqa.qa_models.screens import body_mask, run_screens
+
+from . import charts
+from .cache import load_cases
+from .manifest import ManifestRow, read_manifest
+from .metrics import regression_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, seed: int) -> np.ndarray | None:
+    """Out-of-fold CatBoost predictions from the clinical columns, folds by case; None without clinical columns."""
+    columns = sorted({key for row in rows for key in row.clinical})
+    if not columns or len({r.case_id for r in rows}) < 3:
+        return None
+    import optuna
+    from catboost import CatBoostRegressor
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    table = [[row.clinical.get(c, "") for c in columns] + [row.roi] for row in rows]
+    numeric = [all(_is_number(r[n]) for r in table) for n in range(len(columns))] + [False]
+    features = [[float(v) if numeric[n] else str(v) for n, v in enumerate(r)] for r in table]
+    categorical = [n for n, is_numeric in enumerate(numeric) if not is_numeric]
+    cases = sorted({r.case_id for r in rows})
+    fold_of = {case: n % 3 for n, case in enumerate(np.random.default_rng(seed).permutation(cases))}
+    folds = np.array([fold_of[r.case_id] for r in rows])
+    X = np.array(features, dtype=object)
+    predicted = np.zeros(len(rows))
+    for fold in range(3):
+        train, test = folds != fold, folds == fold
+
+        def fit(params: dict) -> "CatBoostRegressor":
+            model = CatBoostRegressor(**params, loss_function="RMSE", random_seed=seed, verbose=False,
+                                      cat_features=categorical, thread_count=2, allow_writing_files=False)
+            return model.fit(X[train], true[train])
+
+        def objective(trial) -> float:
+            params = {"depth": trial.suggest_int("depth", 2, 6),
+                      "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+                      "iterations": trial.suggest_int("iterations", 50, 300)}
+            inner = np.random.default_rng(trial.number).random(train.sum()) < 0.8
+            model = CatBoostRegressor(**params, loss_function="RMSE", random_seed=seed, verbose=False,
+                                      cat_features=categorical, thread_count=2, allow_writing_files=False)
+            model.fit(X[train][inner], true[train][inner])
+            return float(np.abs(model.predict(X[train][~inner]) - true[train][~inner]).mean()) if (~inner).any() else 0.0
+
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(objective, n_trials=trials)
+        predicted[test] = fit(study.best_params).predict(X[test])
+    return np.clip(predicted, 0, 1)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
+             baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None) -> dict:
+    """Every metric of the report as one JSON-ready dictionary."""
+    config = config or AssessConfig()
+    rows = read_manifest(manifest)
+    predictor = DicePredictor.from_model_folder(model_dir)
+    cases = load_cases(rows, cache_dir)
+    ordered_rows, true, predicted, flagged = [], [], [], []
+    for case in cases:
+        body = body_mask(case.image, case.modality)
+        for candidate in case.candidates:
+            predictor.check_applicable(candidate.row.roi, case.modality)
+            prediction = predictor.predict(case.image, candidate.mask, case.grid)
+            screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
+            verdict = combined_verdict(screens, prediction.dice, config)
+            ordered_rows.append(candidate.row)
+            true.append(candidate.dice)
+            predicted.append(prediction.dice)
+            flagged.append(verdict.value != "accept")
+    true, predicted, flagged = np.array(true), np.array(predicted), np.array(flagged)
+    failure = np.array([r.kind.startswith("failure") for r in ordered_rows])
+    realistic = ~failure
+    card = predictor.card
+    report = {
+        "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
+                  "ensemble_size": card.ensemble_size},
+        "manifest": str(manifest),
+        "realistic": regression_metrics(true[realistic], predicted[realistic], config.reject_below, config.review_below)
+        if realistic.any() else {},
+        "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
+        "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
+                            "flagged": int(flagged[m].sum())}
+                     for kind in sorted({r.kind for r in ordered_rows if r.kind.startswith("failure")})
+                     for m in [np.array([r.kind == kind for r in ordered_rows])]},
+        "baselines": {},
+        "points": {"true": true.round(4).tolist(), "predicted": predicted.round(4).tolist(),
+                   "failure": failure.tolist()},
+    }
+    naive = np.full(realistic.sum(), card.training_data.get("dice_mean", float(true.mean())))
+    if realistic.any():
+        report["baselines"]["naive (mean training Dice)"] = regression_metrics(true[realistic], naive,
+                                                                               config.reject_below, config.review_below)
+        clinical = _clinical_baseline([r for r, keep in zip(ordered_rows, realistic) if keep], true[realistic],
+                                      baseline_trials, seed)
+        if clinical is not None:
+            report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
+                true[realistic], clinical, config.reject_below, config.review_below)
+    return report
+
+
+def render_html(report: dict, path: str | Path) -> Path:
+    """The report as one self-contained HTML page with a scatter plot and an error histogram."""
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("contourqa.templates"))),
+                                   autoescape=True)
+    points = report["points"]
+    keep = ~np.array(points["failure"], dtype=bool)
+    true, predicted = np.array(points["true"])[keep], np.array(points["predicted"])[keep]
+    rows = [("model", report["realistic"]), *report["baselines"].items()]
+    html = templates.get_template("evaluation.html.j2").render(
+        report=report, model=report["model"],
+        manifest=Path(report["manifest"]).name, rows=rows,
+        failure_total=sum(f["n"] for f in report["failures"].values()),
+        scatter=charts.scatter(true, predicted), histogram=charts.histogram(predicted - true),
+        created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(html)
+    temporary.replace(path)
+    return path
