@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, seed: int) -> np.ndarray | None:
     """Out-of-fold CatBoost predictions from the clinical columns, folds by case; None without clinical columns."""
     columns = sorted({key for row in rows for key in row.clinical})
-    if not columns or len({r.case_id for r in rows}) < 3:
+    if not columns or len({r.case_id for r in rows}) < 2:
         return None
     import optuna
     from catboost import CatBoostRegressor
@@ -41,11 +41,12 @@ def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, s
     features = [[float(v) if numeric[n] else str(v) for n, v in enumerate(r)] for r in table]
     categorical = [n for n, is_numeric in enumerate(numeric) if not is_numeric]
     cases = sorted({r.case_id for r in rows})
-    fold_of = {case: n % 3 for n, case in enumerate(np.random.default_rng(seed).permutation(cases))}
+    fold_count = min(3, len(cases))
+    fold_of = {case: n % fold_count for n, case in enumerate(np.random.default_rng(seed).permutation(cases))}
     folds = np.array([fold_of[r.case_id] for r in rows])
     X = np.array(features, dtype=object)
     predicted = np.zeros(len(rows))
-    for fold in range(3):
+    for fold in range(fold_count):
         train, test = folds != fold, folds == fold
 
         def fit(params: dict) -> "CatBoostRegressor":

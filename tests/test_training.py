@@ -1,0 +1,163 @@
+"""`contourqa train` and `evaluate` on phantom data, with the quick configuration."""
+
+import json
+import pickle
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from contourqa.qa_models.predictor import DicePredictor, read_card
+
+
+def test_model_folder_describes_itself(quick_model):
+    card = read_card(quick_model)
+    assert card.architecture == "regnet3d" and card.ensemble_size == 2
+    assert card.modalities == ["MR"]
+    assert sorted(n.lower() for n in card.roi_names) == ["bladder", "femoralhead_l", "femoralhead_r", "prostate", "rectum"]
+    assert card.input.shape == (16, 32, 32)
+    assert card.training_data["cases"] == 2 and 0 <= card.training_data["dice_min"] < card.training_data["dice_max"] <= 1
+    assert card.cross_validation["n"] == 120 and 0 <= card.cross_validation["mae"] <= 1
+    assert (quick_model / "checkpoints" / "fold1-epoch0003.pt").is_file()
+    states = torch.load(quick_model / "weights.pt", weights_only=True)
+    assert len(states) == 2
+
+
+def test_training_loss_falls(quick_model):
+    history = json.loads((quick_model / "history.json").read_text())
+    for fold in (0, 1):
+        losses = [h["train_loss"] for h in history if h["fold"] == fold]
+        assert len(losses) == 3 and losses[-1] < losses[0], losses
+
+
+def test_resume_continues_exactly_where_it_stopped(phantom, tmp_path):
+    common = ["--manifest", phantom / "manifest.csv", "--quick", "--seed", "5", "--steps-per-epoch", "3"]
+    assert run_cli("train", *common, "--out", tmp_path / "straight", "--epochs", "2").returncode == 0
+    assert run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "1").returncode == 0
+    resumed = run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)[0]
+    b = torch.load(tmp_path / "stopped" / "weights.pt", weights_only=True)[0]
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_weights_that_are_not_plain_tensors_are_refused(quick_model, phantom, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(quick_model, model, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    torch.save({"state": Payload()}, model / "weights.pt", pickle_module=pickle)
+    result = run_cli("assess", phantom / "case001" / "image", phantom / "case001" / "reference.dcm", "--model", model)
+    assert result.returncode == 2 and "refused or unreadable weights" in result.stderr
+    assert "this would run on load" not in result.stdout
+
+
+def test_model_refuses_a_roi_it_was_not_trained_for(quick_model, realdata):
+    case = realdata / "ibsi_sts_008" / "MR_T1"
+    result = run_cli("assess", case / "image", case / "mask" / "RS.dcm", "--model", quick_model)
+    assert result.returncode == 2
+    assert "is not valid for ROI 'GTV_Mass_MR_T1'" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_model_refuses_another_modality(quick_model, realdata, tmp_path):
+    source = realdata / "Dicom_RT_and_Images_to_Mask" / "AnonDICOM"
+    for path in source.glob("CT_*.dcm"):
+        shutil.copy(path, tmp_path / path.name)
+    result = run_cli("assess", tmp_path, source / "RS_Body_SpinalCord.dcm", "--model", quick_model)
+    assert result.returncode == 2 and "valid for MR images, not CT" in result.stderr
+
+
+def test_assess_reports_predicted_dice_and_interval(quick_model, phantom, tmp_path):
+    study = phantom / "case000"
+    result = run_cli("assess", study / "image", study / "candidates" / "auto02_fractional_seg.dcm",
+                     "--model", quick_model, "--json", "--mc-samples", "6", "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["architecture"] == "regnet3d"
+    for roi in report["rois"]:
+        low, high = roi["predicted_dice_interval"]
+        assert 0 <= low <= high <= 1 and 0 <= roi["predicted_dice"] <= 1
+        assert roi["uncertainty_vs"] > 0  # FRACTIONAL segments carry the entropy sum
+    dump = subprocess.run(["dsrdump", str(tmp_path / "sr.dcm")], capture_output=True, text=True).stdout
+    assert '(130920,DCM,"Dice Similarity Coefficient")' in dump or "Dice Similarity Coefficient" in dump
+    assert "Predicted without reference segmentation" in dump
+
+
+def test_predictions_are_deterministic_without_mc_dropout(quick_model, phantom):
+    from contourqa.qa_models.assessment import assess_files
+    predictor = DicePredictor.from_model_folder(quick_model)
+    study = phantom / "case001"
+    first = assess_files(study / "image", study / "reference.dcm", predictor=predictor)
+    second = assess_files(study / "image", study / "reference.dcm", predictor=predictor)
+    assert [r.prediction.dice for r in first.rois] == [r.prediction.dice for r in second.rois]
+
+
+def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_path):
+    result = run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--json",
+                     "--html", tmp_path / "report.html", "--baseline-trials", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["realistic"]["n"] == 2 * 5 * 8
+    assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
+    assert all(f["n"] == 10 for f in report["failures"].values())
+    assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns"}
+    for metrics in (report["realistic"], *report["baselines"].values()):
+        assert {"mae", "max_error", "spearman", "pearson", "global_accuracy", "flag_precision", "flag_recall",
+                "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<circle") == report["realistic"]["n"]
+    assert "Error histogram" in html and "CatBoost on clinical columns" in html
+
+
+def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_path):
+    from conftest import require_tool
+    chromium = require_tool("chromium")
+    assert run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--html",
+                   tmp_path / "report.html", "--baseline-trials", "1").returncode == 0
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*command, "--dump-dom", (tmp_path / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<circle") == 80 and "Predicted vs true Dice" in dom
+    subprocess.run([*command, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1200,1400",
+                    (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--manifest", "missing.csv"], "no such manifest"),
+    (["--folds", "5"], "--folds 5 needs at least 5 cases"),
+    (["--epochs", "0"], "invalid training option: epochs"),
+])
+def test_train_bad_input(phantom, tmp_path, arguments, message):
+    base = {"--manifest": str(phantom / "manifest.csv"), "--out": str(tmp_path / "m")}
+    for flag, value in zip(arguments[::2], arguments[1::2]):
+        base[flag] = value if flag != "--manifest" else str(tmp_path / value)
+    flat = [str(x) for pair in base.items() for x in pair]
+    result = run_cli("train", *flat, "--quick")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_manifest_without_required_columns(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("case_id,image\nx,y\n")
+    result = run_cli("train", "--manifest", manifest, "--out", tmp_path / "m", "--quick")
+    assert result.returncode == 2 and "lacks column(s) reference, candidate, roi" in result.stderr
+
+
+def test_combined_verdict_thresholds():
+    from contourqa.qa_models.assessment import AssessConfig, Verdict, combined_verdict
+    config = AssessConfig()
+    assert combined_verdict([], 0.74, config) is Verdict.REJECT
+    assert combined_verdict([], 0.79, config) is Verdict.REVIEW
+    assert combined_verdict([], 0.85, config) is Verdict.ACCEPT
+    assert combined_verdict([], None, config) is Verdict.ACCEPT
+    assert combined_verdict([], 0.85, AssessConfig(review_below=0.9)) is Verdict.REVIEW
