@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
+    evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
     evaluate.set_defaults(run=_run_evaluate)
     return parser
 
@@ -170,9 +171,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from contourqa.training.evaluate import evaluate, render_html
+    from contourqa.training.evaluate import evaluate, record_in_card, render_html
 
-    report = evaluate(args.manifest, args.model or default_model_dir(), baseline_trials=args.baseline_trials)
+    model_dir = args.model or default_model_dir()
+    report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials)
+    if args.record:
+        record_in_card(report, model_dir)
     if args.html:
         render_html(report, args.html)
     if args.json:

@@ -175,23 +175,15 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
     """
     config = config or AssessConfig()
     body = body_mask(series.array, series.modality)
+    masks = structure_masks(structure, series, config, roi_names)
+    predictions = _predict(masks, series, predictor, config, strict_model)
     rois = []
-    for roi_mask, interpreted_type in structure_masks(structure, series, config, roi_names):
+    for (roi_mask, interpreted_type), prediction in zip(masks, predictions):
         screens = run_screens(roi_mask.mask, series.grid, roi_mask.name, body, config.screens, interpreted_type)
         warnings = list(roi_mask.warnings)
-        prediction = None
-        if predictor is not None:
-            if strict_model:
-                predictor.check_applicable(roi_mask.name, series.modality)
-            if predictor.applies_to(roi_mask.name, series.modality):
-                entropy = None
-                if roi_mask.probabilities is not None:
-                    p = np.clip(roi_mask.probabilities, 1e-6, 1 - 1e-6)
-                    entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-                prediction = predictor.predict(series.array, roi_mask.mask, series.grid, config.mc_samples, entropy)
-            else:
-                warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
-                                f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
+        if predictor is not None and prediction is None:
+            warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
+                            f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         voxels = int(roi_mask.mask.sum())
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
@@ -201,6 +193,22 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
         ))
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
+
+
+def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: DicePredictor | None,
+             config: AssessConfig, strict_model: bool) -> list[Prediction | None]:
+    """Predicted Dice of every ROI the model covers, in one batch; None for the others."""
+    if predictor is None:
+        return [None] * len(masks)
+    if strict_model:
+        for roi_mask, _ in masks:
+            predictor.check_applicable(roi_mask.name, series.modality)
+    covered = [n for n, (roi_mask, _) in enumerate(masks) if predictor.applies_to(roi_mask.name, series.modality)]
+    inputs = [predictor.network_input(series.array, masks[n][0].mask, series.grid) for n in covered]
+    results: list[Prediction | None] = [None] * len(masks)
+    for n, prediction in zip(covered, predictor.predict_batch(inputs, config.mc_samples)):
+        results[n] = prediction
+    return results
 
 
 def assess_files(image_dir: str | Path, structure_file: str | Path, config: AssessConfig | None = None,

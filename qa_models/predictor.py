@@ -116,35 +116,37 @@ class DicePredictor:
             return False
         return True
 
-    def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid,
-                      entropy: np.ndarray | None = None) -> torch.Tensor:
+    def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid) -> torch.Tensor:
         spec = self.card.input
-        channels = [torch.from_numpy(mask.astype(np.float32))]
-        if "entropy" in spec.channels:
-            channels.append(torch.from_numpy((entropy if entropy is not None else np.zeros(mask.shape)).astype(np.float32)))
-        return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), channels,
-                          bounding_box(mask, grid, spec), grid, spec)
+        return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                          [torch.from_numpy(mask.astype(np.float32))], bounding_box(mask, grid, spec), grid, spec)
+
+    def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0) -> Prediction:
+        """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval."""
+        return self.predict_batch([self.network_input(image, mask, grid)], mc_samples)[0]
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0,
-                entropy: np.ndarray | None = None) -> Prediction:
-        """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval.
+    def predict_batch(self, inputs: list[torch.Tensor], mc_samples: int = 0) -> list[Prediction]:
+        """One forward pass per network for all ``inputs`` (all ROIs of a structure set: batched on a GPU).
 
         The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
         ensemble members; without either it collapses to the point estimate.
         """
-        x = self.network_input(image, mask, grid, entropy).unsqueeze(0).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        points = torch.stack([network(x)[0] for network in self.networks])
+        if not inputs:
+            return []
+        x = torch.stack(inputs).to(self.device).contiguous(memory_format=torch.channels_last_3d)
+        points = torch.stack([network(x) for network in self.networks])  # (networks, batch)
         samples = [points]
         if mc_samples > 0:
-            batch = x.expand(mc_samples, *x.shape[1:])
+            repeated = x.repeat_interleave(mc_samples, dim=0)
             for network in self.networks:
                 _dropout_on(network, True)
-                samples.append(network(batch))
+                samples.append(network(repeated).reshape(len(inputs), mc_samples).T)
                 _dropout_on(network, False)
-        values = torch.cat(samples).float().cpu().numpy()
-        return Prediction(float(points.mean()), float(np.percentile(values, 5)), float(np.percentile(values, 95)))
+        values = torch.cat(samples).float().cpu().numpy()  # (draws, batch)
+        mean = points.mean(dim=0).float().cpu().numpy()
+        return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)))
+                for n in range(len(inputs))]
 
 
 def _dropout_on(network: torch.nn.Module, active: bool) -> None:

@@ -134,7 +134,7 @@ def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_
 
 @pytest.mark.parametrize("arguments, message", [
     (["--manifest", "missing.csv"], "no such manifest"),
-    (["--folds", "5"], "--folds 5 needs at least 5 cases"),
+    (["--folds", "5"], "--folds 5 needs at least 5 patients"),
     (["--epochs", "0"], "invalid training option: epochs"),
 ])
 def test_train_bad_input(phantom, tmp_path, arguments, message):
@@ -151,6 +151,22 @@ def test_manifest_without_required_columns(tmp_path):
     manifest.write_text("case_id,image\nx,y\n")
     result = run_cli("train", "--manifest", manifest, "--out", tmp_path / "m", "--quick")
     assert result.returncode == 2 and "lacks column(s) reference, candidate, roi" in result.stderr
+
+
+def test_folds_never_split_a_patient():
+    from contourqa.training.cache import Candidate, CachedCase
+    from contourqa.training.manifest import ManifestRow
+    from contourqa.training.train import _folds
+
+    def case(case_id, patient):
+        row = ManifestRow(case_id, None, None, None, "Prostate", clinical={"patient_id": patient})
+        return CachedCase(case_id, None, None, "MR", {}, [Candidate(row, None, 1.0)])
+
+    cases = [case(f"c{n}", f"p{n // 2}") for n in range(8)]  # two studies per patient
+    for train, validation in _folds(cases, 3, seed=0):
+        seen = {c.candidates[0].row.clinical["patient_id"] for c in train}
+        assert not seen & {c.candidates[0].row.clinical["patient_id"] for c in validation}
+        assert len(train) + len(validation) == 8
 
 
 def test_combined_verdict_thresholds():

@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict
-from contourqa.qa_models.predictor import DicePredictor
+from contourqa.qa_models.predictor import CARD_FILE, DicePredictor, read_card
 from contourqa.qa_models.screens import body_mask, run_screens
 
 from . import charts
@@ -126,6 +126,18 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
                 true[realistic], clinical, config.reject_below, config.review_below)
     return report
+
+
+def record_in_card(report: dict, model_dir: str | Path) -> None:
+    """Store the headline figures of ``report`` in the model's card, so the model carries its own evaluation."""
+    card_path = Path(model_dir) / CARD_FILE
+    card = read_card(Path(model_dir))
+    summary = {key: value for key, value in report.items() if key not in ("points",)}
+    summary["evaluated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card.evaluation = summary
+    temporary = card_path.with_name(f".{card_path.name}.partial")
+    temporary.write_text(card.model_dump_json(indent=2))
+    temporary.replace(card_path)
 
 
 def render_html(report: dict, path: str | Path) -> Path:

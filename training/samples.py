@@ -129,11 +129,8 @@ class SampleGenerator:
         if self.augment:
             transform, translation, displacement = augmentation(self.rng, self.spec, box.extent_mm)
             box = type(box)(box.centre + translation / case.grid.spacing, box.extent_mm)
-        channels = [torch.from_numpy(mask.astype(np.float32))]
-        if "entropy" in self.spec.channels:
-            channels.append(torch.zeros(mask.shape))
-        return crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)), channels, box, case.grid,
-                          self.spec, transform, displacement)
+        return crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)),
+                          [torch.from_numpy(mask.astype(np.float32))], box, case.grid, self.spec, transform, displacement)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = zip(*(self.sample()[:2] for _ in range(size)))

@@ -57,14 +57,20 @@ class TrainConfig(BaseModel):
         return cls(**settings)
 
 
+def _patient_of(case: CachedCase) -> str:
+    """Folds split by patient when the manifest has a patient_id column, else by case."""
+    return case.candidates[0].row.clinical.get("patient_id") or case.case_id if case.candidates else case.case_id
+
+
 def _folds(cases: list[CachedCase], folds: int, seed: int) -> list[tuple[list[CachedCase], list[CachedCase]]]:
     if folds == 1:
         return [(cases, [])]
-    if folds > len(cases):
-        raise InputError(f"--folds {folds} needs at least {folds} cases; the manifest has {len(cases)}")
-    order = np.random.default_rng(seed).permutation(len(cases))
-    groups = [set(order[f::folds].tolist()) for f in range(folds)]
-    return [([c for n, c in enumerate(cases) if n not in group], [c for n, c in enumerate(cases) if n in group])
+    patients = sorted({_patient_of(c) for c in cases})
+    if folds > len(patients):
+        raise InputError(f"--folds {folds} needs at least {folds} patients (cases); the manifest has {len(patients)}")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    groups = [{patients[n] for n in order[f::folds]} for f in range(folds)]
+    return [([c for c in cases if _patient_of(c) not in group], [c for c in cases if _patient_of(c) in group])
             for group in groups]
 
 

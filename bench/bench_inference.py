@@ -1,0 +1,70 @@
+"""Dice-regressor inference for one ROI on the CPU, beside the bare network forward pass as reference.
+
+    python bench/bench_inference.py [--model DIR] [--repeat 20]
+
+predict() = crop + resample + normalise + forward (ensemble); the bare forward pass is its floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import torch
+
+from contourqa.qa_models.assessment import AssessConfig, structure_masks
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir
+from contourqa.qa_models.series import load_series
+from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
+
+
+def median_seconds(function, repeat: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=default_model_dir())
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    predictor = DicePredictor.from_model_folder(args.model, device="cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        generate_phantom_studies(folder, cases=1, seed=4242, spec=PhantomSpec(320, 320, 28))
+        study = Path(folder) / "case000"
+        series = load_series(study / "image")
+        masks = structure_masks(pydicom.dcmread(study / "candidates" / "auto01.dcm"), series, AssessConfig())
+    prostate = next(m for m, _ in masks if m.name == "Prostate").mask
+    x = predictor.network_input(series.array, prostate, series.grid)[None].contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        forward = median_seconds(lambda: [network(x) for network in predictor.networks], args.repeat)
+    rows = [
+        ("bare forward pass (reference)", forward),
+        ("predict, one ROI, no MC dropout", median_seconds(lambda: predictor.predict(series.array, prostate, series.grid), args.repeat)),
+        ("predict, one ROI, 10 MC dropout passes",
+         median_seconds(lambda: predictor.predict(series.array, prostate, series.grid, mc_samples=10), args.repeat)),
+        ("predict_batch, 5 ROIs, no MC dropout",
+         median_seconds(lambda: predictor.predict_batch(
+             [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat)),
+    ]
+    card = predictor.card
+    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input.shape}), "
+          f"{torch.get_num_threads()} CPU threads, 320x320x28 series")
+    print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
+    for name, seconds in rows:
+        print(f"{name:<42} {seconds:>9.4f} {seconds / forward:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
