@@ -116,7 +116,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "points": {"true": true.round(4).tolist(), "predicted": predicted.round(4).tolist(),
                    "failure": failure.tolist()},
     }
-    naive = np.full(realistic.sum(), card.training_data.get("dice_mean", float(true.mean())))
+    training_mean = card.training_data.get("dice_mean_realistic", card.training_data.get("dice_mean", float(true.mean())))
+    naive = np.full(realistic.sum(), training_mean)
     if realistic.any():
         report["baselines"]["naive (mean training Dice)"] = regression_metrics(true[realistic], naive,
                                                                                config.reject_below, config.review_below)

@@ -159,6 +159,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
             held_out_predicted.append(predicted)
         states.append({k: v.contiguous().cpu() for k, v in network.state_dict().items()})
     true_dice = np.array([c.dice for case in cases for c in case.candidates])
+    realistic = np.array([c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")])
     card = ModelCard(
         name=config.name, version=config.version, architecture=config.architecture, input=config.input,
         modalities=sorted({case.modality for case in cases}), roi_names=sorted({r.roi for r in rows}, key=str.lower),
@@ -166,7 +167,9 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
         seed=config.seed, ensemble_size=len(states),
         training_data={"cases": len(cases), "candidates": len(true_dice), "rois": sorted({r.roi for r in rows}),
                        "dice_min": float(true_dice.min()), "dice_max": float(true_dice.max()),
-                       "dice_mean": float(true_dice.mean()), "manifest": str(Path(manifest).name),
+                       "dice_mean": float(true_dice.mean()),
+                       "dice_mean_realistic": float(realistic.mean()) if realistic.size else float(true_dice.mean()),
+                       "manifest": str(Path(manifest).name),
                        "config": json.loads(config.model_dump_json())},
         cross_validation=regression_metrics(np.concatenate(held_out_true), np.concatenate(held_out_predicted))
         if held_out_true else {},

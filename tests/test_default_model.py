@@ -1,0 +1,50 @@
+"""The model shipped in the package: self-describing, small, used by default, and catching failures."""
+
+import json
+
+from conftest import run_cli
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card
+
+
+def test_shipped_model_card_and_size():
+    folder = default_model_dir()
+    card = read_card(folder)
+    assert card.architecture == "efficientdet3d" and card.modalities == ["MR"]
+    assert {"prostate", "bladder", "rectum"} <= {n.lower() for n in card.roi_names}
+    assert (folder / "weights.pt").stat().st_size < 20 * 1024 * 1024
+    assert card.evaluation["realistic"]["n"] > 100  # measured on phantom cases of a seed it never saw
+    assert card.training_data["cases"] == 20
+    DicePredictor.from_model_folder(folder, device="cpu")
+
+
+def test_assess_uses_the_default_model(phantom):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "candidates" / "auto03.dcm", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["name"] == read_card(default_model_dir()).name
+    assert all(0 <= roi["predicted_dice"] <= 1 for roi in report["rois"])
+
+
+def test_every_constructed_failure_is_flagged(phantom):
+    for case in ("case000", "case001"):
+        for candidate in ("failure_empty.dcm", "failure_all_ones.dcm", "failure_noise_seg.dcm", "failure_shifted.dcm"):
+            result = run_cli("assess", phantom / case / "image", phantom / case / "candidates" / candidate, "--json",
+                             "--mc-samples", "0")
+            rois = json.loads(result.stdout)["rois"]
+            assert all(roi["verdict"] in ("review", "reject") for roi in rois), (case, candidate)
+            assert all(roi["predicted_dice"] < 0.5 for roi in rois), (case, candidate)
+
+
+def test_reference_contours_are_predicted_good(phantom):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0")
+    predicted = [roi["predicted_dice"] for roi in json.loads(result.stdout)["rois"]]
+    assert min(predicted) > 0.75, predicted
+
+
+def test_no_model_gives_screens_only(phantom):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--no-model")
+    report = json.loads(result.stdout)
+    assert report["model"] is None and all(roi["predicted_dice"] is None for roi in report["rois"])
