@@ -21,8 +21,7 @@ from .cache import CachedCase, dice
 
 SCALE_RANGE = (0.55, 1.8)
 # Share of samples drawn from each source.
-# Failures are learned almost at once; realistic candidates are where the errors are, so they dominate.
-SOURCES = {"candidate": 0.50, "swap": 0.20, "scaled": 0.10, "reference": 0.05, "failure": 0.15}
+SOURCES = {"candidate": 0.35, "swap": 0.25, "scaled": 0.15, "reference": 0.05, "failure": 0.20}
 FAILURES = ("empty", "noise", "all_ones", "shifted")
 
 
