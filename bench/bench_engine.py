@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pydicom
 import SimpleITK as sitk
+
+from timing import median_seconds
 
 from contourqa.qa_models.assessment import AssessConfig, assess
 from contourqa.qa_models.geometry import to_sitk
@@ -37,15 +37,6 @@ def rasterise_to_nifti(image_dir: Path, structure_path: Path, out: Path) -> None
     for roi in read_rois(pydicom.dcmread(structure_path)):
         mask = rasterise_roi(roi, series).mask.astype("uint8")
         sitk.WriteImage(to_sitk(mask, series.grid), str(out / f"{roi.number}.nii.gz"), useCompression=True)
-
-
-def median_seconds(function, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:

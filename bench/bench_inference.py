@@ -8,29 +8,19 @@ predict() = crop + resample + normalise + forward (ensemble); the bare forward p
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pydicom
 import torch
 
+from timing import median_seconds
+
 from contourqa.qa_models.assessment import AssessConfig, structure_masks
 from contourqa.qa_models.predictor import DicePredictor, default_model_dir
 from contourqa.qa_models.series import load_series
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
-
-
-def median_seconds(function, repeat: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -47,15 +37,15 @@ def main() -> int:
     prostate = next(m for m, _ in masks if m.name == "Prostate").mask
     x = predictor.network_input(series.array, prostate, series.grid)[None].contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
-        forward = median_seconds(lambda: [network(x) for network in predictor.networks], args.repeat)
+        forward = median_seconds(lambda: [network(x) for network in predictor.networks], args.repeat, warm_up=True)
     rows = [
         ("bare forward pass (reference)", forward),
-        ("predict, one ROI, no MC dropout", median_seconds(lambda: predictor.predict(series.array, prostate, series.grid), args.repeat)),
+        ("predict, one ROI, no MC dropout", median_seconds(lambda: predictor.predict(series.array, prostate, series.grid), args.repeat, warm_up=True)),
         ("predict, one ROI, 10 MC dropout passes",
-         median_seconds(lambda: predictor.predict(series.array, prostate, series.grid, mc_samples=10), args.repeat)),
+         median_seconds(lambda: predictor.predict(series.array, prostate, series.grid, mc_samples=10), args.repeat, warm_up=True)),
         ("predict_batch, 5 ROIs, no MC dropout",
          median_seconds(lambda: predictor.predict_batch(
-             [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat)),
+             [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat, warm_up=True)),
     ]
     card = predictor.card
     print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input.shape}), "
