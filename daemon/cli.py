@@ -19,6 +19,7 @@ from contourqa import __version__
 from contourqa.qa_models.assessment import AssessConfig, Assessment, assess_files, structure_masks, load_structure
 from contourqa.qa_models.errors import ContourQAError, InputError
 from contourqa.qa_models.geometry import to_sitk
+from contourqa.qa_models.networks import ARCHITECTURES
 from contourqa.qa_models.predictor import DicePredictor, default_model_dir
 from contourqa.qa_models.series import load_series
 from contourqa.qa_models.sr_report import write_sr
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
     train.add_argument("--manifest", type=Path, required=True, help="CSV: case_id,image,reference,candidate,roi[,...]")
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
-    train.add_argument("--arch", choices=("efficientdet3d", "regnet3d"), help="network (default efficientdet3d)")
+    train.add_argument("--arch", choices=ARCHITECTURES, help="network (default efficientdet3d)")
     train.add_argument("--epochs", type=int, help="epochs per fold (default 30)")
     train.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default 100)")
     train.add_argument("--batch-size", type=int, help="samples per batch (default 8)")

@@ -90,3 +90,9 @@ def crop_input(image: torch.Tensor, channels: list[torch.Tensor], box: Box, grid
     sampled = F.grid_sample(volumes, coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     sampled[0] = normalise(sampled[0])
     return sampled
+
+
+def mask_input(image: np.ndarray, mask: np.ndarray, grid: Grid, spec: InputSpec) -> torch.Tensor:
+    """Network input (image, mask) for ``mask`` without augmentation: what inference and validation see."""
+    return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                      [torch.from_numpy(mask.astype(np.float32))], bounding_box(mask, grid, spec), grid, spec)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from .crop import InputSpec, bounding_box, crop_input
+from .crop import InputSpec, mask_input
 from .errors import InputError
 from .geometry import Grid
 from .networks import build_network
@@ -117,9 +117,7 @@ class DicePredictor:
         return True
 
     def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid) -> torch.Tensor:
-        spec = self.card.input
-        return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                          [torch.from_numpy(mask.astype(np.float32))], bounding_box(mask, grid, spec), grid, spec)
+        return mask_input(image, mask, grid, self.card.input)
 
     def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0) -> Prediction:
         """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval."""

@@ -49,24 +49,21 @@ def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, s
     for fold in range(fold_count):
         train, test = folds != fold, folds == fold
 
-        def fit(params: dict) -> "CatBoostRegressor":
-            model = CatBoostRegressor(**params, loss_function="RMSE", random_seed=seed, verbose=False,
-                                      cat_features=categorical, thread_count=2, allow_writing_files=False)
-            return model.fit(X[train], true[train])
+        def regressor(params: dict) -> "CatBoostRegressor":
+            return CatBoostRegressor(**params, loss_function="RMSE", random_seed=seed, verbose=False,
+                                     cat_features=categorical, thread_count=2, allow_writing_files=False)
 
         def objective(trial) -> float:
             params = {"depth": trial.suggest_int("depth", 2, 6),
                       "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
                       "iterations": trial.suggest_int("iterations", 50, 300)}
             inner = np.random.default_rng(trial.number).random(train.sum()) < 0.8
-            model = CatBoostRegressor(**params, loss_function="RMSE", random_seed=seed, verbose=False,
-                                      cat_features=categorical, thread_count=2, allow_writing_files=False)
-            model.fit(X[train][inner], true[train][inner])
+            model = regressor(params).fit(X[train][inner], true[train][inner])
             return float(np.abs(model.predict(X[train][~inner]) - true[train][~inner]).mean()) if (~inner).any() else 0.0
 
         study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
         study.optimize(objective, n_trials=trials)
-        predicted[test] = fit(study.best_params).predict(X[test])
+        predicted[test] = regressor(study.best_params).fit(X[train], true[train]).predict(X[test])
     return np.clip(predicted, 0, 1)
 
 

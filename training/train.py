@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from contourqa import __version__
-from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input
+from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.networks import ARCHITECTURES, build_network
 from contourqa.qa_models.predictor import CARD_FILE, WEIGHTS_FILE, ModelCard, device_for
@@ -81,10 +81,8 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     network.eval()
     true, predicted = [], []
     for case in cases:
-        image = torch.from_numpy(case.image.astype(np.float32, copy=False))
         for candidate in case.candidates:
-            x = crop_input(image, [torch.from_numpy(candidate.mask.astype(np.float32))],
-                           bounding_box(candidate.mask, case.grid, spec), case.grid, spec)
+            x = mask_input(case.image, candidate.mask, case.grid, spec)
             predicted.append(float(network(x[None].to(device).contiguous(memory_format=torch.channels_last_3d))[0]))
             true.append(candidate.dice)
     return np.array(true), np.array(predicted)
