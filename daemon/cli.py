@@ -24,6 +24,8 @@ from contourqa.qa_models.predictor import DicePredictor, default_model_dir
 from contourqa.qa_models.series import load_series
 from contourqa.qa_models.sr_report import write_sr
 
+from .cli_node import add_node_commands
+
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
 log = logging.getLogger("contourqa")
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
     evaluate.set_defaults(run=_run_evaluate)
+    add_node_commands(commands)
     return parser
 
 

@@ -6,17 +6,20 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from .errors import InputError
-from .predictor import DicePredictor, ModelCard, Prediction
 from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
 from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
 from .seg import SEG_SOP_CLASS, decode_segments
 from .series import ImageSeries, load_series, read_dicom
+
+if TYPE_CHECKING:  # torch is imported only where a model is used
+    from .predictor import DicePredictor, ModelCard, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ SliceLocation. Enhanced (multi-frame) images are read frame by frame through the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def load_series(folder: str | Path) -> ImageSeries:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return load_series_files(files, str(folder))
+
+
+def load_series_files(files: Sequence[Path], source: str) -> ImageSeries:
+    """Load the image instances among ``files`` as one volume; ``source`` names them in errors."""
     slices: list[_Slice] = []
     for path in files:
         dataset = read_dicom(path)
@@ -102,7 +108,7 @@ def load_series(folder: str | Path) -> ImageSeries:
             continue
         slices.extend(_slices_of(dataset, path))
     if not slices:
-        raise InputError(f"{folder}: no DICOM image instances found")
+        raise InputError(f"{source}: no DICOM image instances found")
     _check_one_series(slices)
     ordered, grid = _order_slices(slices)
     array = _stack_pixels(ordered)

@@ -1,0 +1,126 @@
+"""The node's commands (`serve`, `scp`, `worker`, `scheduler`, `status`, `requeue-dead`): flags override
+the YAML configuration, which is validated once here and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from contourqa.qa_models.errors import InputError
+
+from .config import Settings, load_settings
+from .logs import setup_logging
+
+
+def add_node_commands(commands: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="YAML configuration file")
+    common.add_argument("--home", type=Path, help="folder of the store, database, reports and embedded Redis")
+    common.add_argument("--broker", help="Celery broker, redis://HOST:PORT/N (serve: default embedded Redis)")
+    common.add_argument("--database", help="SQLAlchemy URL (default: SQLite in --home)")
+    common.add_argument("--log-json", action="store_true", default=None, help="log one JSON object per line")
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--port", type=int, help="SCP port (default 11112; 0 = any free port)")
+    listen.add_argument("--ae-title", help="SCP AE title (default CONTOURQA)")
+    listen.add_argument("--destination", help="where SRs go when no per-sender destination is set: AET@HOST:PORT")
+
+    serve = commands.add_parser("serve", parents=[common, listen],
+                                help="run the whole node: SCP, workers, scheduler and an embedded Redis")
+    serve.set_defaults(run=_run_serve)
+    scp = commands.add_parser("scp", parents=[common, listen], help="run only the Storage SCP (split mode)")
+    scp.set_defaults(run=_run_scp)
+    worker = commands.add_parser("worker", parents=[common], help="run a Celery worker (split mode)")
+    worker.add_argument("--queues", default="gpu,io", help="comma-separated: gpu (inference), io (export)")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default worker.concurrency)")
+    worker.add_argument("--name", default=f"worker-{os.getpid()}", help="Celery node name")
+    worker.set_defaults(run=_run_worker)
+    scheduler = commands.add_parser("scheduler", parents=[common], help="run the periodic sweeps (split mode)")
+    scheduler.set_defaults(run=_run_scheduler)
+    status = commands.add_parser("status", parents=[common], help="queue depth, pending cases, outbox, dead letters")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_run_status)
+    requeue = commands.add_parser("requeue-dead", parents=[common], help="send dead-lettered SRs again")
+    requeue.add_argument("--id", type=int, help="only this outbox item (default: all dead letters)")
+    requeue.set_defaults(run=_run_requeue)
+
+
+def node_settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "home": str(args.home) if args.home else None, "broker_url": args.broker,
+        "database_url": args.database, "log_json": args.log_json,
+        "scp.port": getattr(args, "port", None), "scp.ae_title": getattr(args, "ae_title", None),
+        "export.default_destination": getattr(args, "destination", None),
+    }
+    settings = load_settings(args.config, overrides)
+    setup_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _require_broker(settings: Settings) -> None:
+    if settings.broker_url is None:
+        raise InputError("no broker: give --broker redis://... or broker_url in the configuration "
+                         "(only `contourqa serve` starts an embedded Redis)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .node import serve
+    serve(node_settings(args))
+    return 0
+
+
+def _run_scp(args: argparse.Namespace) -> int:
+    from .node import run_scp
+    settings = node_settings(args)
+    _require_broker(settings)
+    run_scp(settings)
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from .node import run_worker
+    settings = node_settings(args)
+    _require_broker(settings)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if not queues or set(queues) - {"gpu", "io"}:
+        raise InputError(f"--queues: expected gpu, io or gpu,io, not {args.queues!r}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise InputError("--concurrency must be at least 1")
+    run_worker(settings, queues, args.concurrency or settings.worker.concurrency, args.name)
+    return 0
+
+
+def _run_scheduler(args: argparse.Namespace) -> int:
+    from .node import run_scheduler
+    settings = node_settings(args)
+    _require_broker(settings)
+    run_scheduler(settings)
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .status import format_status, status_report
+    settings = node_settings(args)
+    broker = settings.broker_url or _embedded_broker(settings)
+    report = status_report(open_database(settings.resolved_database_url(), create=False), broker)
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def _run_requeue(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .export import requeue_dead
+    settings = node_settings(args)
+    count = requeue_dead(open_database(settings.resolved_database_url(), create=False), args.id)
+    print(f"{count} dead letter(s) back in the outbox")
+    return 0
+
+
+def _embedded_broker(settings: Settings) -> str | None:
+    """The broker a running `serve` under this home uses, from its effective settings."""
+    effective = settings.home / "run" / "settings.json"
+    if effective.exists():
+        return json.loads(effective.read_text()).get("broker_url")
+    return None

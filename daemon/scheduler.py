@@ -1,0 +1,103 @@
+"""Periodic work (APScheduler): pick up what an event missed, so a restart or a lost message loses nothing.
+
+The sweep opens cases for structure sets stored without one, assesses waiting cases past the
+stable age, re-dispatches cases whose message or worker was lost, and sends due exports.
+Retention removes old studies from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import sessionmaker
+
+from .assembler import Assembler
+from .celery_app import dispatch_case, dispatch_export
+from .config import Settings
+from .db import ACTIVE_STATES, Case, CaseState, Instance, utcnow
+from .export import due_items
+from .references import STRUCTURE_KINDS
+from .store import read_header
+
+log = logging.getLogger(__name__)
+
+READY_GRACE_S = 10  # the SCP dispatches a ready case itself; the sweep steps in after this
+
+
+def open_missed_cases(sessions: sessionmaker, assembler: Assembler) -> int:
+    """Structure sets stored while the assembler was interrupted (crash between store and case)."""
+    with sessions() as session:
+        orphans = session.scalars(select(Instance).where(
+            Instance.sop_class_uid.in_(list(STRUCTURE_KINDS)),
+            ~select(Case.case_id).where(Case.structure_instance_id == Instance.id).exists())).all()
+    for instance in orphans:
+        assembler.on_stored(instance, read_header(Path(instance.path)))
+    return len(orphans)
+
+
+def redispatch_lost(settings: Settings, sessions: sessionmaker) -> list[str]:
+    """Ready cases nobody handed over; queued or running cases whose message or worker is gone."""
+    now = utcnow()
+    lease = timedelta(seconds=settings.worker.time_limit_s * 2 + 60)
+    with sessions() as session:
+        case_ids = list(session.scalars(select(Case.case_id).where(or_(
+            (Case.state == CaseState.READY.value) & (Case.ready_at < now - timedelta(seconds=READY_GRACE_S)),
+            (Case.state == CaseState.QUEUED.value) & (Case.dispatched_at < now - lease),
+            (Case.state == CaseState.RUNNING.value) & (Case.started_at < now - lease)))))
+        # queued/running ones go back to ready so dispatch_case may move them again
+        for case in session.scalars(select(Case).where(Case.case_id.in_(case_ids))):
+            case.state = CaseState.READY.value
+        session.commit()
+    for case_id in case_ids:
+        dispatch_case(sessions, case_id)
+    return case_ids
+
+
+def sweep(settings: Settings, sessions: sessionmaker) -> None:
+    assembler = Assembler(sessions, lambda case_id: dispatch_case(sessions, case_id))
+    open_missed_cases(sessions, assembler)
+    assembler.expire_stale(settings.assembly.stable_age_s)
+    redispatch_lost(settings, sessions)
+    for outbox_id in due_items(sessions, lease_s=settings.export.timeout_s * 4):
+        dispatch_export(outbox_id)
+
+
+def apply_retention(settings: Settings, sessions: sessionmaker) -> int:
+    """Delete studies whose newest instance is older than the retention, unless a case still needs them."""
+    if settings.scheduler.retention_days is None:
+        return 0
+    limit = utcnow() - timedelta(days=settings.scheduler.retention_days)
+    with sessions() as session:
+        old = session.scalars(select(Instance.study_uid).group_by(Instance.study_uid)
+                              .having(func.max(Instance.received_at) < limit)).all()
+        busy = set(session.scalars(select(Case.study_uid).where(
+            Case.state.in_(ACTIVE_STATES + (CaseState.WAITING.value,)))))
+        studies = [s for s in old if s not in busy]
+        for study in studies:
+            session.execute(delete(Instance).where(Instance.study_uid == study))
+        session.commit()
+    for study in studies:
+        shutil.rmtree(settings.store_dir / study, ignore_errors=True)
+        log.info("retention: study %s removed from the store", study)
+    return len(studies)
+
+
+def start_scheduler(settings: Settings, sessions: sessionmaker, blocking: bool = False) -> BaseScheduler:
+    """The sweep every few seconds and retention hourly; one scheduler per deployment."""
+    if blocking:
+        from apscheduler.schedulers.blocking import BlockingScheduler
+        scheduler: BaseScheduler = BlockingScheduler()
+    else:
+        scheduler = BackgroundScheduler()
+    scheduler.add_job(sweep, "interval", seconds=settings.scheduler.sweep_interval_s, args=[settings, sessions],
+                      id="sweep", max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
+    scheduler.add_job(apply_retention, "interval", hours=1, args=[settings, sessions], id="retention",
+                      max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,40 @@
+"""Celery tasks: thin shells around plain functions of case_runner and export."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from .case_runner import fail_case, load_predictor, run_case
+from .celery_app import ASSESS_TASK, EXPORT_TASK, app, dispatch_export, runtime
+from .export import deliver
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _load_model_at_start(**_) -> None:
+    """Inference processes read the model once at start, so the first case is as fast as the next."""
+    settings = runtime.settings
+    if runtime.inference and settings is not None and settings.worker.use_model:
+        model_dir = settings.worker.model_dir
+        load_predictor(str(model_dir) if model_dir else None, settings.worker.device)
+
+
+@app.task(name=ASSESS_TASK, acks_late=True, reject_on_worker_lost=True)
+def assess_case(case_id: str) -> str:
+    sessions = runtime.sessions()
+    try:
+        outcome = run_case(runtime.settings, sessions, case_id)
+    except SoftTimeLimitExceeded:
+        return fail_case(sessions, case_id, "assessment exceeded the soft time limit").state
+    if outcome.outbox_id is not None:
+        dispatch_export(outcome.outbox_id)
+    return outcome.state
+
+
+@app.task(name=EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
+def export_sr(outbox_id: int) -> str:
+    return deliver(runtime.settings.export, runtime.sessions(), outbox_id)
