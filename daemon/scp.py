@@ -61,6 +61,7 @@ def handle_requested(event: evt.Event, settings: ScpSettings, metrics: Metrics) 
         log.warning("association from %s at %s rejected: calling AE title not allowed", ae_title, requestor.address)
         metrics.associations.labels(outcome="rejected").inc()
         event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        event.assoc.kill()  # waits until the reject PDU is on the wire, as pynetdicom's own rejections do
         return
     metrics.associations.labels(outcome="accepted").inc()
 

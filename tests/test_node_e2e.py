@@ -1,0 +1,157 @@
+"""End to end: dcmtk storescu -> `contourqa serve` (embedded Redis, Celery workers) -> dcmtk storescp.
+
+Faults are real: a worker process killed with SIGKILL, a destination that is down, a node stopped and
+started again with work pending, a structure set whose images never arrive, eight concurrent senders.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from collections import Counter
+
+import highdicom as hd
+import pytest
+
+from node_harness import Destination, Node, clone_study, dcmtk, free_port, send, wait_for
+from conftest import require_tool
+
+pytestmark = pytest.mark.slow
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def sr_verdicts(path) -> dict[str, str]:
+    sr = hd.sr.srread(path)
+    groups = sr.content.get_image_measurement_groups() + sr.content.get_volumetric_roi_measurement_groups()
+    return {g.tracking_identifier.split(": ", 1)[1]: {e.name.value: e.value.value
+                                                     for e in g.get_qualitative_evaluations()}["VERDICT"]
+            for g in groups}
+
+
+@pytest.fixture
+def destination(tmp_path):
+    dest = Destination(tmp_path / "received").start()
+    yield dest
+    dest.stop()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes = []
+
+    def make(**config) -> Node:
+        node = Node(tmp_path / "home", **config)
+        nodes.append(node)
+        return node
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom, destination, node_factory,
+                                                                         tmp_path):
+    metrics_port = free_port()
+    node = node_factory(export={"default_destination": destination.address}, metrics_port=metrics_port).start()
+    echo = subprocess.run([dcmtk("echoscu"), "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    intruder = subprocess.run([dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "CONTOURQA", "127.0.0.1",
+                               str(node.port)], capture_output=True, text=True, timeout=30)
+    assert intruder.returncode != 0 and "Calling AE Title Not Recognized" in intruder.stderr + intruder.stdout
+
+    case = phantom / "case001"
+    sent = send(node.port, case / "image", case / "candidates" / "auto01.dcm")
+    assert sent.returncode == 0, sent.stderr
+    first = wait_for(lambda: destination.received(), 60, "the RTSTRUCT's SR")
+    sent = send(node.port, case / "candidates" / "auto01_binary_seg.dcm")
+    assert sent.returncode == 0, sent.stderr
+    received = wait_for(lambda: len(destination.received()) == 2 and destination.received(), 60, "the SEG's SR")
+
+    status = node.status()
+    assert status["cases"]["done"] == 2 and status["outbox"]["sent"] == 2 and status["pending_cases"] == 0
+    for path in received:
+        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+        assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+        verdicts = sr_verdicts(path)
+        assert set(verdicts) == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
+        assert set(verdicts.values()) <= {"ACCEPT", "REVIEW", "REJECT"}
+    assert first[0] in received
+
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert 'contourqa_cases{state="done"} 2.0' in scraped
+    assert 'contourqa_associations_total{outcome="rejected"} 1.0' in scraped
+    assert "contourqa_assessment_latency_seconds_count 2.0" in scraped
+    assert "Phantom" not in node.log_text()  # patient names never reach the log
+
+
+def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destination, node_factory):
+    # many MC dropout passes make the case last long enough to be caught running
+    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 40}).start()
+    case = phantom / "case001"
+    assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
+    wait_for(lambda: node.status()["cases"]["running"] == 1, 60, "the case to run", interval=0.2)
+    children = node.worker_children()
+    assert children
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: destination.received(), 180, "the SR after the worker was killed")
+    wait_for(lambda: node.status()["outbox"]["sent"] == 1, 30, "the outbox to record delivery")
+    assert len(destination.received()) == 1
+    assert "attempt 2" in node.log_text()
+
+
+def test_a_destination_down_and_a_restart_lose_and_duplicate_nothing(phantom, tmp_path, node_factory):
+    destination = Destination(tmp_path / "received")  # not started: down
+    node = node_factory(export={"default_destination": destination.address}).start()
+    studies = [clone_study(phantom / "case001", tmp_path / f"study{n}") for n in range(2)]
+    for study in studies:
+        assert send(node.port, study).returncode == 0
+    wait_for(lambda: node.status()["outbox"]["pending"] == 2, 120, "both SRs waiting in the outbox")
+    wait_for(lambda: "failed (attempt 2" in node.log_text(), 30, "retries with backoff")
+    assert node.stop() == 0
+
+    # a third study stored, its structure set before its images, while the node is down
+    late = clone_study(phantom / "case001", tmp_path / "late")
+    destination.start()
+    try:
+        node.start()
+        structure = sorted(late.iterdir())[-1]
+        assert send(node.port, structure).returncode == 0
+        assert node.status()["cases"]["waiting"] == 1
+        assert send(node.port, *sorted(late.iterdir())[:-1]).returncode == 0
+        wait_for(lambda: len(destination.received()) == 3, 120, "all three SRs")
+        wait_for(lambda: node.status()["outbox"]["sent"] == 3, 30, "the outbox to record delivery")
+        assert sorted(Counter(destination.received_uids()).values()) == [1, 1, 1]
+    finally:
+        destination.stop()
+
+
+def test_a_structure_set_whose_images_never_arrive_fails_with_a_reason(phantom, tmp_path, destination,
+                                                                       node_factory):
+    node = node_factory(export={"default_destination": destination.address}).start()
+    study = clone_study(phantom / "case001", tmp_path / "study")
+    structure = sorted(study.iterdir())[-1]
+    assert send(node.port, structure).returncode == 0
+    failed = wait_for(lambda: node.status()["recent_failed_cases"], 60, "the case to fail")
+    assert "referenced images never arrived" in failed[0]["reason"]
+    assert destination.received() == []
+    assert len(list((node.home / "store").rglob("*.dcm"))) == 1  # the structure set is kept
+
+
+def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, tmp_path, destination,
+                                                                      node_factory):
+    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 0}).start()
+    studies = [clone_study(phantom / "case001", tmp_path / f"study{n}") for n in range(8)]
+    senders = [subprocess.Popen([dcmtk("storescu"), "-R", "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
+                                 str(node.port), str(study)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for study in studies]
+    assert [p.wait(timeout=300) for p in senders] == [0] * 8
+    wait_for(lambda: len(destination.received()) == 8, 300, "eight SRs")
+    files = list((node.home / "store").rglob("*.dcm"))
+    assert len(files) == sum(len(list(s.iterdir())) for s in studies)
+    status = wait_for(lambda: (s := node.status())["outbox"]["sent"] == 8 and s, 30, "eight deliveries")
+    assert status["cases"]["done"] == 8
+    assert sorted(Counter(destination.received_uids()).values()) == [1] * 8
