@@ -49,7 +49,13 @@ def read_header(path: Path) -> Dataset:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
         raise StoreError(f"unreadable instance ({type(error).__name__})", CANNOT_UNDERSTAND) from None
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+    keywords = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+    try:
+        if not any(keyword in dataset for keyword in keywords):
+            raise StoreError("no DICOM identifying attributes in the data set", CANNOT_UNDERSTAND)
+    except (ValueError, TypeError, KeyError) as error:  # pydicom parses lazily: garbage fails here
+        raise StoreError(f"unreadable instance ({type(error).__name__})", CANNOT_UNDERSTAND) from None
+    for keyword in keywords:
         value = str(dataset.get(keyword, "") or "")
         if not _UID.match(value) or len(value) > 64:
             raise StoreError(f"missing or invalid {keyword}", DATASET_MISMATCH)

@@ -1,0 +1,68 @@
+"""The node's configuration: one YAML file validated at start with one-line messages; flags override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contourqa.daemon.config import Destination, ExportSettings, load_settings
+from contourqa.qa_models.errors import InputError
+from conftest import run_cli
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "contourqa.example.yaml"
+
+
+def test_the_example_configuration_in_deploy_is_valid():
+    settings = load_settings(EXAMPLE)
+    assert settings.scp.ae_title == "CONTOURQA"
+    assert settings.export.destination_for("TPS_ECLIPSE") == Destination.parse("TPS_QA@tps.example.org:104")
+    assert settings.export.destination_for("SOMEONE_ELSE") == settings.export.default_destination
+
+
+def test_flags_override_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("scp: {port: 104, ae_title: FROMFILE}\n")
+    settings = load_settings(config, {"scp.port": 11112, "export.default_destination": "DEST@host:4242"})
+    assert (settings.scp.port, settings.scp.ae_title) == (11112, "FROMFILE")
+    assert str(settings.export.default_destination) == "DEST@host:4242"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("scp: {port: 70000}", "scp.port"),
+    ("scp: {ae_title: 'THIS_TITLE_IS_TOO_LONG'}", "scp.ae_title"),
+    ("export: {default_destination: 'nohostport'}", "AET@HOST:PORT"),
+    ("worker: {soft_time_limit_s: 100, time_limit_s: 50}", "time_limit_s must be longer"),
+    ("scpp: {port: 1}", "scpp: Extra inputs are not permitted"),
+    ("[1, 2]", "must be a mapping"),
+    ("scp: {port: [", "not valid YAML"),
+])
+def test_invalid_configuration_is_one_clear_line(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(InputError, match=None) as error:
+        load_settings(config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_serve_with_a_bad_configuration_exits_2_with_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("scp: {port: abc}\n")
+    result = run_cli("serve", "--config", config)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "scp.port" in result.stderr
+
+
+def test_split_mode_without_a_broker_is_refused(tmp_path):
+    result = run_cli("worker", "--home", tmp_path)
+    assert result.returncode == 2 and "no broker" in result.stderr
+
+
+def test_status_of_a_home_without_a_database_is_one_line(tmp_path):
+    result = run_cli("status", "--home", tmp_path / "nothing")
+    assert result.returncode == 2 and "no contourqa database" in result.stderr
+
+
+def test_backoff_doubles_up_to_the_cap():
+    export = ExportSettings(initial_delay_s=5, max_delay_s=60)
+    assert [export.delay_after(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
