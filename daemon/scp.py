@@ -71,7 +71,8 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
     calling_ae = event.assoc.requestor.ae_title.strip()
     uid = str(event.request.AffectedSOPInstanceUID)
     try:
-        stored, header = ingest.store.ingest(Path(event.dataset_path), calling_ae, expected_uid=uid)
+        stored, header = ingest.store.ingest(Path(event.dataset_path), calling_ae, expected_uid=uid,
+                                             move=True)
     except StoreError as error:
         log.warning("instance %s from %s refused (0x%04X): %s", uid, calling_ae, error.status, error)
         ingest.metrics.instances.labels(outcome="refused").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -83,9 +84,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def place_atomically(source: Path, destination: Path) -> None:
-    """Copy ``source`` to ``destination`` through a temporary file, fsync, rename: all or nothing."""
+def place_atomically(source: Path, destination: Path, move: bool = False) -> None:
+    """Put ``source`` at ``destination`` all or nothing: fsync, rename, fsync the folder.
+
+    ``move`` renames the file itself when it is on the same file system (the SCP's received files
+    are), else it is copied through a temporary file.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.replace(source, destination)
+            _fsync_dir(destination.parent)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
     temporary = destination.with_name(f".{destination.name}.partial")
     try:
         with open(source, "rb") as reader, open(temporary, "wb") as writer:
@@ -114,8 +129,12 @@ class Store:
             raise StoreError(f"free disk {free:.0f} MB below the {self.min_free_disk_mb:.0f} MB threshold",
                              OUT_OF_RESOURCES)
 
-    def ingest(self, source: Path, calling_ae: str = "", expected_uid: str | None = None) -> tuple[Stored, Dataset]:
-        """Store the DICOM file ``source`` (idempotently) and index it; returns the row and its header."""
+    def ingest(self, source: Path, calling_ae: str = "", expected_uid: str | None = None,
+               move: bool = False) -> tuple[Stored, Dataset]:
+        """Store the DICOM file ``source`` (idempotently) and index it; returns the row and its header.
+
+        ``move``: ``source`` is a received temporary file the store may take over instead of copying.
+        """
         self.check_free_disk()
         header = read_header(source)
         uid = str(header.SOPInstanceUID)
@@ -133,7 +152,7 @@ class Store:
             name = f"{uid}.dcm" if version == 1 else f"{uid}.v{version}.dcm"
             path = self.root / str(header.StudyInstanceUID) / str(header.SeriesInstanceUID) / name
             try:
-                place_atomically(source, path)
+                place_atomically(source, path, move)
             except OSError as error:
                 raise StoreError(f"cannot write the instance ({error.strerror or error})", OUT_OF_RESOURCES) from None
             row = Instance(

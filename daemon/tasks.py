@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
@@ -19,6 +20,9 @@ def _load_model_at_start(**_) -> None:
     """Inference processes read the model once at start, so the first case is as fast as the next."""
     settings = runtime.settings
     if runtime.inference and settings is not None and settings.worker.use_model:
+        import torch
+        # several inference processes on one CPU: share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.worker.concurrency))
         model_dir = settings.worker.model_dir
         load_predictor(str(model_dir) if model_dir else None, settings.worker.device)
 

@@ -33,11 +33,18 @@ class RegNet3D(nn.Module):
             nn.Linear(64, 1),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the first dropout layer (run once per input for MC dropout)."""
         features = self.features(x)
         # Mean and max pooling: the mean sees overall agreement, the max a local defect.
-        pooled = torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
-        return torch.sigmoid(self.head(pooled)).squeeze(1)
+        return torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
+
+    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The head, where the dropout layers are: one Dice value per sample."""
+        return torch.sigmoid(self.head(encoded)).squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
 
 
 class SqueezeExcitation(nn.Module):
@@ -137,6 +144,10 @@ class EfficientDet3D(nn.Module):
                                   nn.Conv3d(bifpn_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone, BiFPN and fusion nodes: everything before the dropout (run once for MC dropout)."""
         x = self.stem(x)
         levels = []
         for stage in self.stages:
@@ -148,7 +159,11 @@ class EfficientDet3D(nn.Module):
         node = pyramid[-1]
         for fusion, level in zip(self.head_fusion, reversed(pyramid[:-1])):  # serial nodes P6 .. P3
             node = fusion([level, node])
-        return torch.sigmoid(self.head(node)).mean(dim=(1, 2, 3, 4))
+        return node
+
+    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The head, where the dropout is: one Dice value per sample."""
+        return torch.sigmoid(self.head(encoded)).mean(dim=(1, 2, 3, 4))
 
 
 def build_network(architecture: str, in_channels: int = 2) -> nn.Module:

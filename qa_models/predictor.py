@@ -133,13 +133,15 @@ class DicePredictor:
         if not inputs:
             return []
         x = torch.stack(inputs).to(self.device).contiguous(memory_format=torch.channels_last_3d)
-        points = torch.stack([network(x) for network in self.networks])  # (networks, batch)
+        # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
+        encoded = [network.encode(x) for network in self.networks]
+        points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)])  # (networks, batch)
         samples = [points]
         if mc_samples > 0:
-            repeated = x.repeat_interleave(mc_samples, dim=0)
-            for network in self.networks:
+            for network, features in zip(self.networks, encoded):
                 _dropout_on(network, True)
-                samples.append(network(repeated).reshape(len(inputs), mc_samples).T)
+                repeated = features.repeat_interleave(mc_samples, dim=0)
+                samples.append(network.decode(repeated).reshape(len(inputs), mc_samples).T)
                 _dropout_on(network, False)
         values = torch.cat(samples).float().cpu().numpy()  # (draws, batch)
         mean = points.mean(dim=0).float().cpu().numpy()
