@@ -137,6 +137,12 @@ class Node:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def running_cases(self) -> int:
+        """Read straight from the node's SQLite database: fast enough to catch a case while it runs."""
+        import sqlite3
+        with sqlite3.connect(self.home / "contourqa.sqlite", timeout=5) as db:
+            return db.execute("select count(*) from cases where state = 'running'").fetchone()[0]
+
     def worker_children(self) -> list[int]:
         """PIDs of the inference worker's pool processes (the ones running tasks)."""
         out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout

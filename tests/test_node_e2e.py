@@ -88,11 +88,11 @@ def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom
 
 
 def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destination, node_factory):
-    # many MC dropout passes make the case last long enough to be caught running
-    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 40}).start()
+    # many MC dropout passes make the case last a few seconds; the database is polled every 20 ms
+    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 2000}).start()
     case = phantom / "case001"
     assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
-    wait_for(lambda: node.status()["cases"]["running"] == 1, 60, "the case to run", interval=0.2)
+    wait_for(lambda: node.running_cases() == 1, 60, "the case to run", interval=0.02)
     children = node.worker_children()
     assert children
     for pid in children:
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destinati
 
 def test_a_destination_down_and_a_restart_lose_and_duplicate_nothing(phantom, tmp_path, node_factory):
     destination = Destination(tmp_path / "received")  # not started: down
-    node = node_factory(export={"default_destination": destination.address}).start()
+    node = node_factory(export={"default_destination": destination.address}, assembly={"stable_age_s": 120}).start()
     studies = [clone_study(phantom / "case001", tmp_path / f"study{n}") for n in range(2)]
     for study in studies:
         assert send(node.port, study).returncode == 0

@@ -216,3 +216,19 @@ def test_tls_requires_a_client_certificate_signed_by_the_configured_ca(scp, cert
         return ok
     assert echo(with_client_certificate=True)
     assert not echo(with_client_certificate=False)
+
+
+def test_retention_removes_old_studies_but_not_those_a_case_still_needs(phantom, scp, tmp_path):
+    from contourqa.daemon.config import Settings
+    from contourqa.daemon.scheduler import apply_retention
+    server = scp()
+    case = phantom / "case001"
+    assert send(server.port, case / "candidates" / "auto01.dcm").returncode == 0  # a waiting case
+    other = clone_study(case, tmp_path / "other")
+    assert send(server.port, *sorted(other.iterdir())[:-1]).returncode == 0  # images only
+    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                        scheduler={"retention_days": 1e-9})
+    assert apply_retention(settings, server.sessions) == 1
+    remaining = {p.parent.parent.name for p in server.stored_files()}
+    assert remaining == {str(pydicom.dcmread(case / "candidates" / "auto01.dcm").StudyInstanceUID)}
+    assert server.instances() == 1
