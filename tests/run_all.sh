@@ -4,10 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-command -v storescu >/dev/null || missing+=(dcmtk)
+# dcmtk's own binaries: pynetdicom installs Python apps with the same names (storescu, echoscu) on PATH
+[ -x /usr/bin/storescu ] && [ -x /usr/bin/storescp ] && [ -x /usr/bin/echoscu ] || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v plastimatch >/dev/null || missing+=(plastimatch)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
