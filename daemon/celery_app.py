@@ -10,10 +10,11 @@ import logging
 import os
 
 from celery import Celery
+from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
 from .config import Settings
-from .db import open_database
+from .db import Case, CaseState, open_database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,6 @@ def configure(settings: Settings, broker_url: str) -> Celery:
 
 def dispatch_case(sessions: sessionmaker, case_id: str) -> bool:
     """Hand a ready case to the broker; a broker that is down leaves it ready for the next sweep."""
-    from sqlalchemy import update
-
-    from .db import Case, CaseState, utcnow
     try:
         app.send_task(ASSESS_TASK, args=[case_id], retry=True,
                       retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})

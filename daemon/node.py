@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
+from .assembler import Assembler
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE, app, configure, dispatch_case, runtime
 from .config import Settings
 from .db import open_database
@@ -21,7 +21,6 @@ from .metrics import Metrics
 from .scheduler import start_scheduler
 from .scp import Ingest, start_scp
 from .store import Store
-from .assembler import Assembler
 
 log = logging.getLogger(__name__)
 

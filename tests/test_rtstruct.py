@@ -4,7 +4,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
 
 from conftest import require_tool, run_cli
 from contourqa.qa_models.rtstruct import rasterise_roi, read_rois

@@ -11,7 +11,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 from sqlalchemy import func, select

@@ -5,7 +5,6 @@ import pickle
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 
