@@ -26,7 +26,7 @@ from .assembler import missing_references
 from .config import Settings
 from .db import Case, CaseState, Instance, OutboxItem, RoiResult, utcnow
 from .references import STRUCTURE_KINDS
-from .store import Store
+from .store import current_versions
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOu
 def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_path: str,
             timings: dict[str, float]) -> Assessment:
     started = time.perf_counter()
-    store = Store(settings.store_dir, sessions)
-    images = [Path(i.path) for i in store.current_versions(case.image_series_uid)
+    images = [Path(i.path) for i in current_versions(sessions, case.image_series_uid)
               if i.sop_class_uid not in STRUCTURE_KINDS]
     structure = load_structure(structure_path)
     series = load_series_files(images, f"series {case.image_series_uid}")

@@ -58,10 +58,13 @@ def node_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _require_broker(settings: Settings) -> None:
+def split_mode_settings(args: argparse.Namespace) -> Settings:
+    """Settings of `scp`, `worker` and `scheduler`, which need an external broker."""
+    settings = node_settings(args)
     if settings.broker_url is None:
         raise InputError("no broker: give --broker redis://... or broker_url in the configuration "
                          "(only `contourqa serve` starts an embedded Redis)")
+    return settings
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -72,16 +75,14 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _run_scp(args: argparse.Namespace) -> int:
     from .node import run_scp
-    settings = node_settings(args)
-    _require_broker(settings)
+    settings = split_mode_settings(args)
     run_scp(settings)
     return 0
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     from .node import run_worker
-    settings = node_settings(args)
-    _require_broker(settings)
+    settings = split_mode_settings(args)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not queues or set(queues) - {"gpu", "io"}:
         raise InputError(f"--queues: expected gpu, io or gpu,io, not {args.queues!r}")
@@ -93,8 +94,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _run_scheduler(args: argparse.Namespace) -> int:
     from .node import run_scheduler
-    settings = node_settings(args)
-    _require_broker(settings)
+    settings = split_mode_settings(args)
     run_scheduler(settings)
     return 0
 

@@ -123,6 +123,11 @@ class ExportSettings(_Strict):
     def destination_for(self, calling_ae: str | None) -> Destination | None:
         return self.destinations.get((calling_ae or "").strip(), self.default_destination)
 
+    @property
+    def sending_lease_s(self) -> float:
+        """A send claimed longer ago than this is taken to have died with its worker."""
+        return self.timeout_s * 4
+
     def delay_after(self, attempts: int) -> float:
         """Exponential backoff, capped: initial, 2x, 4x ... max."""
         return min(self.initial_delay_s * 2 ** max(attempts - 1, 0), self.max_delay_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -63,23 +63,27 @@ def send_file(path: str, destination: Destination, calling_ae: str, timeout: flo
     return SendResult(False, permanent=(code & 0xFF00) != 0xA700, detail=f"C-STORE status 0x{code:04X}")
 
 
+def _is_due(now: datetime, lease_s: float):
+    """Pending and due, or being sent by a worker whose lease has run out (it vanished mid-way)."""
+    return or_((OutboxItem.state == OutboxState.PENDING.value) & (OutboxItem.next_attempt_at <= now),
+               (OutboxItem.state == OutboxState.SENDING.value)
+               & (OutboxItem.claimed_at < now - timedelta(seconds=lease_s)))
+
+
 def claim(sessions: sessionmaker, outbox_id: int, lease_s: float) -> OutboxItem | None:
     """Take an outbox item for sending, once: pending and due, or a sending lease that has run out."""
     now = utcnow()
     with sessions() as session:
-        moved = session.execute(update(OutboxItem).where(
-            OutboxItem.id == outbox_id,
-            or_((OutboxItem.state == OutboxState.PENDING.value) & (OutboxItem.next_attempt_at <= now),
-                (OutboxItem.state == OutboxState.SENDING.value)
-                & (OutboxItem.claimed_at < now - timedelta(seconds=lease_s))),
-        ).values(state=OutboxState.SENDING.value, claimed_at=now, attempts=OutboxItem.attempts + 1)).rowcount
+        moved = session.execute(
+            update(OutboxItem).where(OutboxItem.id == outbox_id, _is_due(now, lease_s))
+            .values(state=OutboxState.SENDING.value, claimed_at=now, attempts=OutboxItem.attempts + 1)).rowcount
         session.commit()
         return session.get(OutboxItem, outbox_id) if moved else None
 
 
 def deliver(settings: ExportSettings, sessions: sessionmaker, outbox_id: int) -> str:
     """Try one outbox item; returns its state afterwards (or ``skipped`` when it was not due)."""
-    item = claim(sessions, outbox_id, lease_s=settings.timeout_s * 4)
+    item = claim(sessions, outbox_id, settings.sending_lease_s)
     if item is None:
         return "skipped"
     result = send_file(item.sr_path, Destination.parse(item.destination), settings.calling_ae_title,
@@ -98,23 +102,18 @@ def deliver(settings: ExportSettings, sessions: sessionmaker, outbox_id: int) ->
                 log.error("SR of case %s to %s dead-lettered after %d attempts: %s", row.case_id, row.destination,
                           row.attempts, result.detail, extra={"case_id": row.case_id})
             else:
-                row.state = OutboxState.PENDING.value
-                row.next_attempt_at = utcnow() + timedelta(seconds=settings.delay_after(row.attempts))
+                delay = settings.delay_after(row.attempts)
+                row.state, row.next_attempt_at = OutboxState.PENDING.value, utcnow() + timedelta(seconds=delay)
                 log.warning("SR of case %s to %s failed (attempt %d, next in %.0f s): %s", row.case_id,
-                            row.destination, row.attempts, settings.delay_after(row.attempts), result.detail,
-                            extra={"case_id": row.case_id})
+                            row.destination, row.attempts, delay, result.detail, extra={"case_id": row.case_id})
         session.commit()
         return row.state
 
 
 def due_items(sessions: sessionmaker, lease_s: float) -> list[int]:
     """Outbox items to (re)try now, including sends whose worker vanished mid-way."""
-    now = utcnow()
     with sessions() as session:
-        return list(session.scalars(select(OutboxItem.id).where(or_(
-            (OutboxItem.state == OutboxState.PENDING.value) & (OutboxItem.next_attempt_at <= now),
-            (OutboxItem.state == OutboxState.SENDING.value)
-            & (OutboxItem.claimed_at < now - timedelta(seconds=lease_s))))))
+        return list(session.scalars(select(OutboxItem.id).where(_is_due(utcnow(), lease_s))))
 
 
 def requeue_dead(sessions: sessionmaker, outbox_id: int | None = None) -> int:

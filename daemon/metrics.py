@@ -8,8 +8,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from .db import Case, CaseState, OutboxItem, OutboxState
-from .status import queue_depths
+from .db import Case, CaseState, OutboxItem
+from .status import counts_by_state, queue_depths
 
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600)
 
@@ -35,19 +35,16 @@ class _DatabaseCollector:
 
     def collect(self):
         with self.sessions() as session:
-            cases = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
-            outbox = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
+            cases, outbox = counts_by_state(session)
             failures = session.scalar(select(func.coalesce(func.sum(OutboxItem.failures), 0)))
             spans = session.execute(select(Case.ready_at, Case.finished_at).where(
                 Case.state == CaseState.DONE.value, Case.ready_at.is_not(None))).all()
-        by_state = GaugeMetricFamily("contourqa_cases", "cases by state", labels=["state"])
-        for state in CaseState:
-            by_state.add_metric([state.value], cases.get(state.value, 0))
-        yield by_state
-        exports = GaugeMetricFamily("contourqa_outbox", "SRs in the outbox by state", labels=["state"])
-        for state in OutboxState:
-            exports.add_metric([state.value], outbox.get(state.value, 0))
-        yield exports
+        for name, help_text, counts in (("contourqa_cases", "cases by state", cases),
+                                        ("contourqa_outbox", "SRs in the outbox by state", outbox)):
+            family = GaugeMetricFamily(name, help_text, labels=["state"])
+            for state, count in counts.items():
+                family.add_metric([state], count)
+            yield family
         yield CounterMetricFamily("contourqa_export_failures", "failed export attempts", value=failures)
         yield _latency_histogram([(end - start).total_seconds() for start, end in spans])
         depth = GaugeMetricFamily("contourqa_queue_depth", "messages waiting per queue", labels=["queue"])

@@ -64,7 +64,7 @@ def sweep(settings: Settings, sessions: sessionmaker) -> None:
     open_missed_cases(sessions, assembler)
     assembler.expire_stale(settings.assembly.stable_age_s)
     redispatch_lost(settings, sessions)
-    for outbox_id in due_items(sessions, lease_s=settings.export.timeout_s * 4):
+    for outbox_id in due_items(sessions, settings.export.sending_lease_s):
         dispatch_export(outbox_id)
 
 

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import redis
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE
 from .db import Case, CaseState, OutboxItem, OutboxState
@@ -31,21 +31,26 @@ def queue_depths(broker_url: str | None) -> dict[str, int | None]:
         return {INFERENCE_QUEUE: None, IO_QUEUE: None}
 
 
+def counts_by_state(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Cases by state and outbox items by state, every state present (zero when none)."""
+    cases = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
+    outbox = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
+    return ({s.value: cases.get(s.value, 0) for s in CaseState}, {s.value: outbox.get(s.value, 0) for s in OutboxState})
+
+
 def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
     with sessions() as session:
-        cases = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
-        outbox = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
+        cases, outbox = counts_by_state(session)
         dead = session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD.value)
                                .order_by(OutboxItem.id)).all()
         failed = session.scalars(select(Case).where(Case.state == CaseState.FAILED.value)
                                  .order_by(Case.finished_at.desc()).limit(20)).all()
-    pending = sum(cases.get(s.value, 0) for s in (CaseState.WAITING, CaseState.READY, CaseState.QUEUED,
-                                                  CaseState.RUNNING))
+    pending = sum(cases[s.value] for s in (CaseState.WAITING, CaseState.READY, CaseState.QUEUED, CaseState.RUNNING))
     return {
         "queues": queue_depths(broker_url),
-        "cases": {s.value: cases.get(s.value, 0) for s in CaseState},
+        "cases": cases,
         "pending_cases": pending,
-        "outbox": {s.value: outbox.get(s.value, 0) for s in OutboxState},
+        "outbox": outbox,
         "dead_letters": [{"id": d.id, "case_id": d.case_id, "destination": d.destination, "attempts": d.attempts,
                           "last_error": d.last_error} for d in dead],
         "recent_failed_cases": [{"case_id": c.case_id, "reason": c.reason} for c in failed],

@@ -168,11 +168,12 @@ class Store:
                 raise
             return Stored(row, duplicate=False), header
 
-    def current_versions(self, series_uid: str) -> list[Instance]:
-        """The newest version of every instance of a series."""
-        with self.sessions() as session:
-            newest = (select(Instance.sop_instance_uid, func.max(Instance.version).label("version"))
-                      .where(Instance.series_uid == series_uid).group_by(Instance.sop_instance_uid).subquery())
-            query = select(Instance).join(newest, (Instance.sop_instance_uid == newest.c.sop_instance_uid)
-                                          & (Instance.version == newest.c.version))
-            return list(session.scalars(query))
+
+def current_versions(sessions: sessionmaker, series_uid: str) -> list[Instance]:
+    """The newest version of every stored instance of a series."""
+    with sessions() as session:
+        newest = (select(Instance.sop_instance_uid, func.max(Instance.version).label("version"))
+                  .where(Instance.series_uid == series_uid).group_by(Instance.sop_instance_uid).subquery())
+        query = select(Instance).join(newest, (Instance.sop_instance_uid == newest.c.sop_instance_uid)
+                                      & (Instance.version == newest.c.version))
+        return list(session.scalars(query))
