@@ -78,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-version", dest="version", help="model version written in the card")
     train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--entropy-channel", action="store_true",
+                       help="a third input channel: the voxel-wise entropy of FRACTIONAL SEG candidates")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
     train.set_defaults(run=_run_train)
+
+    calibrate = commands.add_parser("calibrate", help="fit a model's calibration on held-out candidates (stored in its card)")
+    calibrate.add_argument("--manifest", type=Path, required=True, help="cases the model was not trained on")
+    calibrate.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
+    calibrate.set_defaults(run=_run_calibrate)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
     evaluate.add_argument("--manifest", type=Path, required=True)
@@ -165,12 +172,23 @@ def _run_train(args: argparse.Namespace) -> int:
         "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
     try:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+        if args.entropy_channel:
+            config.input = config.input.model_copy(update={"channels": ("image", "mask", "entropy")})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
     card = train(args.manifest, args.out, config, resume=args.resume)
     summary = card.cross_validation
     print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
           + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))
+    return EXIT_OK
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from contourqa.training.calibrate import calibrate
+
+    _, summary = calibrate(args.manifest, args.model)
+    print(f"{args.model}: calibrated on {summary['candidates']} candidates ({summary['knots']} knots); "
+          f"in-sample MAE {summary['mae_raw']:.4f} -> {summary['mae_calibrated']:.4f}")
     return EXIT_OK
 
 

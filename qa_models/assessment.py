@@ -17,6 +17,7 @@ from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, r
 from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
 from .seg import SEG_SOP_CLASS, decode_segments
 from .series import ImageSeries, load_series, read_dicom
+from .uncertainty import voxelwise_entropy_sum
 
 if TYPE_CHECKING:  # torch is imported only where a model is used
     from .predictor import DicePredictor, ModelCard, Prediction
@@ -162,12 +163,6 @@ def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, 
     return max(verdicts, key=order.index)
 
 
-def voxelwise_entropy_sum(probabilities: np.ndarray) -> float:
-    """VS: the sum over voxels of the binary entropy (bits) of a FRACTIONAL segment's probabilities."""
-    p = np.clip(probabilities[(probabilities > 0) & (probabilities < 1)].astype(np.float64), 1e-12, 1 - 1e-12)
-    return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
-
-
 def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
            roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
            strict_model: bool = False) -> Assessment:
@@ -207,7 +202,8 @@ def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: D
         for roi_mask, _ in masks:
             predictor.check_applicable(roi_mask.name, series.modality)
     covered = [n for n, (roi_mask, _) in enumerate(masks) if predictor.applies_to(roi_mask.name, series.modality)]
-    inputs = [predictor.network_input(series.array, masks[n][0].mask, series.grid) for n in covered]
+    inputs = [predictor.network_input(series.array, masks[n][0].mask, series.grid, masks[n][0].probabilities)
+              for n in covered]
     results: list[Prediction | None] = [None] * len(masks)
     for n, prediction in zip(covered, predictor.predict_batch(inputs, config.mc_samples)):
         results[n] = prediction

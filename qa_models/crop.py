@@ -10,9 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .geometry import Grid
+from .uncertainty import entropy_map
+
+CHANNEL_LAYOUTS = (("image", "mask"), ("image", "mask", "entropy"))
 
 
 class InputSpec(BaseModel):
@@ -24,7 +27,18 @@ class InputSpec(BaseModel):
     min_extent_mm: float = Field(40.0, description="smallest box edge")
     empty_extent_mm: float = Field(120.0, description="box edge, centred in the field of view, for an empty mask")
     normalisation: str = "percentile 0 -> 0, percentile 99 -> 1 (published 0..255 / 255), per crop"
-    channels: tuple[str, ...] = ("image", "mask")
+    channels: tuple[str, ...] = Field(("image", "mask"), description="image, mask[, entropy of a FRACTIONAL segment]")
+
+    @field_validator("channels")
+    @classmethod
+    def _known_layout(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
+        if tuple(channels) not in CHANNEL_LAYOUTS:
+            raise ValueError(f"channels must be one of {', '.join('+'.join(c) for c in CHANNEL_LAYOUTS)}")
+        return tuple(channels)
+
+    @property
+    def uses_entropy(self) -> bool:
+        return "entropy" in self.channels
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,19 @@ def crop_input(image: torch.Tensor, channels: list[torch.Tensor], box: Box, grid
     return sampled
 
 
-def mask_input(image: np.ndarray, mask: np.ndarray, grid: Grid, spec: InputSpec) -> torch.Tensor:
-    """Network input (image, mask) for ``mask`` without augmentation: what inference and validation see."""
+def extra_channels(mask: np.ndarray, spec: InputSpec, probabilities: np.ndarray | None = None) -> list[torch.Tensor]:
+    """The channels after the image: the mask, and for a model with an entropy channel the voxel-wise
+    entropy of ``probabilities`` (a binary mask is certain everywhere: zeros)."""
+    channels = [torch.from_numpy(mask.astype(np.float32))]
+    if spec.uses_entropy:
+        channels.append(torch.from_numpy(entropy_map(probabilities)) if probabilities is not None
+                        else torch.zeros(mask.shape, dtype=torch.float32))
+    return channels
+
+
+def mask_input(image: np.ndarray, mask: np.ndarray, grid: Grid, spec: InputSpec,
+               probabilities: np.ndarray | None = None) -> torch.Tensor:
+    """Network input for ``mask`` (and a FRACTIONAL segment's ``probabilities``) without augmentation:
+    what inference and validation see."""
     return crop_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                      [torch.from_numpy(mask.astype(np.float32))], bounding_box(mask, grid, spec), grid, spec)
+                      extra_channels(mask, spec, probabilities), bounding_box(mask, grid, spec), grid, spec)

@@ -22,6 +22,20 @@ from .networks import build_network
 CARD_FILE, WEIGHTS_FILE = "model.json", "weights.pt"
 
 
+class Calibration(BaseModel):
+    """A monotone map from the network's raw output to calibrated Dice, fitted on held-out candidates
+    (isotonic regression, linear between its steps); it undoes the network's pull towards the mean."""
+
+    raw: list[float] = Field(description="raw predictions, increasing")
+    calibrated: list[float] = Field(description="calibrated Dice at each raw value, non-decreasing")
+    candidates: int = 0
+    manifest: str = ""
+    fitted: str = ""
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        return np.interp(values, self.raw, self.calibrated)
+
+
 class ModelCard(BaseModel):
     """What a model is, what it was trained on, how well it did, and what it may be used for."""
 
@@ -39,6 +53,8 @@ class ModelCard(BaseModel):
     evaluation: dict = Field(default_factory=dict)
     training_command: str = ""
     ensemble_size: int = 1
+    test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
+    calibration: Calibration | None = None
 
 
 def device_for(name: str = "auto") -> torch.device:
@@ -68,6 +84,14 @@ def read_card(model_dir: Path) -> ModelCard:
         raise InputError(f"{model_dir}: not a model folder (no {CARD_FILE})") from None
     except (ValidationError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
+
+
+def write_card(card: ModelCard, model_dir: Path) -> None:
+    """Replace the card atomically: a reader sees the old card or the new one, never half of one."""
+    path = Path(model_dir) / CARD_FILE
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(card.model_dump_json(indent=2))
+    temporary.replace(path)
 
 
 class DicePredictor:
@@ -116,12 +140,15 @@ class DicePredictor:
             return False
         return True
 
-    def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid) -> torch.Tensor:
-        return mask_input(image, mask, grid, self.card.input)
+    def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid,
+                      probabilities: np.ndarray | None = None) -> torch.Tensor:
+        return mask_input(image, mask, grid, self.card.input, probabilities)
 
-    def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0) -> Prediction:
-        """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval."""
-        return self.predict_batch([self.network_input(image, mask, grid)], mc_samples)[0]
+    def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0,
+                probabilities: np.ndarray | None = None) -> Prediction:
+        """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval;
+        ``probabilities`` of a FRACTIONAL segment feed a model's entropy channel."""
+        return self.predict_batch([self.network_input(image, mask, grid, probabilities)], mc_samples)[0]
 
     @torch.no_grad()
     def predict_batch(self, inputs: list[torch.Tensor], mc_samples: int = 0) -> list[Prediction]:
@@ -132,21 +159,29 @@ class DicePredictor:
         """
         if not inputs:
             return []
-        x = torch.stack(inputs).to(self.device).contiguous(memory_format=torch.channels_last_3d)
+        x = torch.stack(inputs)
+        views = 2 if self.card.test_time_flip else 1
+        if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
+            x = torch.cat([x, x.flip(-1)])
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last_3d)
+        batch = len(inputs)
         # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
         encoded = [network.encode(x) for network in self.networks]
-        points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)])  # (networks, batch)
+        points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:
             for network, features in zip(self.networks, encoded):
                 _dropout_on(network, True)
                 repeated = features.repeat_interleave(mc_samples, dim=0)
-                samples.append(network.decode(repeated).reshape(len(inputs), mc_samples).T)
+                draws = network.decode(repeated).reshape(views, batch, mc_samples)
+                samples.append(draws.permute(0, 2, 1).reshape(-1, batch))
                 _dropout_on(network, False)
-        values = torch.cat(samples).float().cpu().numpy()  # (draws, batch)
+        values = torch.cat(samples).float().cpu().numpy()
         mean = points.mean(dim=0).float().cpu().numpy()
+        if self.card.calibration is not None:  # monotone, so percentiles map onto percentiles
+            values, mean = self.card.calibration.apply(values), self.card.calibration.apply(mean)
         return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)))
-                for n in range(len(inputs))]
+                for n in range(batch)]
 
 
 def _dropout_on(network: torch.nn.Module, active: bool) -> None:

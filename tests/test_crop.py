@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
-from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, normalise
+from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, mask_input, normalise
+from contourqa.qa_models.uncertainty import entropy_map, voxelwise_entropy_sum
 from contourqa.qa_models.geometry import Grid
 
 GRID = Grid(np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3), (30, 80, 80))
@@ -44,3 +46,29 @@ def test_normalisation_maps_percentiles_to_unit_range():
     out = normalise(image)
     assert float(out.min()) == 0.0
     assert abs(float(torch.quantile(out, 0.99)) - 1.0) < 1e-3
+
+
+def test_entropy_channel_is_the_voxelwise_entropy_of_a_fractional_segment():
+    spec = InputSpec(shape=(16, 32, 32), channels=("image", "mask", "entropy"))
+    mask = block(10, 20, 30, 50, 20, 40)
+    soft = mask.astype(np.float32)
+    soft[10:20, 30:50, 20] = 0.5  # one uncertain column of voxels: 1 bit each
+    image = np.random.default_rng(0).random(GRID.shape).astype(np.float32)
+    fractional = mask_input(image, mask, GRID, spec, probabilities=soft)
+    binary = mask_input(image, mask, GRID, spec)
+    assert fractional.shape == binary.shape == (3, 16, 32, 32)
+    assert float(binary[2].abs().max()) == 0.0  # a binary mask is certain everywhere
+    assert 0.2 < float(fractional[2].max()) <= 1.0 and float(fractional[2, :, :, 20:].max()) == 0.0
+    assert torch.equal(fractional[:2], binary[:2])
+
+
+def test_entropy_values_and_sum():
+    p = np.array([0.0, 1.0, 0.5, 0.5, 0.25])
+    expected = [0, 0, 1, 1, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))]
+    assert np.allclose(entropy_map(p), expected, atol=1e-4)
+    assert voxelwise_entropy_sum(p) == pytest.approx(sum(expected), abs=1e-6)
+
+
+def test_unknown_channel_layout_is_refused():
+    with pytest.raises(ValueError, match="channels must be one of image\\+mask, image\\+mask\\+entropy"):
+        InputSpec(channels=("mask", "entropy"))

@@ -5,6 +5,7 @@ import pickle
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,38 @@ def test_assess_reports_predicted_dice_and_interval(quick_model, phantom, tmp_pa
     assert "Predicted without reference segmentation" in dump
 
 
+def test_entropy_channel_model_learns_from_fractional_segments(phantom, tmp_path):
+    """`train --entropy-channel`: the FRACTIONAL SEG candidates keep their probabilities through the cache,
+    the card records the third channel, and at inference the entropy reaches the network."""
+    from contourqa.qa_models.assessment import load_structure, structure_masks, AssessConfig
+    from contourqa.qa_models.series import load_series
+    from contourqa.training.cache import load_cases
+    from contourqa.training.manifest import read_manifest
+
+    out = tmp_path / "entropy"
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--entropy-channel",
+                     "--epochs", "2", "--steps-per-epoch", "4")
+    assert result.returncode == 0, result.stderr
+    assert read_card(out).input.channels == ("image", "mask", "entropy")
+    cases = load_cases(read_manifest(phantom / "manifest.csv"), out / "cache")  # read back from the cache
+    fractional = [c for case in cases for c in case.candidates if "fractional" in c.row.candidate.name]
+    assert fractional and all(c.probabilities is not None and 0 < c.probabilities.max() <= 1 for c in fractional)
+    assert all(c.probabilities is None for case in cases for c in case.candidates if "binary" in c.row.candidate.name)
+
+    predictor = DicePredictor.from_model_folder(out)
+    study = phantom / "case000"
+    series = load_series(study / "image")
+    roi, _ = structure_masks(load_structure(study / "candidates" / "auto02_fractional_seg.dcm"), series, AssessConfig())[0]
+    with_entropy = predictor.predict(series.array, roi.mask, series.grid, probabilities=roi.probabilities)
+    without = predictor.predict(series.array, roi.mask, series.grid)
+    assert with_entropy.dice != without.dice
+    report = run_cli("assess", study / "image", study / "candidates" / "auto02_fractional_seg.dcm", "--model", out,
+                     "--json")
+    assert report.returncode == 0, report.stderr
+    first = json.loads(report.stdout)["rois"][0]
+    assert first["predicted_dice"] == pytest.approx(with_entropy.dice, abs=1e-4)
+
+
 def test_predictions_are_deterministic_without_mc_dropout(quick_model, phantom):
     from contourqa.qa_models.assessment import assess_files
     predictor = DicePredictor.from_model_folder(quick_model)
@@ -96,6 +129,22 @@ def test_predictions_are_deterministic_without_mc_dropout(quick_model, phantom):
     first = assess_files(study / "image", study / "reference.dcm", predictor=predictor)
     second = assess_files(study / "image", study / "reference.dcm", predictor=predictor)
     assert [r.prediction.dice for r in first.rois] == [r.prediction.dice for r in second.rois]
+
+
+def test_test_time_flip_averages_the_mirrored_input(quick_model, phantom):
+    from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+    from contourqa.qa_models.series import load_series
+    predictor = DicePredictor.from_model_folder(quick_model)
+    study = phantom / "case001"
+    series = load_series(study / "image")
+    masks = [m.mask for m, _ in structure_masks(load_structure(study / "reference.dcm"), series, AssessConfig())]
+    inputs = [predictor.network_input(series.array, mask, series.grid) for mask in masks]
+    plain = [p.dice for p in predictor.predict_batch(inputs)]
+    mirrored = [p.dice for p in predictor.predict_batch([x.flip(-1) for x in inputs])]
+    predictor.card.test_time_flip = True
+    both = predictor.predict_batch(inputs, mc_samples=4)
+    assert [p.dice for p in both] == pytest.approx([(a + b) / 2 for a, b in zip(plain, mirrored)], abs=1e-5)
+    assert plain != mirrored and all(p.low <= p.high for p in both)
 
 
 def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_path):
@@ -176,3 +225,49 @@ def test_combined_verdict_thresholds():
     assert combined_verdict([], 0.85, config) is Verdict.ACCEPT
     assert combined_verdict([], None, config) is Verdict.ACCEPT
     assert combined_verdict([], 0.85, AssessConfig(review_below=0.9)) is Verdict.REVIEW
+
+
+def test_calibrate_stores_a_monotone_map_that_the_predictor_applies(quick_model, phantom, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(quick_model, model, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    raw = DicePredictor.from_model_folder(model)
+    result = run_cli("calibrate", "--manifest", phantom / "manifest.csv", "--model", model)
+    assert result.returncode == 0, result.stderr
+    assert "calibrated on 120 candidates" in result.stdout
+    calibration = read_card(model).calibration
+    assert calibration.candidates == 120 and calibration.manifest == "manifest.csv"
+    assert all(a < b for a, b in zip(calibration.raw, calibration.raw[1:]))
+    assert all(a <= b for a, b in zip(calibration.calibrated, calibration.calibrated[1:]))
+    calibrated = DicePredictor.from_model_folder(model)
+    study = phantom / "case001"
+    from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+    from contourqa.qa_models.series import load_series
+    series = load_series(study / "image")
+    mask = structure_masks(load_structure(study / "reference.dcm"), series, AssessConfig())[0][0].mask
+    before = raw.predict(series.array, mask, series.grid).dice
+    assert calibrated.predict(series.array, mask, series.grid).dice == pytest.approx(
+        float(calibration.apply(np.array([before]))[0]), abs=1e-6)
+
+
+def test_isotonic_calibration_undoes_a_pull_towards_the_mean():
+    from contourqa.qa_models.predictor import Calibration
+    from contourqa.training.calibrate import fit_calibration
+    rng = np.random.default_rng(0)
+    true = rng.random(400)
+    raw = 0.5 + 0.6 * (true - 0.5) + rng.normal(0, 0.03, 400)  # shrunk towards 0.5, as an MSE regressor does
+    knots_raw, knots_calibrated = fit_calibration(raw, true)
+    calibration = Calibration(raw=knots_raw, calibrated=knots_calibrated)
+    test_true = rng.random(400)
+    test_raw = 0.5 + 0.6 * (test_true - 0.5) + rng.normal(0, 0.03, 400)
+    assert np.abs(calibration.apply(test_raw) - test_true).mean() < 0.5 * np.abs(test_raw - test_true).mean()
+
+
+def test_calibrate_refuses_too_few_candidates(quick_model, phantom, tmp_path):
+    manifest = tmp_path / "few.csv"
+    lines = (phantom / "manifest.csv").read_text().splitlines()
+    manifest.write_text("\n".join(lines[:6]).replace("case000/", str(phantom / "case000") + "/") + "\n")
+    model = tmp_path / "model"
+    shutil.copytree(quick_model, model, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    result = run_cli("calibrate", "--manifest", manifest, "--model", model)
+    assert result.returncode == 2 and "calibration needs at least 20 candidates" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and read_card(model).calibration is None

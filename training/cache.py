@@ -1,7 +1,8 @@
 """Rasterised training data, computed once per case and kept on disk, so epochs never re-read DICOM.
 
 A case holds its image, the reference mask of every ROI in the manifest, and every candidate mask
-with its true Dice, computed by contourqa's own rasteriser at the image's resolution.
+with its true Dice, computed by contourqa's own rasteriser at the image's resolution (and, for a
+FRACTIONAL SEG candidate, its probabilities, kept to 1/255).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
 from contourqa.qa_models.geometry import Grid
+from contourqa.qa_models.rtstruct import RoiMask
 from contourqa.qa_models.series import load_series
 
 from .manifest import ManifestRow
@@ -28,11 +30,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
+CACHE_FORMAT = 2  # part of every cache key: a new format never reads an old file
+
+
 @dataclass
 class Candidate:
     row: ManifestRow
     mask: np.ndarray
     dice: float
+    probabilities: np.ndarray | None = None  # FRACTIONAL SEG candidates only
 
 
 @dataclass
@@ -45,13 +51,14 @@ class CachedCase:
     candidates: list[Candidate]
 
 
-def _masks_by_roi(path: Path, series, rois: set[str]) -> dict[str, np.ndarray]:
+def _masks_by_roi(path: Path, series, rois: set[str]) -> dict[str, RoiMask]:
     structure = load_structure(path)
-    return {m.name.lower(): m.mask for m, _ in structure_masks(structure, series, AssessConfig(), sorted(rois))}
+    return {m.name.lower(): m for m, _ in structure_masks(structure, series, AssessConfig(), sorted(rois))}
 
 
 def _key(rows: list[ManifestRow]) -> str:
-    text = "|".join(f"{r.image}:{r.reference}:{r.candidate}:{r.roi}:{r.candidate.stat().st_mtime_ns}" for r in rows)
+    text = f"{CACHE_FORMAT}|" + "|".join(
+        f"{r.image}:{r.reference}:{r.candidate}:{r.roi}:{r.candidate.stat().st_mtime_ns}" for r in rows)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -63,14 +70,14 @@ def load_case(rows: list[ManifestRow], cache_dir: Path | None = None) -> CachedC
         return _read(cache_file, rows)
     series = load_series(rows[0].image)
     rois = {r.roi for r in rows}
-    references = {name: mask for name, mask in _masks_by_roi(rows[0].reference, series, rois).items()}
-    by_file: dict[Path, dict[str, np.ndarray]] = {}
+    references = {name: roi.mask for name, roi in _masks_by_roi(rows[0].reference, series, rois).items()}
+    by_file: dict[Path, dict[str, RoiMask]] = {}
     candidates = []
     for row in rows:
         if row.candidate not in by_file:
             by_file[row.candidate] = _masks_by_roi(row.candidate, series, {r.roi for r in rows if r.candidate == row.candidate})
-        mask = by_file[row.candidate][row.roi.lower()]
-        candidates.append(Candidate(row, mask, dice(mask, references[row.roi.lower()])))
+        roi = by_file[row.candidate][row.roi.lower()]
+        candidates.append(Candidate(row, roi.mask, dice(roi.mask, references[row.roi.lower()]), roi.probabilities))
     case = CachedCase(case_id, series.array, series.grid, series.modality, references, candidates)
     if cache_file is not None:
         _write(cache_file, case)
@@ -84,6 +91,8 @@ def _write(path: Path, case: CachedCase) -> None:
               "dice": np.array([c.dice for c in case.candidates])}
     arrays.update({f"reference/{name}": np.packbits(mask) for name, mask in case.references.items()})
     arrays.update({f"candidate/{n}": np.packbits(c.mask) for n, c in enumerate(case.candidates)})
+    arrays.update({f"probabilities/{n}": np.round(c.probabilities * 255).astype(np.uint8)
+                   for n, c in enumerate(case.candidates) if c.probabilities is not None})
     temporary = path.with_name(path.name + ".partial.npz")
     np.savez(temporary, **arrays)
     temporary.replace(path)
@@ -96,7 +105,10 @@ def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
         size = image.size
         unpack = lambda packed: np.unpackbits(packed, count=size).astype(bool).reshape(image.shape)  # noqa: E731
         references = {k.split("/", 1)[1]: unpack(data[k]) for k in data.files if k.startswith("reference/")}
-        candidates = [Candidate(row, unpack(data[f"candidate/{n}"]), float(data["dice"][n])) for n, row in enumerate(rows)]
+        candidates = [Candidate(row, unpack(data[f"candidate/{n}"]), float(data["dice"][n]),
+                                data[f"probabilities/{n}"].astype(np.float32) / 255
+                                if f"probabilities/{n}" in data.files else None)
+                      for n, row in enumerate(rows)]
         return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates)
 
 

@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict
-from contourqa.qa_models.predictor import CARD_FILE, DicePredictor, read_card
+from contourqa.qa_models.predictor import DicePredictor, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
 
 from . import charts
@@ -87,7 +87,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         body = body_mask(case.image, case.modality)
         for candidate in case.candidates:
             predictor.check_applicable(candidate.row.roi, case.modality)
-            prediction = predictor.predict(case.image, candidate.mask, case.grid)
+            prediction = predictor.predict(case.image, candidate.mask, case.grid,
+                                           probabilities=candidate.probabilities)
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice, config)
             ordered_rows.append(candidate.row)
@@ -128,14 +129,11 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
 
 def record_in_card(report: dict, model_dir: str | Path) -> None:
     """Store the headline figures of ``report`` in the model's card, so the model carries its own evaluation."""
-    card_path = Path(model_dir) / CARD_FILE
     card = read_card(Path(model_dir))
     summary = {key: value for key, value in report.items() if key not in ("points",)}
     summary["evaluated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     card.evaluation = summary
-    temporary = card_path.with_name(f".{card_path.name}.partial")
-    temporary.write_text(card.model_dump_json(indent=2))
-    temporary.replace(card_path)
+    write_card(card, Path(model_dir))
 
 
 def render_html(report: dict, path: str | Path) -> Path:

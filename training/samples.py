@@ -3,8 +3,13 @@ masks give virtually unlimited pairs:
 
 - a sample's contour is swapped for another training contour of the same ROI, scaled about its
   centroid by a log-uniform factor in [0.55, 1.8], and its Dice recomputed against the case's reference;
+- the reference itself is given the small errors auto-contours make (a few per cent too large or small,
+  shifted by millimetres, smoothly warped, end slices missed), so the Dice 0.8-1 range, where most
+  clinical contours lie and where review decisions are made, is sampled densely, not only the extremes;
 - the four failure modes (empty, uniform binary noise, all ones, shifted by up to 50 %) are mixed in,
   so the network covers Dice 0 to 1 (the published network never saw them);
+- for a model with an entropy channel, a binary sample is given the soft edge of a FRACTIONAL
+  segment half of the time (FRACTIONAL candidates in the manifest keep their own probabilities);
 - image and mask are flipped left-right, rotated in-plane within +-15 degrees, translated within
   +-10 %, zoomed within +-10 % and elastically deformed, together, so the Dice target is unchanged.
 """
@@ -15,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input
+from scipy import ndimage
+
+from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, extra_channels
 
 from .cache import CachedCase, dice
 
 SCALE_RANGE = (0.55, 1.8)
 # Share of samples drawn from each source.
-SOURCES = {"candidate": 0.35, "swap": 0.25, "scaled": 0.15, "reference": 0.05, "failure": 0.20}
+SOURCES = {"candidate": 0.25, "perturbed": 0.35, "swap": 0.10, "scaled": 0.08, "reference": 0.05, "failure": 0.17}
 FAILURES = ("empty", "noise", "all_ones", "shifted")
 
 
@@ -58,6 +65,43 @@ def transplant(source: np.ndarray, source_spacing: np.ndarray, target_shape: tup
     return result
 
 
+def perturb(reference: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``reference`` ([k, j, i], voxel ``spacing`` along i, j, k) with a random mix of the small errors of
+    auto-contours: scaled by a few per cent about its centroid, shifted by millimetres in-plane,
+    smoothly warped by up to a few millimetres, and 1-3 end slices missed."""
+    scale = float(np.exp(rng.uniform(np.log(0.82), np.log(1.2)))) if rng.random() < 0.6 else 1.0
+    shift_mm = rng.normal(0, 2.5, 3) * [1, 1, 0.3] if rng.random() < 0.4 else np.zeros(3)
+    warp_mm = rng.uniform(0.5, 3.0) if rng.random() < 0.5 else 0.0
+    k, j, i = np.nonzero(reference)
+    centroid = np.array([i.mean(), j.mean(), k.mean()])
+    # Only the block the perturbed mask can reach is resampled.
+    reach = (np.array([i.max() - i.min(), j.max() - j.min(), k.max() - k.min()]) * 0.25 + 2
+             + (np.abs(shift_mm) + 3 * warp_mm) / spacing)
+    size = np.array(reference.shape[::-1])
+    low = np.clip(np.floor(np.array([i.min(), j.min(), k.min()]) - reach), 0, size - 1).astype(int)
+    high = np.clip(np.ceil(np.array([i.max(), j.max(), k.max()]) + reach) + 1, 1, size).astype(int)
+    kk, jj, ii = torch.meshgrid(*(torch.arange(low[a], high[a]) for a in (2, 1, 0)), indexing="ij")
+    target_mm = (torch.stack([ii, jj, kk], dim=-1).float() - torch.tensor(centroid, dtype=torch.float32)) \
+        * torch.tensor(spacing, dtype=torch.float32)
+    source_mm = (target_mm - torch.tensor(shift_mm, dtype=torch.float32)) / scale
+    if warp_mm:
+        coarse = torch.from_numpy(rng.normal(0, warp_mm, (1, 3, 3, 4, 4)).astype(np.float32))
+        source_mm = source_mm + F.interpolate(coarse, size=tuple(kk.shape), mode="trilinear",
+                                              align_corners=True)[0].permute(1, 2, 3, 0)
+    source_index = torch.tensor(centroid, dtype=torch.float32) + source_mm / torch.tensor(spacing, dtype=torch.float32)
+    coordinates = (2 * source_index / torch.clamp(torch.tensor(size, dtype=torch.float32) - 1, min=1) - 1)[None]
+    sampled = F.grid_sample(torch.from_numpy(reference.astype(np.float32))[None, None], coordinates,
+                            mode="nearest", padding_mode="zeros", align_corners=True)[0, 0].numpy() > 0.5
+    result = np.zeros_like(reference)
+    result[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sampled
+    if rng.random() < 0.2:  # missed end slices
+        drawn = np.flatnonzero(result.any(axis=(1, 2)))
+        count = min(int(rng.integers(1, 4)), len(drawn) - 1)
+        if count > 0:
+            result[drawn[:count] if rng.random() < 0.5 else drawn[-count:]] = False
+    return result
+
+
 def failure_mask(kind: str, reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if kind == "empty":
         return np.zeros_like(reference)
@@ -74,6 +118,13 @@ def failure_mask(kind: str, reference: np.ndarray, rng: np.random.Generator) -> 
             shifted[tuple(index)] = False
         return shifted
     raise ValueError(kind)
+
+
+def soft_edge(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities a FRACTIONAL segmentation of ``mask`` might carry: certain inside and outside, soft
+    over one to three voxels at the edge in-plane."""
+    sigma = rng.uniform(0.5, 1.5)
+    return np.clip(ndimage.gaussian_filter(mask.astype(np.float32), (0, sigma, sigma)), 0, 1)
 
 
 def augmentation(rng: np.random.Generator, spec: InputSpec, extent_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -99,38 +150,46 @@ class SampleGenerator:
                 if mask.any():
                     self.by_roi.setdefault(roi, []).append((case, mask))
 
-    def candidate_mask(self, case: CachedCase, roi: str) -> tuple[np.ndarray, str]:
+    def candidate_mask(self, case: CachedCase, roi: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """(mask, FRACTIONAL probabilities or None, source) of one training candidate for ``roi``."""
         reference = case.references[roi]
         source = self.rng.choice(list(SOURCES), p=list(SOURCES.values()))
         own = [c for c in case.candidates if c.row.roi.lower() == roi]
         if source == "candidate" and own:
-            return own[int(self.rng.integers(len(own)))].mask, "candidate"
+            candidate = own[int(self.rng.integers(len(own)))]
+            return candidate.mask, candidate.probabilities, "candidate"
         if source == "failure" or not reference.any():
             kind = FAILURES[int(self.rng.integers(len(FAILURES)))]
-            return failure_mask(kind, reference, self.rng), f"failure_{kind}"
+            return failure_mask(kind, reference, self.rng), None, f"failure_{kind}"
         if source == "reference":
-            return reference, "reference"
+            return reference, None, "reference"
+        if source == "perturbed":
+            return perturb(reference, case.grid.spacing, self.rng), None, "perturbed"
         donor_case, donor = (case, reference) if source == "scaled" else \
             self.by_roi[roi][int(self.rng.integers(len(self.by_roi[roi])))]
         scale = float(np.exp(self.rng.uniform(*np.log(SCALE_RANGE))))
         centre = _centroid(reference) + self.rng.normal(0, 1.0, 3)
-        return transplant(donor, donor_case.grid.spacing, reference.shape, case.grid.spacing, centre, scale), source
+        mask = transplant(donor, donor_case.grid.spacing, reference.shape, case.grid.spacing, centre, scale)
+        return mask, None, source
 
     def sample(self) -> tuple[torch.Tensor, float, str]:
         case = self.cases[int(self.rng.integers(len(self.cases)))]
         roi = sorted(case.references)[int(self.rng.integers(len(case.references)))]
-        mask, source = self.candidate_mask(case, roi)
+        mask, probabilities, source = self.candidate_mask(case, roi)
+        if self.spec.uses_entropy and probabilities is None and mask.any() and self.rng.random() < 0.5:
+            probabilities = soft_edge(mask, self.rng)
         target = dice(mask, case.references[roi])
-        return self.input_for(case, mask), target, source
+        return self.input_for(case, mask, probabilities), target, source
 
-    def input_for(self, case: CachedCase, mask: np.ndarray) -> torch.Tensor:
+    def input_for(self, case: CachedCase, mask: np.ndarray, probabilities: np.ndarray | None = None) -> torch.Tensor:
         box = bounding_box(mask, case.grid, self.spec)
         transform = displacement = None
         if self.augment:
             transform, translation, displacement = augmentation(self.rng, self.spec, box.extent_mm)
             box = type(box)(box.centre + translation / case.grid.spacing, box.extent_mm)
         return crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)),
-                          [torch.from_numpy(mask.astype(np.float32))], box, case.grid, self.spec, transform, displacement)
+                          extra_channels(mask, self.spec, probabilities), box, case.grid, self.spec,
+                          transform, displacement)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = zip(*(self.sample()[:2] for _ in range(size)))

@@ -23,7 +23,7 @@ from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.networks import ARCHITECTURES, build_network
-from contourqa.qa_models.predictor import CARD_FILE, WEIGHTS_FILE, ModelCard, device_for
+from contourqa.qa_models.predictor import WEIGHTS_FILE, ModelCard, device_for, write_card
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest
@@ -82,7 +82,7 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     true, predicted = [], []
     for case in cases:
         for candidate in case.candidates:
-            x = mask_input(case.image, candidate.mask, case.grid, spec)
+            x = mask_input(case.image, candidate.mask, case.grid, spec, candidate.probabilities)
             predicted.append(float(network(x[None].to(device).contiguous(memory_format=torch.channels_last_3d))[0]))
             true.append(candidate.dice)
     return np.array(true), np.array(predicted)
@@ -174,6 +174,6 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
     )
     torch.save(states, out_dir / WEIGHTS_FILE)
-    (out_dir / CARD_FILE).write_text(card.model_dump_json(indent=2))
+    write_card(card, out_dir)
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     return card
