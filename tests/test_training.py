@@ -271,3 +271,15 @@ def test_calibrate_refuses_too_few_candidates(quick_model, phantom, tmp_path):
     result = run_cli("calibrate", "--manifest", manifest, "--model", model)
     assert result.returncode == 2 and "calibration needs at least 20 candidates" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and read_card(model).calibration is None
+
+
+def test_realistic_error_source_samples_the_clinical_dice_range():
+    from contourqa.training.cache import dice
+    from contourqa.training.samples import perturb
+    k, j, i = np.ogrid[:30, :80, :80]
+    sphere = ((i - 40) ** 2 + (j - 40) ** 2 + ((k - 15) * 3) ** 2) < 20 ** 2  # 40 mm across, 1 x 1 x 3 mm voxels
+    spacing = np.array([1.0, 1.0, 3.0])
+    scores = np.array([dice(perturb(sphere, spacing, np.random.default_rng(n)), sphere) for n in range(200)])
+    assert scores.min() > 0.5 and np.mean(scores >= 0.8) > 0.6 and np.mean(scores < 0.97) > 0.6
+    again = perturb(sphere, spacing, np.random.default_rng(7))
+    assert np.array_equal(again, perturb(sphere, spacing, np.random.default_rng(7)))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from scipy import ndimage
 
 from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, extra_channels
