@@ -162,6 +162,8 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     html = (tmp_path / "report.html").read_text()
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html
+    assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False
+    assert "input image+mask)" in html
 
 
 def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_path):

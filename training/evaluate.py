@@ -101,7 +101,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     card = predictor.card
     report = {
         "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
-                  "ensemble_size": card.ensemble_size},
+                  "ensemble_size": card.ensemble_size, "channels": list(card.input.channels),
+                  "calibrated": card.calibration is not None, "test_time_flip": card.test_time_flip},
         "manifest": str(manifest),
         "realistic": regression_metrics(true[realistic], predicted[realistic], config.reject_below, config.review_below)
         if realistic.any() else {},
