@@ -36,6 +36,34 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([i.mean(), j.mean(), k.mean()])
 
 
+def _resample_block(source: np.ndarray, target_shape: tuple[int, int, int], low_index: np.ndarray,
+                    high_index: np.ndarray, source_index_of) -> np.ndarray:
+    """A mask of ``target_shape``: ``source`` sampled (nearest) in the block from ``low_index`` to
+    ``high_index`` (continuous i, j, k, widened to whole voxels, clipped to the grid), empty elsewhere.
+
+    ``source_index_of`` maps the block's voxel indices (D, H, W, 3: i, j, k) to continuous source
+    indices. Only the block is sampled: a few thousand points, not the whole grid.
+    """
+    size = np.array(target_shape[::-1])
+    low = np.clip(np.floor(low_index), 0, size - 1).astype(int)
+    high = np.clip(np.ceil(high_index) + 1, 1, size).astype(int)
+    result = np.zeros(target_shape, dtype=bool)
+    if np.any(high <= low):
+        return result
+    kk, jj, ii = torch.meshgrid(*(torch.arange(low[a], high[a]) for a in (2, 1, 0)), indexing="ij")
+    source_index = source_index_of(torch.stack([ii, jj, kk], dim=-1).float())
+    source_size = torch.tensor(source.shape[::-1], dtype=torch.float32)
+    coordinates = (2 * source_index / torch.clamp(source_size - 1, min=1) - 1).unsqueeze(0)
+    volume = torch.from_numpy(source.astype(np.float32))[None, None]
+    sampled = F.grid_sample(volume, coordinates, mode="nearest", padding_mode="zeros", align_corners=True)
+    result[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sampled[0, 0].numpy() > 0.5
+    return result
+
+
+def _tensor(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def transplant(source: np.ndarray, source_spacing: np.ndarray, target_shape: tuple[int, int, int],
                target_spacing: np.ndarray, target_centre: np.ndarray, scale: float) -> np.ndarray:
     """``source`` mask scaled by ``scale`` about its centroid and placed with its centroid at ``target_centre``
@@ -44,24 +72,13 @@ def transplant(source: np.ndarray, source_spacing: np.ndarray, target_shape: tup
     centroid = np.array([i.mean(), j.mean(), k.mean()])
     reach_mm = np.maximum(np.abs(np.array([i.min(), j.min(), k.min()]) - centroid),
                           np.abs(np.array([i.max(), j.max(), k.max()]) - centroid)) * source_spacing * scale
-    # Only the block the scaled mask can reach is sampled: a few thousand points, not the whole grid.
-    size = np.array(target_shape[::-1])
-    low = np.clip(np.floor(target_centre - reach_mm / target_spacing) - 1, 0, size - 1).astype(int)
-    high = np.clip(np.ceil(target_centre + reach_mm / target_spacing) + 2, 1, size).astype(int)
-    result = np.zeros(target_shape, dtype=bool)
-    if np.any(high <= low):
-        return result
-    kk, jj, ii = torch.meshgrid(*(torch.arange(low[a], high[a]) for a in (2, 1, 0)), indexing="ij")
-    target = torch.stack([ii, jj, kk], dim=-1).float()
-    offset_mm = (target - torch.tensor(target_centre, dtype=torch.float32)) * torch.tensor(target_spacing, dtype=torch.float32)
-    source_index = torch.tensor(centroid, dtype=torch.float32) + offset_mm / (
-        scale * torch.tensor(source_spacing, dtype=torch.float32))
-    source_size = torch.tensor(source.shape[::-1], dtype=torch.float32)
-    coordinates = (2 * source_index / torch.clamp(source_size - 1, min=1) - 1).unsqueeze(0)
-    volume = torch.from_numpy(source.astype(np.float32))[None, None]
-    sampled = F.grid_sample(volume, coordinates, mode="nearest", padding_mode="zeros", align_corners=True)
-    result[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sampled[0, 0].numpy() > 0.5
-    return result
+    reach = reach_mm / target_spacing
+
+    def source_index_of(target: torch.Tensor) -> torch.Tensor:
+        offset_mm = (target - _tensor(target_centre)) * _tensor(target_spacing)
+        return _tensor(centroid) + offset_mm / (scale * _tensor(source_spacing))
+
+    return _resample_block(source, target_shape, target_centre - reach - 1, target_centre + reach + 1, source_index_of)
 
 
 def perturb(reference: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -71,28 +88,20 @@ def perturb(reference: np.ndarray, spacing: np.ndarray, rng: np.random.Generator
     scale = float(np.exp(rng.uniform(np.log(0.82), np.log(1.2)))) if rng.random() < 0.6 else 1.0
     shift_mm = rng.normal(0, 2.5, 3) * [1, 1, 0.3] if rng.random() < 0.4 else np.zeros(3)
     warp_mm = rng.uniform(0.5, 3.0) if rng.random() < 0.5 else 0.0
+    coarse = torch.from_numpy(rng.normal(0, warp_mm, (1, 3, 3, 4, 4)).astype(np.float32)) if warp_mm else None
     k, j, i = np.nonzero(reference)
     centroid = np.array([i.mean(), j.mean(), k.mean()])
-    # Only the block the perturbed mask can reach is resampled.
-    reach = (np.array([i.max() - i.min(), j.max() - j.min(), k.max() - k.min()]) * 0.25 + 2
-             + (np.abs(shift_mm) + 3 * warp_mm) / spacing)
-    size = np.array(reference.shape[::-1])
-    low = np.clip(np.floor(np.array([i.min(), j.min(), k.min()]) - reach), 0, size - 1).astype(int)
-    high = np.clip(np.ceil(np.array([i.max(), j.max(), k.max()]) + reach) + 1, 1, size).astype(int)
-    kk, jj, ii = torch.meshgrid(*(torch.arange(low[a], high[a]) for a in (2, 1, 0)), indexing="ij")
-    target_mm = (torch.stack([ii, jj, kk], dim=-1).float() - torch.tensor(centroid, dtype=torch.float32)) \
-        * torch.tensor(spacing, dtype=torch.float32)
-    source_mm = (target_mm - torch.tensor(shift_mm, dtype=torch.float32)) / scale
-    if warp_mm:
-        coarse = torch.from_numpy(rng.normal(0, warp_mm, (1, 3, 3, 4, 4)).astype(np.float32))
-        source_mm = source_mm + F.interpolate(coarse, size=tuple(kk.shape), mode="trilinear",
-                                              align_corners=True)[0].permute(1, 2, 3, 0)
-    source_index = torch.tensor(centroid, dtype=torch.float32) + source_mm / torch.tensor(spacing, dtype=torch.float32)
-    coordinates = (2 * source_index / torch.clamp(torch.tensor(size, dtype=torch.float32) - 1, min=1) - 1)[None]
-    sampled = F.grid_sample(torch.from_numpy(reference.astype(np.float32))[None, None], coordinates,
-                            mode="nearest", padding_mode="zeros", align_corners=True)[0, 0].numpy() > 0.5
-    result = np.zeros_like(reference)
-    result[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sampled
+    first, last = np.array([i.min(), j.min(), k.min()]), np.array([i.max(), j.max(), k.max()])
+    reach = (last - first) * 0.25 + 2 + (np.abs(shift_mm) + 3 * warp_mm) / spacing
+
+    def source_index_of(target: torch.Tensor) -> torch.Tensor:
+        source_mm = ((target - _tensor(centroid)) * _tensor(spacing) - _tensor(shift_mm)) / scale
+        if coarse is not None:
+            source_mm = source_mm + F.interpolate(coarse, size=tuple(target.shape[:3]), mode="trilinear",
+                                                  align_corners=True)[0].permute(1, 2, 3, 0)
+        return _tensor(centroid) + source_mm / _tensor(spacing)
+
+    result = _resample_block(reference, reference.shape, first - reach, last + reach, source_index_of)
     if rng.random() < 0.2:  # missed end slices
         drawn = np.flatnonzero(result.any(axis=(1, 2)))
         count = min(int(rng.integers(1, 4)), len(drawn) - 1)
