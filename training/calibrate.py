@@ -18,6 +18,7 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import Calibration, DicePredictor, write_card
 
 from .cache import load_cases
+from .evaluate import candidate_predictions
 from .manifest import read_manifest
 
 MIN_CANDIDATES = 20
@@ -44,21 +45,16 @@ def calibrate(manifest: str | Path, model_dir: str | Path, cache_dir: Path | Non
     predictor = DicePredictor.from_model_folder(model_dir)
     predictor.card.calibration = None  # fit on the network's raw output
     cases = load_cases(read_manifest(manifest), cache_dir)
-    raw, true = [], []
-    for case in cases:
-        for candidate in case.candidates:
-            predictor.check_applicable(candidate.row.roi, case.modality)
-            raw.append(predictor.predict(case.image, candidate.mask, case.grid,
-                                         probabilities=candidate.probabilities).dice)
-            true.append(candidate.dice)
-    if len(raw) < MIN_CANDIDATES:
-        raise InputError(f"calibration needs at least {MIN_CANDIDATES} candidates; {manifest} has {len(raw)}")
-    raw_values, true_values = np.array(raw), np.array(true)
+    pairs = np.array([(prediction.dice, candidate.dice)
+                      for case in cases for candidate, prediction in candidate_predictions(predictor, case)]).reshape(-1, 2)
+    if len(pairs) < MIN_CANDIDATES:
+        raise InputError(f"calibration needs at least {MIN_CANDIDATES} candidates; {manifest} has {len(pairs)}")
+    raw_values, true_values = pairs[:, 0], pairs[:, 1]
     knots_x, knots_y = fit_calibration(raw_values, true_values)
-    calibration = Calibration(raw=knots_x, calibrated=knots_y, candidates=len(raw), manifest=Path(manifest).name,
+    calibration = Calibration(raw=knots_x, calibrated=knots_y, candidates=len(pairs), manifest=Path(manifest).name,
                               fitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     write_card(predictor.card.model_copy(update={"calibration": calibration}), model_dir)
-    summary = {"candidates": len(raw), "mae_raw": float(np.abs(raw_values - true_values).mean()),
+    summary = {"candidates": len(pairs), "mae_raw": float(np.abs(raw_values - true_values).mean()),
                "mae_calibrated": float(np.abs(calibration.apply(raw_values) - true_values).mean()),
                "knots": len(knots_x)}
     return calibration, summary

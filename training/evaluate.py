@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -16,11 +17,11 @@ import jinja2
 import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict
-from contourqa.qa_models.predictor import DicePredictor, read_card, write_card
+from contourqa.qa_models.predictor import DicePredictor, Prediction, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
 
 from . import charts
-from .cache import load_cases
+from .cache import CachedCase, Candidate, load_cases
 from .manifest import ManifestRow, read_manifest
 from .metrics import regression_metrics
 
@@ -75,6 +76,13 @@ def _is_number(value: str) -> bool:
     return True
 
 
+def candidate_predictions(predictor: DicePredictor, case: CachedCase) -> Iterator[tuple[Candidate, Prediction]]:
+    """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover."""
+    for candidate in case.candidates:
+        predictor.check_applicable(candidate.row.roi, case.modality)
+        yield candidate, predictor.predict(case.image, candidate.mask, case.grid, probabilities=candidate.probabilities)
+
+
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
              baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None) -> dict:
     """Every metric of the report as one JSON-ready dictionary."""
@@ -85,10 +93,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     ordered_rows, true, predicted, flagged = [], [], [], []
     for case in cases:
         body = body_mask(case.image, case.modality)
-        for candidate in case.candidates:
-            predictor.check_applicable(candidate.row.roi, case.modality)
-            prediction = predictor.predict(case.image, candidate.mask, case.grid,
-                                           probabilities=candidate.probabilities)
+        for candidate, prediction in candidate_predictions(predictor, case):
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice, config)
             ordered_rows.append(candidate.row)
