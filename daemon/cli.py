@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--folds", type=int, help="k-fold cross-validation by case; the folds form the ensemble (default 1)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--loss", choices=("mse", "huber"), help="loss (default mse)")
+    train.add_argument("--learning-rate", type=float, help="Adam's starting rate (default 0.002)")
+    train.add_argument("--lr-drop-epochs", type=int, nargs="+", metavar="EPOCH",
+                       help="drop the rate tenfold after each of these epochs (default: after 60%% of the epochs)")
+    train.add_argument("--input-shape", type=int, nargs=3, metavar=("SLICES", "ROWS", "COLUMNS"),
+                       help="network input shape (default 24 48 48)")
+    train.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                       help="start from this model's weights (fine-tune; same architecture and channels)")
     train.add_argument("--name", help="model name written in the card")
     train.add_argument("--model-version", dest="version", help="model version written in the card")
     train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
@@ -164,19 +171,23 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from contourqa.qa_models.crop import InputSpec
     from contourqa.training.train import TrainConfig, train
 
     overrides = {key: value for key, value in {
         "architecture": args.arch, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed, "loss": args.loss,
+        "learning_rate": args.learning_rate, "lr_drop_epochs": args.lr_drop_epochs,
         "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
     try:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+        input_changes = {"shape": args.input_shape} if args.input_shape else {}
         if args.entropy_channel:
-            config.input = config.input.model_copy(update={"channels": ("image", "mask", "entropy")})
+            input_changes["channels"] = ("image", "mask", "entropy")
+        config.input = InputSpec.model_validate({**config.input.model_dump(), **input_changes})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
-    card = train(args.manifest, args.out, config, resume=args.resume)
+    card = train(args.manifest, args.out, config, resume=args.resume, init_from=args.init_from)
     summary = card.cross_validation
     print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
           + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))

@@ -29,6 +29,13 @@ class InputSpec(BaseModel):
     normalisation: str = "percentile 0 -> 0, percentile 99 -> 1 (published 0..255 / 255), per crop"
     channels: tuple[str, ...] = Field(("image", "mask"), description="image, mask[, entropy of a FRACTIONAL segment]")
 
+    @field_validator("shape")
+    @classmethod
+    def _large_enough(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(shape) < 8:
+            raise ValueError("each input dimension must be at least 8 voxels")
+        return shape
+
     @field_validator("channels")
     @classmethod
     def _known_layout(cls, channels: tuple[str, ...]) -> tuple[str, ...]:

@@ -45,6 +45,47 @@ def test_resume_continues_exactly_where_it_stopped(phantom, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
+def test_learning_rate_drops_tenfold_where_configured():
+    from contourqa.training.train import TrainConfig
+
+    stated = TrainConfig(epochs=10, learning_rate=0.01, lr_drop_epochs=(3, 7))
+    assert [stated.learning_rate_at(e) for e in (0, 2, 3, 6, 7, 9)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4])
+    published = TrainConfig(epochs=10, learning_rate=0.01)  # tenfold after 60 % of the epochs
+    assert [published.learning_rate_at(e) for e in (5, 6)] == pytest.approx([1e-2, 1e-3])
+
+
+def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path):
+    out = tmp_path / "tuned"
+    # A vanishing rate keeps the weights where they started, so they show where that was.
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--init-from", quick_model,
+                     "--epochs", "2", "--steps-per-epoch", "1", "--learning-rate", "1e-12", "--lr-drop-epochs", "1",
+                     "--input-shape", "16", "40", "40")
+    assert result.returncode == 0, result.stderr
+    source = DicePredictor.from_model_folder(quick_model, "cpu").networks[0]
+    tuned = DicePredictor.from_model_folder(out, "cpu")
+    assert tuned.card.input.shape == (16, 40, 40)
+    assert tuned.card.training_data["initialised_from"] == f"{read_card(quick_model).name} {read_card(quick_model).version}"
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(source.parameters(), tuned.networks[0].parameters()))
+    history = json.loads((out / "history.json").read_text())
+    assert [h["learning_rate"] for h in history] == pytest.approx([1e-12, 1e-13])
+
+
+def test_fine_tuning_refuses_a_model_of_another_architecture(quick_model, phantom, tmp_path):
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", tmp_path / "m", "--quick",
+                     "--arch", "efficientdet3d", "--init-from", quick_model)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"contourqa: error: --init-from {quick_model}: model is regnet3d with channels image+mask; "
+        "this training is efficientdet3d with image+mask"]
+
+
+@pytest.mark.parametrize("option", [["--input-shape", "4", "32", "32"], ["--lr-drop-epochs", "0"]])
+def test_bad_training_options_are_refused_in_one_line(phantom, tmp_path, option):
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", tmp_path / "m", "--quick", *option)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "invalid training option" in result.stderr
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this would run on load",))

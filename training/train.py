@@ -13,6 +13,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.networks import ARCHITECTURES, build_network
-from contourqa.qa_models.predictor import WEIGHTS_FILE, ModelCard, device_for, write_card
+from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, read_card, write_card
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest
@@ -40,6 +41,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     lr_drop_fraction: float = Field(0.6, gt=0, le=1, description="share of epochs after which the rate drops tenfold")
+    lr_drop_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field((), description="epochs after which the rate drops tenfold each time; "
+                                            "overrides lr_drop_fraction")
     loss: str = Field("mse", pattern="^(mse|huber)$")
     folds: int = Field(1, ge=1)
     seed: int = 0
@@ -55,6 +58,13 @@ class TrainConfig(BaseModel):
                         input=InputSpec(shape=(16, 32, 32)))
         settings.update(overrides)
         return cls(**settings)
+
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The rate of 0-based ``epoch``: a function of the configuration alone, so a resumed run (even
+        one given more epochs or further drops) follows the schedule its command line states."""
+        drops = self.lr_drop_epochs or (max(1, int(round(self.lr_drop_fraction * self.epochs))),)
+        return self.learning_rate * 0.1 ** sum(epoch >= drop for drop in drops)
 
 
 def _patient_of(case: CachedCase) -> str:
@@ -88,16 +98,32 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     return np.array(true), np.array(predicted)
 
 
+def _initial_state(init_from: Path, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The first network of model folder ``init_from``, to fine-tune from; it must have the same architecture
+    and input channels (the input shape may differ: the networks are fully convolutional)."""
+    source = DicePredictor.from_model_folder(init_from, "cpu")
+    if (source.card.architecture, source.card.input.channels) != (config.architecture, config.input.channels):
+        raise InputError(f"--init-from {init_from}: model is {source.card.architecture} with channels "
+                         f"{'+'.join(source.card.input.channels)}; this training is {config.architecture} with "
+                         f"{'+'.join(config.input.channels)}")
+    return source.networks[0].state_dict()
+
+
+def _model_label(model_dir: Path) -> str:
+    card = read_card(model_dir)
+    return f"{card.name} {card.version}"
+
+
 def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, out_dir: Path, resume: bool,
-                device: torch.device) -> tuple[dict, list[dict]]:
+                device: torch.device, initial_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[dict]]:
     checkpoint_dir = out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed * 1000 + fold)
-    network = build_network(config.architecture, len(config.input.channels)).to(device)
-    network = network.to(memory_format=torch.channels_last_3d)  # 1.4-1.7x faster 3-D convolutions on CPU
+    network = build_network(config.architecture, len(config.input.channels))
+    if initial_state is not None:
+        network.load_state_dict(initial_state)
+    network = network.to(device).to(memory_format=torch.channels_last_3d)  # 1.4-1.7x faster 3-D convolutions on CPU
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    drop_at = max(1, int(round(config.lr_drop_fraction * config.epochs)))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=[drop_at], gamma=0.1)
     loss_function = torch.nn.MSELoss() if config.loss == "mse" else torch.nn.HuberLoss(delta=0.1)
     history: list[dict] = []
     start = 0
@@ -106,7 +132,6 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         state = torch.load(existing[-1], map_location=device, weights_only=True)
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
         history = json.loads(state["history"])
         start = int(state["epoch"]) + 1
         log.info("fold %d: resuming after epoch %d", fold, start)
@@ -114,6 +139,8 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         # Each epoch draws from its own seed, so a resumed run makes the same samples as an unbroken one.
         generator = SampleGenerator(train_cases, config.input, np.random.default_rng([config.seed, fold, epoch]))
         torch.manual_seed(config.seed * 100003 + fold * 1009 + epoch)
+        for group in optimiser.param_groups:
+            group["lr"] = config.learning_rate_at(epoch)
         network.train()
         losses = []
         steps = tqdm(range(config.steps_per_epoch), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
@@ -127,21 +154,22 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
             optimiser.step()
             losses.append(loss.item())
             steps.set_postfix(loss=f"{np.mean(losses):.4f}")
-        scheduler.step()
         history.append({"fold": fold, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "learning_rate": optimiser.param_groups[0]["lr"]})
+                        "learning_rate": config.learning_rate_at(epoch)})
         log.info("fold %d epoch %d: train loss %.5f", fold, epoch + 1, history[-1]["train_loss"])
         torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history)},
+                    "epoch": epoch, "history": json.dumps(history)},
                    checkpoint_dir / f"fold{fold}-epoch{epoch + 1:04d}.pt")
     return network, history
 
 
 def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False,
-          cache_dir: Path | None = None) -> ModelCard:
-    """Train ``config.folds`` models and write the model folder; returns its card."""
+          cache_dir: Path | None = None, init_from: Path | None = None) -> ModelCard:
+    """Train ``config.folds`` models and write the model folder; returns its card. With ``init_from`` (a
+    model folder) every fold starts from that model's weights instead of random ones: fine-tuning."""
     if config.architecture not in ARCHITECTURES:
         raise InputError(f"unknown architecture '{config.architecture}' (choose from {', '.join(ARCHITECTURES)})")
+    initial_state = _initial_state(init_from, config) if init_from else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)
@@ -149,7 +177,8 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
     device = device_for(config.device)
     states, history, held_out_true, held_out_predicted = [], [], [], []
     for fold, (train_cases, validation_cases) in enumerate(_folds(cases, config.folds, config.seed)):
-        network, fold_history = _train_fold(fold, train_cases, config, out_dir, resume, device)
+        network, fold_history = _train_fold(fold, train_cases, config, out_dir, resume, device,
+                                             initial_state)
         history += fold_history
         if validation_cases:
             true, predicted = predict_candidates(network, validation_cases, config.input, device)
@@ -168,6 +197,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
                        "dice_mean": float(true_dice.mean()),
                        "dice_mean_realistic": float(realistic.mean()) if realistic.size else float(true_dice.mean()),
                        "manifest": str(Path(manifest).name),
+                       "initialised_from": _model_label(init_from) if init_from else None,
                        "config": json.loads(config.model_dump_json())},
         cross_validation=regression_metrics(np.concatenate(held_out_true), np.concatenate(held_out_predicted))
         if held_out_true else {},
