@@ -218,6 +218,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         m = report["realistic"]
         print(f"realistic candidates: n={m['n']} MAE={m['mae']:.4f} max={m['max_error']:.3f} "
               f"Spearman={m['spearman']} global accuracy={m['global_accuracy']:.3%}")
+        for name, (low, high) in report["realistic_interval_95"].items():
+            print(f"  95% interval by case bootstrap: {name} {low:.4f}-{high:.4f}")
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():

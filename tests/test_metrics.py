@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from contourqa.training.metrics import regression_metrics
+from contourqa.training.metrics import case_bootstrap_intervals, regression_metrics
 
 
 def test_global_accuracy_and_flagging_follow_the_published_rules():
@@ -25,3 +25,16 @@ def test_perfect_ranking_has_unit_spearman():
     m = regression_metrics(true, true ** 2)
     assert m["spearman"] == pytest.approx(1.0)
     assert m["pearson"] < 1.0
+
+
+def test_bootstrap_resamples_whole_cases():
+    # One case of three carries all the error: a resample holds it zero to three times, so the MAE
+    # interval runs from 0 to 0.1. Resampling single candidates would give a narrow band around 0.033.
+    true = np.full(60, 0.9)
+    predicted = true.copy()
+    predicted[:20] -= 0.1
+    cases = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
+    intervals = case_bootstrap_intervals(true, predicted, cases, resamples=4000)
+    assert intervals["mae"] == pytest.approx([0.0, 0.1])
+    assert intervals["global_accuracy"] == pytest.approx([1.0, 1.0])
+    assert case_bootstrap_intervals(true, predicted, ["a"] * 60) == {}

@@ -200,7 +200,10 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     for metrics in (report["realistic"], *report["baselines"].values()):
         assert {"mae", "max_error", "spearman", "pearson", "global_accuracy", "flag_precision", "flag_recall",
                 "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
+    low, high = report["realistic_interval_95"]["mae"]
+    assert low <= report["realistic"]["mae"] <= high and low < high
     html = (tmp_path / "report.html").read_text()
+    assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html
     assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False

@@ -23,7 +23,7 @@ from contourqa.qa_models.screens import body_mask, run_screens
 from . import charts
 from .cache import CachedCase, Candidate, load_cases
 from .manifest import ManifestRow, read_manifest
-from .metrics import regression_metrics
+from .metrics import case_bootstrap_intervals, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "manifest": str(manifest),
         "realistic": regression_metrics(true[realistic], predicted[realistic], config.reject_below, config.review_below)
         if realistic.any() else {},
+        "realistic_interval_95": case_bootstrap_intervals(
+            true[realistic], predicted[realistic], [r.case_id for r, keep in zip(ordered_rows, realistic) if keep],
+            seed=seed, flag_below=config.reject_below, accept_above=config.review_below) if realistic.any() else {},
         "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
         "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
                             "flagged": int(flagged[m].sum())}

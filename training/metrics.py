@@ -35,3 +35,29 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: floa
         "mean_dice_before_filter": float(true.mean()),
         "mean_dice_after_filter": float(kept.mean()) if kept.size else None,
     }
+
+
+def case_bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, cases: list[str], resamples: int = 2000,
+                             seed: int = 0, flag_below: float = 0.75, accept_above: float = 0.8) -> dict:
+    """95 % intervals of MAE, Spearman and global accuracy, resampling whole cases with replacement.
+
+    Candidates of one case share its image and anatomy (and a SEG may repeat an RTSTRUCT's contour),
+    so they are not independent draws; resampling cases keeps that, where resampling candidates would
+    give intervals too narrow. With fewer than two cases there is nothing to resample: empty.
+    """
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    names, case_index = np.unique(np.asarray(cases), return_inverse=True)
+    if len(names) < 2:
+        return {}
+    members = [np.flatnonzero(case_index == n) for n in range(len(names))]
+    rng = np.random.default_rng(seed)
+    draws = {"mae": [], "spearman": [], "global_accuracy": []}
+    for _ in range(resamples):
+        chosen = np.concatenate([members[n] for n in rng.integers(len(names), size=len(names))])
+        t, p = true[chosen], predicted[chosen]
+        wrong = ((p < flag_below) & (t > accept_above)) | ((p > accept_above) & (t < flag_below))
+        draws["mae"].append(np.abs(p - t).mean())
+        draws["global_accuracy"].append(1 - wrong.mean())
+        if np.ptp(t) > 0 and np.ptp(p) > 0:
+            draws["spearman"].append(stats.spearmanr(t, p).statistic)
+    return {name: [float(v) for v in np.percentile(values, [2.5, 97.5])] for name, values in draws.items() if values}
