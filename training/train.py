@@ -24,7 +24,7 @@ from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.networks import ARCHITECTURES, build_network
-from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, read_card, write_card
+from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, write_card
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest
@@ -41,8 +41,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     lr_drop_fraction: float = Field(0.6, gt=0, le=1, description="share of epochs after which the rate drops tenfold")
-    lr_drop_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field((), description="epochs after which the rate drops tenfold each time; "
-                                            "overrides lr_drop_fraction")
+    lr_drop_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (), description="epochs after each of which the rate drops tenfold; overrides lr_drop_fraction")
     loss: str = Field("mse", pattern="^(mse|huber)$")
     folds: int = Field(1, ge=1)
     seed: int = 0
@@ -58,7 +58,6 @@ class TrainConfig(BaseModel):
                         input=InputSpec(shape=(16, 32, 32)))
         settings.update(overrides)
         return cls(**settings)
-
 
     def learning_rate_at(self, epoch: int) -> float:
         """The rate of 0-based ``epoch``: a function of the configuration alone, so a resumed run (even
@@ -98,20 +97,16 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     return np.array(true), np.array(predicted)
 
 
-def _initial_state(init_from: Path, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The first network of model folder ``init_from``, to fine-tune from; it must have the same architecture
-    and input channels (the input shape may differ: the networks are fully convolutional)."""
+def _initial_state(init_from: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """(weights, "name version") of the first network of model folder ``init_from``, to fine-tune from; it
+    must have the same architecture and input channels (the input shape may differ: the networks are
+    fully convolutional)."""
     source = DicePredictor.from_model_folder(init_from, "cpu")
     if (source.card.architecture, source.card.input.channels) != (config.architecture, config.input.channels):
         raise InputError(f"--init-from {init_from}: model is {source.card.architecture} with channels "
                          f"{'+'.join(source.card.input.channels)}; this training is {config.architecture} with "
                          f"{'+'.join(config.input.channels)}")
-    return source.networks[0].state_dict()
-
-
-def _model_label(model_dir: Path) -> str:
-    card = read_card(model_dir)
-    return f"{card.name} {card.version}"
+    return source.networks[0].state_dict(), f"{source.card.name} {source.card.version}"
 
 
 def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, out_dir: Path, resume: bool,
@@ -169,7 +164,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
     model folder) every fold starts from that model's weights instead of random ones: fine-tuning."""
     if config.architecture not in ARCHITECTURES:
         raise InputError(f"unknown architecture '{config.architecture}' (choose from {', '.join(ARCHITECTURES)})")
-    initial_state = _initial_state(init_from, config) if init_from else None
+    initial_state, initialised_from = _initial_state(init_from, config) if init_from else (None, None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)
@@ -197,7 +192,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
                        "dice_mean": float(true_dice.mean()),
                        "dice_mean_realistic": float(realistic.mean()) if realistic.size else float(true_dice.mean()),
                        "manifest": str(Path(manifest).name),
-                       "initialised_from": _model_label(init_from) if init_from else None,
+                       "initialised_from": initialised_from,
                        "config": json.loads(config.model_dump_json())},
         cross_validation=regression_metrics(np.concatenate(held_out_true), np.concatenate(held_out_predicted))
         if held_out_true else {},
