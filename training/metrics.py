@@ -8,6 +8,11 @@ from scipy import stats
 DICE_BANDS = ((0.0, 0.5), (0.5, 0.75), (0.75, 0.8), (0.8, 0.9), (0.9, 1.0001))
 
 
+def _misjudged(true: np.ndarray, predicted: np.ndarray, flag_below: float, accept_above: float) -> np.ndarray:
+    """Where a prediction fails the study's global accuracy rule."""
+    return ((predicted < flag_below) & (true > accept_above)) | ((predicted > accept_above) & (true < flag_below))
+
+
 def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: float = 0.75,
                        accept_above: float = 0.8) -> dict:
     """MAE, max error, correlations, MAE per band, the study's global accuracy rule, and QC flagging.
@@ -17,7 +22,7 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: floa
     """
     true, predicted = np.asarray(true, float), np.asarray(predicted, float)
     error = np.abs(predicted - true)
-    wrong = ((predicted < flag_below) & (true > accept_above)) | ((predicted > accept_above) & (true < flag_below))
+    wrong = _misjudged(true, predicted, flag_below, accept_above)
     flagged, bad = predicted < flag_below, true < flag_below
     kept = true[~flagged]
     varied = len(true) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0
@@ -55,7 +60,7 @@ def case_bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, cases: lis
     for _ in range(resamples):
         chosen = np.concatenate([members[n] for n in rng.integers(len(names), size=len(names))])
         t, p = true[chosen], predicted[chosen]
-        wrong = ((p < flag_below) & (t > accept_above)) | ((p > accept_above) & (t < flag_below))
+        wrong = _misjudged(t, p, flag_below, accept_above)
         draws["mae"].append(np.abs(p - t).mean())
         draws["global_accuracy"].append(1 - wrong.mean())
         if np.ptp(t) > 0 and np.ptp(p) > 0:
