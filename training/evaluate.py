@@ -103,6 +103,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     true, predicted, flagged = np.array(true), np.array(predicted), np.array(flagged)
     failure = np.array([r.kind.startswith("failure") for r in ordered_rows])
     realistic = ~failure
+    realistic_rows = [r for r, keep in zip(ordered_rows, realistic) if keep]
     card = predictor.card
     report = {
         "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
@@ -112,7 +113,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "realistic": regression_metrics(true[realistic], predicted[realistic], config.reject_below, config.review_below)
         if realistic.any() else {},
         "realistic_interval_95": case_bootstrap_intervals(
-            true[realistic], predicted[realistic], [r.case_id for r, keep in zip(ordered_rows, realistic) if keep],
+            true[realistic], predicted[realistic], [r.case_id for r in realistic_rows],
             seed=seed, flag_below=config.reject_below, accept_above=config.review_below) if realistic.any() else {},
         "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
         "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
@@ -128,7 +129,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     if realistic.any():
         report["baselines"]["naive (mean training Dice)"] = regression_metrics(true[realistic], naive,
                                                                                config.reject_below, config.review_below)
-        clinical = _clinical_baseline([r for r, keep in zip(ordered_rows, realistic) if keep], true[realistic],
+        clinical = _clinical_baseline(realistic_rows, true[realistic],
                                       baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
