@@ -220,6 +220,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
               f"Spearman={m['spearman']} global accuracy={m['global_accuracy']:.3%}")
         for name, (low, high) in report["realistic_interval_95"].items():
             print(f"  95% interval by case bootstrap: {name} {low:.4f}-{high:.4f}")
+        for roi, r in report["realistic_by_roi"].items():
+            print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f}")
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():

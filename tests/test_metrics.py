@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from contourqa.training.metrics import case_bootstrap_intervals, regression_metrics
+from contourqa.training.metrics import case_bootstrap_intervals, metrics_by_group, regression_metrics
 
 
 def test_global_accuracy_and_flagging_follow_the_published_rules():
@@ -38,3 +38,10 @@ def test_bootstrap_resamples_whole_cases():
     assert intervals["mae"] == pytest.approx([0.0, 0.1])
     assert intervals["global_accuracy"] == pytest.approx([1.0, 1.0])
     assert case_bootstrap_intervals(true, predicted, ["a"] * 60) == {}
+
+
+def test_metrics_by_group_give_each_groups_error_and_its_sign():
+    groups = metrics_by_group([1.0, 1.0, 0.5], [0.9, 1.0, 0.7], ["Rectum", "Rectum", "Bladder"])
+    assert list(groups) == ["Bladder", "Rectum"]
+    assert groups["Rectum"] == pytest.approx({"n": 2, "mae": 0.05, "bias": -0.05})
+    assert groups["Bladder"] == pytest.approx({"n": 1, "mae": 0.2, "bias": 0.2})

@@ -202,7 +202,12 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
                 "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
     low, high = report["realistic_interval_95"]["mae"]
     assert low <= report["realistic"]["mae"] <= high and low < high
+    by_roi = report["realistic_by_roi"]
+    assert set(by_roi) == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
+    assert all(r["n"] == 2 * 8 for r in by_roi.values())
+    assert sum(r["mae"] * r["n"] for r in by_roi.values()) / 80 == pytest.approx(report["realistic"]["mae"], abs=1e-6)
     html = (tmp_path / "report.html").read_text()
+    assert "By ROI" in html and html.count("<td>Rectum</td>") == 1
     assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html

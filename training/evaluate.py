@@ -23,7 +23,7 @@ from contourqa.qa_models.screens import body_mask, run_screens
 from . import charts
 from .cache import CachedCase, Candidate, load_cases
 from .manifest import ManifestRow, read_manifest
-from .metrics import case_bootstrap_intervals, regression_metrics
+from .metrics import case_bootstrap_intervals, metrics_by_group, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "realistic_interval_95": case_bootstrap_intervals(
             true[realistic], predicted[realistic], [r.case_id for r in realistic_rows],
             seed=seed, flag_below=config.reject_below, accept_above=config.review_below) if realistic.any() else {},
+        "realistic_by_roi": metrics_by_group(true[realistic], predicted[realistic], [r.roi for r in realistic_rows]),
         "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
         "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
                             "flagged": int(flagged[m].sum())}

@@ -42,6 +42,15 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: floa
     }
 
 
+def metrics_by_group(true: np.ndarray, predicted: np.ndarray, groups: list[str]) -> dict:
+    """Count, MAE and bias (mean predicted - true) per group, e.g. per ROI: where a model is weak, and
+    whether it over- or under-predicts there (a site learns which organ needs more training contours)."""
+    true, predicted, groups = np.asarray(true, float), np.asarray(predicted, float), np.asarray(groups)
+    return {str(g): {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
+                     "bias": float((predicted[m] - true[m]).mean())}
+            for g in sorted(set(groups.tolist())) for m in [groups == g]}
+
+
 def case_bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, cases: list[str], resamples: int = 2000,
                              seed: int = 0, flag_below: float = 0.75, accept_above: float = 0.8) -> dict:
     """95 % intervals of MAE, Spearman and global accuracy, resampling whole cases with replacement.
