@@ -130,8 +130,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     if realistic.any():
         report["baselines"]["naive (mean training Dice)"] = regression_metrics(true[realistic], naive,
                                                                                config.reject_below, config.review_below)
-        clinical = _clinical_baseline(realistic_rows, true[realistic],
-                                      baseline_trials, seed)
+        clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
                 true[realistic], clinical, config.reject_below, config.review_below)
