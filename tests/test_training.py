@@ -334,3 +334,28 @@ def test_realistic_error_source_samples_the_clinical_dice_range():
     assert scores.min() > 0.5 and np.mean(scores >= 0.8) > 0.6 and np.mean(scores < 0.97) > 0.6
     again = perturb(sphere, spacing, np.random.default_rng(7))
     assert np.array_equal(again, perturb(sphere, spacing, np.random.default_rng(7)))
+
+
+def test_cached_cases_hold_candidates_compactly(phantom, tmp_path):
+    """Training holds every case in memory, so candidate masks are kept bit-packed and FRACTIONAL
+    probabilities as bytes (320 studies held expanded ran out of 24 GiB); both come back from the cache
+    unchanged, with the candidates' true Dice."""
+    from contourqa.training.cache import dice, load_case
+    from contourqa.training.manifest import read_manifest
+
+    rows = read_manifest(phantom / "manifest.csv")
+    rows = [r for r in rows if r.case_id == rows[0].case_id]
+    fresh = load_case(rows, tmp_path)  # rasterised from DICOM and written to the cache
+    cached = load_case(rows, tmp_path)  # read back from the cache
+    assert len(cached.candidates) == len(rows)
+    assert any(c.mask.any() for c in cached.candidates) and any(not c.mask.all() for c in cached.candidates)
+    for made, read in zip(fresh.candidates, cached.candidates):
+        assert read.mask.dtype == bool and read.mask.shape == cached.image.shape
+        assert np.array_equal(made.mask, read.mask)
+        assert read.packed_mask.nbytes == -(-read.mask.size // 8)
+        assert read.dice == pytest.approx(dice(read.mask, cached.references[read.row.roi.lower()]))
+    fractional = [(made, read) for made, read in zip(fresh.candidates, cached.candidates) if made.probabilities is not None]
+    assert fractional
+    for made, read in fractional:
+        assert read.probability_bytes.dtype == np.uint8 and read.probability_bytes.shape == cached.image.shape
+        assert np.array_equal(made.probabilities, read.probabilities) and read.probabilities.max() <= 1

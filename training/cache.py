@@ -33,12 +33,38 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 CACHE_FORMAT = 2  # part of every cache key: a new format never reads an old file
 
 
-@dataclass
 class Candidate:
-    row: ManifestRow
-    mask: np.ndarray
-    dice: float
-    probabilities: np.ndarray | None = None  # FRACTIONAL SEG candidates only
+    """One manifest candidate and its true Dice.
+
+    Training holds every case in memory and a case has dozens of candidates, so the mask is kept
+    bit-packed and a FRACTIONAL candidate's probabilities as bytes (to 1/255, as the cache stores
+    them), and both are expanded when read: 320 studies at 192x192x28 then take ~7 GB, not ~22 GB.
+    """
+
+    def __init__(self, row: ManifestRow, mask: np.ndarray | None, dice: float,
+                 probabilities: np.ndarray | None = None):
+        self.row, self.dice = row, dice
+        self._shape = None if mask is None else mask.shape
+        self.packed_mask = None if mask is None else np.packbits(mask)
+        self.probability_bytes = None if probabilities is None else np.round(probabilities * 255).astype(np.uint8)
+
+    @classmethod
+    def from_stored(cls, row: ManifestRow, packed_mask: np.ndarray, shape: tuple[int, ...], dice: float,
+                    probability_bytes: np.ndarray | None = None) -> Candidate:
+        candidate = cls(row, None, dice)
+        candidate._shape, candidate.packed_mask, candidate.probability_bytes = shape, packed_mask, probability_bytes
+        return candidate
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        if self.packed_mask is None:
+            return None
+        return np.unpackbits(self.packed_mask, count=int(np.prod(self._shape))).view(bool).reshape(self._shape)
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """FRACTIONAL SEG candidates only."""
+        return None if self.probability_bytes is None else self.probability_bytes.astype(np.float32) / 255
 
 
 @dataclass
@@ -90,9 +116,9 @@ def _write(path: Path, case: CachedCase) -> None:
               "direction": case.grid.direction, "modality": np.array(case.modality),
               "dice": np.array([c.dice for c in case.candidates])}
     arrays.update({f"reference/{name}": np.packbits(mask) for name, mask in case.references.items()})
-    arrays.update({f"candidate/{n}": np.packbits(c.mask) for n, c in enumerate(case.candidates)})
-    arrays.update({f"probabilities/{n}": np.round(c.probabilities * 255).astype(np.uint8)
-                   for n, c in enumerate(case.candidates) if c.probabilities is not None})
+    arrays.update({f"candidate/{n}": c.packed_mask for n, c in enumerate(case.candidates)})
+    arrays.update({f"probabilities/{n}": c.probability_bytes
+                   for n, c in enumerate(case.candidates) if c.probability_bytes is not None})
     temporary = path.with_name(path.name + ".partial.npz")
     np.savez(temporary, **arrays)
     temporary.replace(path)
@@ -105,9 +131,8 @@ def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
         size = image.size
         unpack = lambda packed: np.unpackbits(packed, count=size).astype(bool).reshape(image.shape)  # noqa: E731
         references = {k.split("/", 1)[1]: unpack(data[k]) for k in data.files if k.startswith("reference/")}
-        candidates = [Candidate(row, unpack(data[f"candidate/{n}"]), float(data["dice"][n]),
-                                data[f"probabilities/{n}"].astype(np.float32) / 255
-                                if f"probabilities/{n}" in data.files else None)
+        candidates = [Candidate.from_stored(row, data[f"candidate/{n}"], image.shape, float(data["dice"][n]),
+                                            data.get(f"probabilities/{n}"))
                       for n, row in enumerate(rows)]
         return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates)
 
