@@ -33,6 +33,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 CACHE_FORMAT = 2  # part of every cache key: a new format never reads an old file
 
 
+def _unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A boolean mask from np.packbits output."""
+    return np.unpackbits(packed, count=int(np.prod(shape))).view(bool).reshape(shape)
+
+
 class Candidate:
     """One manifest candidate and its true Dice.
 
@@ -59,7 +64,7 @@ class Candidate:
     def mask(self) -> np.ndarray | None:
         if self.packed_mask is None:
             return None
-        return np.unpackbits(self.packed_mask, count=int(np.prod(self._shape))).view(bool).reshape(self._shape)
+        return _unpack(self.packed_mask, self._shape)
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -128,9 +133,8 @@ def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
     with np.load(path) as data:
         image = data["image"]
         grid = Grid(data["origin"], data["spacing"], data["direction"], image.shape)
-        size = image.size
-        unpack = lambda packed: np.unpackbits(packed, count=size).astype(bool).reshape(image.shape)  # noqa: E731
-        references = {k.split("/", 1)[1]: unpack(data[k]) for k in data.files if k.startswith("reference/")}
+        references = {k.split("/", 1)[1]: _unpack(data[k], image.shape)
+                      for k in data.files if k.startswith("reference/")}
         candidates = [Candidate.from_stored(row, data[f"candidate/{n}"], image.shape, float(data["dice"][n]),
                                             data.get(f"probabilities/{n}"))
                       for n, row in enumerate(rows)]
