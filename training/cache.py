@@ -43,7 +43,7 @@ class Candidate:
 
     Training holds every case in memory and a case has dozens of candidates, so the mask is kept
     bit-packed and a FRACTIONAL candidate's probabilities as bytes (to 1/255, as the cache stores
-    them), and both are expanded when read: 320 studies at 192x192x28 then take ~7 GB, not ~22 GB.
+    them), and both are expanded when read: 320 studies at 192x192x28 then take ~7 GB, not ~29 GB.
     """
 
     def __init__(self, row: ManifestRow, mask: np.ndarray | None, dice: float,
