@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped default model (qa_models/default_model) from seeded phantom studies.
-# Usage: bash training/default_model.sh [WORK_DIR]   (about 200 min on 2 idle CPU cores)
-# Version 6 is made in five legs:
+# Usage: bash training/default_model.sh [WORK_DIR]   (about 250 min on 2 idle CPU cores)
+# Version 7 is made in six legs:
 # 1. version 2: 70 epochs on a 24x48x48 input, rate 2e-3 dropped tenfold after epoch 24 (about 55 min);
 # 2. version 2 fine-tuned on a 32x48x48 input (slices sampled about as finely as the images' own):
 #    40 epochs from 2e-4, dropped tenfold after epoch 28, fresh samples (seed 1) (about 30 min);
@@ -10,7 +10,9 @@
 # 4. version 4 fine-tuned on 80 studies (again the same 40 first, then 40 more):
 #    30 epochs from 2e-4, dropped tenfold after epoch 18, seed 3 (about 40 min with the new studies);
 # 5. version 5 fine-tuned on 160 studies (again the same 80 first, then 80 more):
-#    30 epochs from 2e-4, dropped tenfold after epoch 18, seed 4 (about 45 min with the new studies).
+#    30 epochs from 2e-4, dropped tenfold after epoch 18, seed 4 (about 45 min with the new studies);
+# 6. version 6 fine-tuned on 320 studies (again the same 160 first, then 160 more):
+#    30 epochs from 2e-4, dropped tenfold after epoch 18, seed 5 (about 50 min with the new studies).
 # Every epoch draws from its own seed and --resume restores the optimiser, so a leg stopped and
 # resumed gives the same weights as an unbroken one (the shipped leg 2 was resumed after epoch 14).
 set -euo pipefail
@@ -20,6 +22,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$work/train40/manifest.csv" ] || contourqa phantom "$work/train40" --cases 40 --seed 100 --size 192 192 28
 [ -f "$work/train80/manifest.csv" ] || contourqa phantom "$work/train80" --cases 80 --seed 100 --size 192 192 28
 [ -f "$work/train160/manifest.csv" ] || contourqa phantom "$work/train160" --cases 160 --seed 100 --size 192 192 28
+[ -f "$work/train320/manifest.csv" ] || contourqa phantom "$work/train320" --cases 320 --seed 100 --size 192 192 28
 common=(--arch efficientdet3d --steps-per-epoch 80 --batch-size 8
         --name contourqa-pelvis-phantom)
 contourqa -v train "${common[@]}" --manifest "$work/train/manifest.csv" --out "$work/v2" --seed 0 --model-version 2 --epochs 70 --lr-drop-epochs 24
@@ -29,8 +32,10 @@ contourqa -v train "${common[@]}" --manifest "$work/train40/manifest.csv" --out 
     --init-from "$work/v3" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 20 --lr-drop-epochs 12
 contourqa -v train "${common[@]}" --manifest "$work/train80/manifest.csv" --out "$work/v5" --seed 3 --model-version 5 \
     --init-from "$work/v4" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
-contourqa -v train "${common[@]}" --manifest "$work/train160/manifest.csv" --out "$work/model" --seed 4 --model-version 6 \
+contourqa -v train "${common[@]}" --manifest "$work/train160/manifest.csv" --out "$work/v6" --seed 4 --model-version 6 \
     --init-from "$work/v5" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
+contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/model" --seed 5 --model-version 7 \
+    --init-from "$work/v6" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
 # Evaluated on 12 phantom studies it never saw (seed 901, 480 realistic candidates), figures recorded in the card:
 [ -f "$work/eval/manifest.csv" ] || contourqa phantom "$work/eval" --cases 12 --seed 901 --size 192 192 28
 contourqa evaluate --manifest "$work/eval/manifest.csv" --model "$work/model" --record --html "$work/evaluation.html"
