@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--loss", choices=("mse", "huber"), help="loss (default mse)")
     train.add_argument("--learning-rate", type=float, help="Adam's starting rate (default 0.002)")
+    train.add_argument("--candidate-share", type=float, metavar="F",
+                       help="share of samples that are the manifest's own candidates (default 0.25)")
     train.add_argument("--lr-drop-epochs", type=int, nargs="+", metavar="EPOCH",
                        help="drop the rate tenfold after each of these epochs (default: after 60%% of the epochs)")
     train.add_argument("--input-shape", type=int, nargs=3, metavar=("SLICES", "ROWS", "COLUMNS"),
@@ -178,6 +180,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "architecture": args.arch, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed, "loss": args.loss,
         "learning_rate": args.learning_rate, "lr_drop_epochs": args.lr_drop_epochs,
+        "candidate_share": args.candidate_share,
         "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
     try:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)

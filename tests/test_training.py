@@ -235,6 +235,7 @@ def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_
     (["--manifest", "missing.csv"], "no such manifest"),
     (["--folds", "5"], "--folds 5 needs at least 5 patients"),
     (["--epochs", "0"], "invalid training option: epochs"),
+    (["--candidate-share", "1.5"], "invalid training option: candidate_share"),
 ])
 def test_train_bad_input(phantom, tmp_path, arguments, message):
     base = {"--manifest": str(phantom / "manifest.csv"), "--out": str(tmp_path / "m")}
@@ -359,3 +360,28 @@ def test_cached_cases_hold_candidates_compactly(phantom, tmp_path):
     for made, read in fractional:
         assert read.probability_bytes.dtype == np.uint8 and read.probability_bytes.shape == cached.image.shape
         assert np.array_equal(made.probabilities, read.probabilities) and read.probabilities.max() <= 1
+
+
+def test_candidate_share_sets_how_often_the_manifest_candidates_are_drawn(phantom, tmp_path):
+    """`train --candidate-share F`: that share of samples are the site's own candidates; the other sources
+    keep their default proportions."""
+    from contourqa.qa_models.crop import InputSpec
+    from contourqa.training.cache import load_case
+    from contourqa.training.manifest import read_manifest
+    from contourqa.training.samples import SOURCES, SampleGenerator, source_shares
+
+    shares = source_shares(0.6)
+    assert shares["candidate"] == 0.6 and sum(shares.values()) == pytest.approx(1)
+    assert shares["perturbed"] / shares["failure"] == pytest.approx(SOURCES["perturbed"] / SOURCES["failure"])
+    assert source_shares() == SOURCES
+
+    rows = read_manifest(phantom / "manifest.csv")
+    case = load_case([r for r in rows if r.case_id == rows[0].case_id], tmp_path)
+
+    def sources(share):
+        generator = SampleGenerator([case], InputSpec(shape=(8, 16, 16)), np.random.default_rng(3), augment=False,
+                                    candidate_share=share)
+        return [generator.candidate_mask(case, roi)[2] for roi in sorted(case.references) for _ in range(20)]
+
+    assert set(sources(1.0)) == {"candidate"}
+    assert "candidate" not in sources(0.0) and len(set(sources(0.0))) > 3

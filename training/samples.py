@@ -28,6 +28,16 @@ from .cache import CachedCase, dice
 SCALE_RANGE = (0.55, 1.8)
 # Share of samples drawn from each source.
 SOURCES = {"candidate": 0.25, "perturbed": 0.35, "swap": 0.10, "scaled": 0.08, "reference": 0.05, "failure": 0.17}
+
+
+def source_shares(candidate_share: float | None = None) -> dict[str, float]:
+    """SOURCES, or with the manifest's own candidates given ``candidate_share`` and the other sources
+    scaled to fill the rest in their default proportions."""
+    if candidate_share is None:
+        return dict(SOURCES)
+    rest = 1 - SOURCES["candidate"]
+    return {name: candidate_share if name == "candidate" else share * (1 - candidate_share) / rest
+            for name, share in SOURCES.items()}
 FAILURES = ("empty", "noise", "all_ones", "shifted")
 
 
@@ -150,8 +160,10 @@ def augmentation(rng: np.random.Generator, spec: InputSpec, extent_mm: np.ndarra
 class SampleGenerator:
     """Draws (input, target) pairs from cached cases; deterministic for a given ``rng``."""
 
-    def __init__(self, cases: list[CachedCase], spec: InputSpec, rng: np.random.Generator, augment: bool = True):
+    def __init__(self, cases: list[CachedCase], spec: InputSpec, rng: np.random.Generator, augment: bool = True,
+                 candidate_share: float | None = None):
         self.cases, self.spec, self.rng, self.augment = cases, spec, rng, augment
+        self.sources = source_shares(candidate_share)
         self.by_roi: dict[str, list[tuple[CachedCase, np.ndarray]]] = {}
         for case in cases:
             for roi, mask in case.references.items():
@@ -161,7 +173,7 @@ class SampleGenerator:
     def candidate_mask(self, case: CachedCase, roi: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(mask, FRACTIONAL probabilities or None, source) of one training candidate for ``roi``."""
         reference = case.references[roi]
-        source = self.rng.choice(list(SOURCES), p=list(SOURCES.values()))
+        source = self.rng.choice(list(self.sources), p=list(self.sources.values()))
         own = [c for c in case.candidates if c.row.roi.lower() == roi]
         if source == "candidate" and own:
             candidate = own[int(self.rng.integers(len(own)))]

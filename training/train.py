@@ -44,6 +44,8 @@ class TrainConfig(BaseModel):
     lr_drop_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (), description="epochs after each of which the rate drops tenfold; overrides lr_drop_fraction")
     loss: str = Field("mse", pattern="^(mse|huber)$")
+    candidate_share: float | None = Field(None, ge=0, le=1, description=(
+        "share of samples that are the manifest's own candidates (default 0.25); the other sources keep their proportions"))
     folds: int = Field(1, ge=1)
     seed: int = 0
     input: InputSpec = Field(default_factory=InputSpec)
@@ -132,7 +134,8 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         log.info("fold %d: resuming after epoch %d", fold, start)
     for epoch in range(start, config.epochs):
         # Each epoch draws from its own seed, so a resumed run makes the same samples as an unbroken one.
-        generator = SampleGenerator(train_cases, config.input, np.random.default_rng([config.seed, fold, epoch]))
+        generator = SampleGenerator(train_cases, config.input, np.random.default_rng([config.seed, fold, epoch]),
+                                    candidate_share=config.candidate_share)
         torch.manual_seed(config.seed * 100003 + fold * 1009 + epoch)
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(epoch)
