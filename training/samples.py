@@ -28,6 +28,7 @@ from .cache import CachedCase, dice
 SCALE_RANGE = (0.55, 1.8)
 # Share of samples drawn from each source.
 SOURCES = {"candidate": 0.25, "perturbed": 0.35, "swap": 0.10, "scaled": 0.08, "reference": 0.05, "failure": 0.17}
+FAILURES = ("empty", "noise", "all_ones", "shifted")
 
 
 def source_shares(candidate_share: float | None = None) -> dict[str, float]:
@@ -38,7 +39,6 @@ def source_shares(candidate_share: float | None = None) -> dict[str, float]:
     rest = 1 - SOURCES["candidate"]
     return {name: candidate_share if name == "candidate" else share * (1 - candidate_share) / rest
             for name, share in SOURCES.items()}
-FAILURES = ("empty", "noise", "all_ones", "shifted")
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
