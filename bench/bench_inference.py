@@ -35,11 +35,12 @@ def main() -> int:
         series = load_series(study / "image")
         masks = structure_masks(pydicom.dcmread(study / "candidates" / "auto01.dcm"), series, AssessConfig())
     prostate = next(m for m, _ in masks if m.name == "Prostate").mask
-    x = predictor.network_input(series.array, prostate, series.grid)[None].contiguous(memory_format=torch.channels_last_3d)
+    xs = [x[None].contiguous(memory_format=torch.channels_last_3d)
+          for x in predictor.network_input(series.array, prostate, series.grid)]
     with torch.no_grad():
-        forward = median_seconds(lambda: [network(x) for network in predictor.networks], args.repeat, warm_up=True)
+        forward = median_seconds(lambda: [network(x) for network, x in zip(predictor.networks, xs)], args.repeat, warm_up=True)
     rows = [
-        ("bare forward pass (reference)", forward),
+        ("bare forward pass, every member (reference)", forward),
         ("predict, one ROI, no MC dropout", median_seconds(lambda: predictor.predict(series.array, prostate, series.grid), args.repeat, warm_up=True)),
         ("predict, one ROI, 10 MC dropout passes",
          median_seconds(lambda: predictor.predict(series.array, prostate, series.grid, mc_samples=10), args.repeat, warm_up=True)),
@@ -48,7 +49,7 @@ def main() -> int:
              [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat, warm_up=True)),
     ]
     card = predictor.card
-    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input.shape}), "
+    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.member_shapes or card.input.shape}), "
           f"{torch.get_num_threads()} CPU threads, 320x320x28 series")
     print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:

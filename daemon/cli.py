@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     calibrate.set_defaults(run=_run_calibrate)
 
+    combine = commands.add_parser("combine", help="several trained models (e.g. of different input shapes) into one ensemble")
+    combine.add_argument("models", type=Path, nargs="+", metavar="MODEL_DIR", help="model folders, the first giving the defaults")
+    combine.add_argument("--out", type=Path, required=True, help="ensemble model folder to write")
+    combine.add_argument("--name", help="model name written in the card (default: the first member's)")
+    combine.add_argument("--model-version", dest="version", help="model version written in the card")
+    combine.set_defaults(run=_run_combine)
+
     evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
@@ -194,6 +201,16 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = card.cross_validation
     print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
           + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))
+    return EXIT_OK
+
+
+def _run_combine(args: argparse.Namespace) -> int:
+    from contourqa.training.combine import combine_models
+
+    card = combine_models(args.models, args.out, args.name, args.version)
+    shapes = card.member_shapes or [card.input.shape] * card.ensemble_size
+    print(f"{args.out}: {card.architecture} x{card.ensemble_size} (input shapes "
+          f"{', '.join('x'.join(map(str, s)) for s in shapes)})")
     return EXIT_OK
 
 

@@ -53,6 +53,9 @@ class ModelCard(BaseModel):
     evaluation: dict = Field(default_factory=dict)
     training_command: str = ""
     ensemble_size: int = 1
+    member_shapes: list[tuple[int, int, int]] = Field(
+        default_factory=list, description="each ensemble member's input shape where members see the crop at "
+        "different resolutions (a multi-scale ensemble, `contourqa combine`); empty: all take input.shape")
     test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
     calibration: Calibration | None = None
 
@@ -62,6 +65,9 @@ def device_for(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+NetworkInput = tuple[torch.Tensor, ...]  # one tensor per ensemble member (shared by members of one shape)
 
 
 @dataclass
@@ -113,8 +119,12 @@ class DicePredictor:
         except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise InputError(f"{model_dir / WEIGHTS_FILE}: refused or unreadable weights ({reason})") from None
+        states = states if isinstance(states, list) else [states]
+        if card.member_shapes and len(card.member_shapes) != len(states):
+            raise InputError(f"{model_dir}: card lists {len(card.member_shapes)} member shapes for {len(states)} "
+                             "networks in its weights")
         networks = []
-        for state in states if isinstance(states, list) else [states]:
+        for state in states:
             network = build_network(card.architecture, len(card.input.channels))
             try:
                 network.load_state_dict(state)
@@ -140,9 +150,17 @@ class DicePredictor:
             return False
         return True
 
+    def member_specs(self) -> list[InputSpec]:
+        shapes = self.card.member_shapes or [self.card.input.shape] * len(self.networks)
+        return [self.card.input.model_copy(update={"shape": tuple(shape)}) for shape in shapes]
+
     def network_input(self, image: np.ndarray, mask: np.ndarray, grid: Grid,
-                      probabilities: np.ndarray | None = None) -> torch.Tensor:
-        return mask_input(image, mask, grid, self.card.input, probabilities)
+                      probabilities: np.ndarray | None = None) -> NetworkInput:
+        """Each member's input; members of one shape share a tensor, so a fold ensemble crops once."""
+        specs = self.member_specs()
+        by_shape = {spec.shape: spec for spec in specs}
+        crops = {shape: mask_input(image, mask, grid, spec, probabilities) for shape, spec in by_shape.items()}
+        return tuple(crops[spec.shape] for spec in specs)
 
     def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0,
                 probabilities: np.ndarray | None = None) -> Prediction:
@@ -151,7 +169,7 @@ class DicePredictor:
         return self.predict_batch([self.network_input(image, mask, grid, probabilities)], mc_samples)[0]
 
     @torch.no_grad()
-    def predict_batch(self, inputs: list[torch.Tensor], mc_samples: int = 0) -> list[Prediction]:
+    def predict_batch(self, inputs: list[NetworkInput], mc_samples: int = 0) -> list[Prediction]:
         """One forward pass per network for all ``inputs`` (all ROIs of a structure set: batched on a GPU).
 
         The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
@@ -159,14 +177,15 @@ class DicePredictor:
         """
         if not inputs:
             return []
-        x = torch.stack(inputs)
-        views = 2 if self.card.test_time_flip else 1
-        if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
-            x = torch.cat([x, x.flip(-1)])
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last_3d)
         batch = len(inputs)
-        # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
-        encoded = [network.encode(x) for network in self.networks]
+        views = 2 if self.card.test_time_flip else 1
+        encoded = []
+        for member, network in enumerate(self.networks):
+            x = torch.stack([network_input[member] for network_input in inputs])
+            if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
+                x = torch.cat([x, x.flip(-1)])
+            # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
+            encoded.append(network.encode(x.to(self.device).contiguous(memory_format=torch.channels_last_3d)))
         points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:

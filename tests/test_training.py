@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
 
@@ -181,7 +182,7 @@ def test_test_time_flip_averages_the_mirrored_input(quick_model, phantom):
     masks = [m.mask for m, _ in structure_masks(load_structure(study / "reference.dcm"), series, AssessConfig())]
     inputs = [predictor.network_input(series.array, mask, series.grid) for mask in masks]
     plain = [p.dice for p in predictor.predict_batch(inputs)]
-    mirrored = [p.dice for p in predictor.predict_batch([x.flip(-1) for x in inputs])]
+    mirrored = [p.dice for p in predictor.predict_batch([tuple(t.flip(-1) for t in x) for x in inputs])]
     predictor.card.test_time_flip = True
     both = predictor.predict_batch(inputs, mc_samples=4)
     assert [p.dice for p in both] == pytest.approx([(a + b) / 2 for a, b in zip(plain, mirrored)], abs=1e-5)
@@ -212,7 +213,7 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html
     assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False
-    assert "input image+mask)" in html
+    assert report["model"]["input_shapes"] == [[16, 32, 32]] and "input image+mask at 16x32x32)" in html
 
 
 def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_path):
@@ -385,3 +386,46 @@ def test_candidate_share_sets_how_often_the_manifest_candidates_are_drawn(phanto
 
     assert set(sources(1.0)) == {"candidate"}
     assert "candidate" not in sources(0.0) and len(set(sources(0.0))) > 3
+
+
+def test_combine_makes_a_multi_scale_ensemble_that_averages_its_members(quick_model, phantom, tmp_path):
+    from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+    from contourqa.qa_models.series import load_series
+
+    fine = tmp_path / "fine"
+    assert run_cli("train", "--manifest", phantom / "manifest.csv", "--out", fine, "--quick", "--init-from", quick_model,
+                   "--epochs", "1", "--steps-per-epoch", "1", "--input-shape", "16", "40", "40").returncode == 0
+    result = run_cli("combine", quick_model, fine, "--out", tmp_path / "both", "--model-version", "7")
+    assert result.returncode == 0, result.stderr
+    both = DicePredictor.from_model_folder(tmp_path / "both", "cpu")
+    assert both.card.version == "7" and both.card.ensemble_size == 3
+    assert both.card.member_shapes == [(16, 32, 32), (16, 32, 32), (16, 40, 40)]
+    assert [m["input_shape"] for m in both.card.training_data["members"]] == [[16, 32, 32], [16, 40, 40]]
+
+    study = phantom / "case001"
+    series = load_series(study / "image")
+    masks = [m.mask for m, _ in structure_masks(load_structure(study / "reference.dcm"), series, AssessConfig())]
+    coarse, detailed = (DicePredictor.from_model_folder(d, "cpu") for d in (quick_model, fine))
+    for mask in masks:
+        expected = (2 * coarse.predict(series.array, mask, series.grid).dice
+                    + detailed.predict(series.array, mask, series.grid).dice) / 3
+        assert both.predict(series.array, mask, series.grid).dice == pytest.approx(expected, abs=1e-5)
+    assert coarse.predict(series.array, masks[0], series.grid).dice != detailed.predict(series.array, masks[0], series.grid).dice
+
+
+def test_combine_refuses_members_that_disagree(quick_model, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(quick_model, other)
+    card = read_card(other)
+    (other / "model.json").write_text(card.model_copy(update={"roi_names": ["Prostate"]}).model_dump_json())
+    cases = [([quick_model, other], "cannot combine models of different ROI names"),
+             ([quick_model], "combine needs at least two model folders"),
+             ([quick_model, tmp_path / "missing"], "not a model folder")]
+    for models, message in cases:
+        result = run_cli("combine", *models, "--out", tmp_path / "out")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+    (other / "model.json").write_text(card.model_copy(update={"member_shapes": [(16, 32, 32)]}).model_dump_json())
+    with pytest.raises(InputError, match="card lists 1 member shapes for 2 networks"):
+        DicePredictor.from_model_folder(other, "cpu")

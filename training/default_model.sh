@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped default model (qa_models/default_model) from seeded phantom studies.
-# Usage: bash training/default_model.sh [WORK_DIR]   (about 275 min on 2 idle CPU cores)
-# Version 8 is made in seven legs:
+# Usage: bash training/default_model.sh [WORK_DIR]   (about 320 min on 2 idle CPU cores)
+# Version 10 is made in nine legs and a combination:
 # 1. version 2: 70 epochs on a 24x48x48 input, rate 2e-3 dropped tenfold after epoch 24 (about 55 min);
 # 2. version 2 fine-tuned on a 32x48x48 input (slices sampled about as finely as the images' own):
 #    40 epochs from 2e-4, dropped tenfold after epoch 28, fresh samples (seed 1) (about 30 min);
@@ -15,7 +15,11 @@
 #    30 epochs from 2e-4, dropped tenfold after epoch 18, seed 5 (about 50 min with the new studies);
 # 7. version 7 trained on for another 30 epochs on the same 320 studies, half the samples now the studies'
 #    own candidates (--candidate-share 0.5, default 0.25), the rate again from 2e-4 dropped tenfold after
-#    epoch 18, fresh samples (seed 6) (about 30 min, the cached rasterisations reused).
+#    epoch 18, fresh samples (seed 6) (about 30 min, the cached rasterisations reused);
+# 8. version 9: version 8 fine-tuned on a finer 32x64x64 input, otherwise as leg 7 (seed 7) (about 25 min);
+# 9. version 9 trained on for 24 more epochs, the rate dropped after epoch 14 (seed 9) (about 20 min);
+# version 10 is the mean of version 8 and leg 9 (`contourqa combine`): the coarse and the fine view err
+# differently, so their mean errs less than either.
 # Every epoch draws from its own seed and --resume restores the optimiser, so a leg stopped and
 # resumed gives the same weights as an unbroken one (the shipped leg 2 was resumed after epoch 14).
 set -euo pipefail
@@ -39,9 +43,16 @@ contourqa -v train "${common[@]}" --manifest "$work/train160/manifest.csv" --out
     --init-from "$work/v5" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v7" --seed 5 --model-version 7 \
     --init-from "$work/v6" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
-mkdir -p "$work/model" && { [ -d "$work/model/cache" ] || cp -al "$work/v7/cache" "$work/model/cache"; }  # same studies: reuse their rasterisations
-contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/model" --seed 6 --model-version 8 \
+for leg in v8 v9 v10-64; do  # same studies: reuse their rasterisations
+    mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/v7/cache" "$work/$leg/cache"; }
+done
+contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v8" --seed 6 --model-version 8 \
     --init-from "$work/v7" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.5
+contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v9" --seed 7 --model-version 9 \
+    --init-from "$work/v8" --input-shape 32 64 64 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.5
+contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v10-64" --seed 9 --model-version 10 \
+    --init-from "$work/v9" --input-shape 32 64 64 --learning-rate 2e-4 --epochs 24 --lr-drop-epochs 14 --candidate-share 0.5
+contourqa combine "$work/v8" "$work/v10-64" --out "$work/model" --model-version 10
 # Evaluated on 12 phantom studies it never saw (seed 901, 480 realistic candidates), figures recorded in the card:
 [ -f "$work/eval/manifest.csv" ] || contourqa phantom "$work/eval" --cases 12 --seed 901 --size 192 192 28
 contourqa evaluate --manifest "$work/eval/manifest.csv" --model "$work/model" --record --html "$work/evaluation.html"
