@@ -418,13 +418,15 @@ def test_combine_refuses_members_that_disagree(quick_model, tmp_path):
     shutil.copytree(quick_model, other)
     card = read_card(other)
     (other / "model.json").write_text(card.model_copy(update={"roi_names": ["Prostate"]}).model_dump_json())
-    cases = [([quick_model, other], "cannot combine models of different ROI names"),
-             ([quick_model], "combine needs at least two model folders"),
-             ([quick_model, tmp_path / "missing"], "not a model folder")]
-    for models, message in cases:
-        result = run_cli("combine", *models, "--out", tmp_path / "out")
+    out = tmp_path / "out"
+    cases = [([quick_model, other, "--out", out], "cannot combine models of different ROI names"),
+             ([quick_model, "--out", out], "combine needs at least two model folders"),
+             ([quick_model, tmp_path / "missing", "--out", out], "not a model folder"),
+             ([quick_model, quick_model, "--out", other], "already holds a model")]
+    for arguments, message in cases:
+        result = run_cli("combine", *arguments)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
     (other / "model.json").write_text(card.model_copy(update={"member_shapes": [(16, 32, 32)]}).model_dump_json())
     with pytest.raises(InputError, match="card lists 1 member shapes for 2 networks"):

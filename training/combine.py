@@ -14,7 +14,7 @@ import torch
 
 from contourqa import __version__
 from contourqa.qa_models.errors import InputError
-from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, write_card
+from contourqa.qa_models.predictor import CARD_FILE, WEIGHTS_FILE, DicePredictor, ModelCard, write_card
 
 
 def _same(cards: list[ModelCard], what: str, value) -> None:
@@ -29,6 +29,8 @@ def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = Non
     to ``out_dir`` and return its card. Members must agree on everything but their input shape."""
     if len(model_dirs) < 2:
         raise InputError("combine needs at least two model folders")
+    if (out_dir / CARD_FILE).exists():
+        raise InputError(f"{out_dir} already holds a model; choose another --out")
     predictors = [DicePredictor.from_model_folder(d, device="cpu") for d in model_dirs]
     cards = [p.card for p in predictors]
     _same(cards, "architecture", lambda c: c.architecture)
@@ -52,6 +54,8 @@ def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = Non
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     states = [network.state_dict() for p in predictors for network in p.networks]
-    torch.save(states, out_dir / WEIGHTS_FILE)
+    partial = out_dir / f".{WEIGHTS_FILE}.partial"
+    torch.save(states, partial)
+    partial.replace(out_dir / WEIGHTS_FILE)  # the card last: a folder with a card is a whole model
     write_card(card, out_dir)
     return card
