@@ -49,7 +49,7 @@ def main() -> int:
              [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat, warm_up=True)),
     ]
     card = predictor.card
-    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.member_shapes or card.input.shape}), "
+    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input_shapes}), "
           f"{torch.get_num_threads()} CPU threads, 320x320x28 series")
     print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:

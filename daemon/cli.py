@@ -208,9 +208,8 @@ def _run_combine(args: argparse.Namespace) -> int:
     from contourqa.training.combine import combine_models
 
     card = combine_models(args.models, args.out, args.name, args.version)
-    shapes = card.member_shapes or [card.input.shape] * card.ensemble_size
     print(f"{args.out}: {card.architecture} x{card.ensemble_size} (input shapes "
-          f"{', '.join('x'.join(map(str, s)) for s in shapes)})")
+          f"{', '.join('x'.join(map(str, s)) for s in card.input_shapes)})")
     return EXIT_OK
 
 

@@ -59,6 +59,11 @@ class ModelCard(BaseModel):
     test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
     calibration: Calibration | None = None
 
+    @property
+    def input_shapes(self) -> list[tuple[int, int, int]]:
+        """The input shape of each network in the weights, in order."""
+        return list(self.member_shapes) or [self.input.shape] * self.ensemble_size
+
 
 def device_for(name: str = "auto") -> torch.device:
     """``auto``: CUDA when present, else CPU."""
@@ -179,13 +184,16 @@ class DicePredictor:
             return []
         batch = len(inputs)
         views = 2 if self.card.test_time_flip else 1
+        batches: dict[tuple[int, int, int], torch.Tensor] = {}  # one batch per input shape, shared by its members
         encoded = []
-        for member, network in enumerate(self.networks):
-            x = torch.stack([network_input[member] for network_input in inputs])
-            if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
-                x = torch.cat([x, x.flip(-1)])
+        for member, (network, spec) in enumerate(zip(self.networks, self.member_specs())):
+            if spec.shape not in batches:
+                x = torch.stack([network_input[member] for network_input in inputs])
+                if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
+                    x = torch.cat([x, x.flip(-1)])
+                batches[spec.shape] = x.to(self.device).contiguous(memory_format=torch.channels_last_3d)
             # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
-            encoded.append(network.encode(x.to(self.device).contiguous(memory_format=torch.channels_last_3d)))
+            encoded.append(network.encode(batches[spec.shape]))
         points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:

@@ -108,7 +108,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     report = {
         "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
                   "ensemble_size": card.ensemble_size, "channels": list(card.input.channels),
-                  "input_shapes": sorted({tuple(s) for s in card.member_shapes} or {tuple(card.input.shape)}),
+                  "input_shapes": sorted(set(card.input_shapes)),
                   "calibrated": card.calibration is not None, "test_time_flip": card.test_time_flip},
         "manifest": str(manifest),
         "realistic": regression_metrics(true[realistic], predicted[realistic], config.reject_below, config.review_below)
