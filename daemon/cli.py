@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--out", type=Path, required=True, help="ensemble model folder to write")
     combine.add_argument("--name", help="model name written in the card (default: the first member's)")
     combine.add_argument("--model-version", dest="version", help="model version written in the card")
+    combine.add_argument("--test-time-flip", action="store_true",
+                         help="average each prediction with that of the left-right mirrored input")
     combine.set_defaults(run=_run_combine)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
@@ -207,9 +209,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_combine(args: argparse.Namespace) -> int:
     from contourqa.training.combine import combine_models
 
-    card = combine_models(args.models, args.out, args.name, args.version)
+    card = combine_models(args.models, args.out, args.name, args.version, args.test_time_flip)
     print(f"{args.out}: {card.architecture} x{card.ensemble_size} (input shapes "
-          f"{', '.join('x'.join(map(str, s)) for s in card.input_shapes)})")
+          f"{', '.join('x'.join(map(str, s)) for s in card.input_shapes)}"
+          f"{'; test-time flip' if card.test_time_flip else ''})")
     return EXIT_OK
 
 

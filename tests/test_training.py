@@ -412,6 +412,15 @@ def test_combine_makes_a_multi_scale_ensemble_that_averages_its_members(quick_mo
         assert both.predict(series.array, mask, series.grid).dice == pytest.approx(expected, abs=1e-5)
     assert coarse.predict(series.array, masks[0], series.grid).dice != detailed.predict(series.array, masks[0], series.grid).dice
 
+    result = run_cli("combine", quick_model, fine, "--out", tmp_path / "flipped", "--test-time-flip")
+    assert result.returncode == 0 and "test-time flip" in result.stdout, result.stderr
+    flipped = DicePredictor.from_model_folder(tmp_path / "flipped", "cpu")
+    assert flipped.card.test_time_flip and not both.card.test_time_flip
+    inputs = both.network_input(series.array, masks[0], series.grid)
+    [plain, mirrored] = both.predict_batch([inputs, tuple(t.flip(-1) for t in inputs)])
+    assert plain.dice != mirrored.dice
+    assert flipped.predict_batch([inputs])[0].dice == pytest.approx((plain.dice + mirrored.dice) / 2, abs=1e-5)
+
 
 def test_combine_refuses_members_that_disagree(quick_model, tmp_path):
     other = tmp_path / "other"

@@ -24,9 +24,10 @@ def _same(cards: list[ModelCard], what: str, value) -> None:
 
 
 def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = None,
-                   version: str | None = None) -> ModelCard:
+                   version: str | None = None, test_time_flip: bool = False) -> ModelCard:
     """Write an ensemble of ``model_dirs`` (in that order; the first member's card gives the defaults)
-    to ``out_dir`` and return its card. Members must agree on everything but their input shape."""
+    to ``out_dir`` and return its card. Members must agree on everything but their input shape.
+    ``test_time_flip`` turns on the averaging with the mirrored input for the ensemble."""
     if len(model_dirs) < 2:
         raise InputError("combine needs at least two model folders")
     if (out_dir / CARD_FILE).exists():
@@ -51,6 +52,7 @@ def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = Non
         "ensemble_size": len(shapes), "member_shapes": shapes if len(set(shapes)) > 1 else [],
         "training_data": {**first.training_data, "members": members},
         "cross_validation": {}, "evaluation": {}, "training_command": "",
+        "test_time_flip": first.test_time_flip or test_time_flip,
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     states = [network.state_dict() for p in predictors for network in p.networks]
