@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-version", dest="version", help="model version written in the card")
     train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--test-time-flip", action="store_true",
+                       help="the model averages each prediction with that of the left-right mirrored input")
     train.add_argument("--entropy-channel", action="store_true",
                        help="a third input channel: the voxel-wise entropy of FRACTIONAL SEG candidates")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
@@ -189,7 +191,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "architecture": args.arch, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed, "loss": args.loss,
         "learning_rate": args.learning_rate, "lr_drop_epochs": args.lr_drop_epochs,
-        "candidate_share": args.candidate_share,
+        "candidate_share": args.candidate_share, "test_time_flip": args.test_time_flip or None,
         "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
     try:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)

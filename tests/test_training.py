@@ -71,6 +71,19 @@ def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path)
     assert [h["learning_rate"] for h in history] == pytest.approx([1e-12, 1e-13])
 
 
+def test_test_time_flip_is_recorded_and_used_for_cross_validation(quick_model, phantom, tmp_path):
+    out = tmp_path / "flipped"
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--folds", "2",
+                     "--seed", "3", "--test-time-flip")  # quick_model's command, plus the flip
+    assert result.returncode == 0, result.stderr
+    plain, flipped = read_card(quick_model), read_card(out)
+    assert flipped.test_time_flip and not plain.test_time_flip
+    # the flip changes how the model predicts, not how it learns
+    weights = [torch.load(folder / "weights.pt", weights_only=True) for folder in (quick_model, out)]
+    assert all(a[k].equal(b[k]) for a, b in zip(*weights) for k in a)
+    assert flipped.cross_validation["mae"] != plain.cross_validation["mae"]
+
+
 def test_fine_tuning_refuses_a_model_of_another_architecture(quick_model, phantom, tmp_path):
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", tmp_path / "m", "--quick",
                      "--arch", "efficientdet3d", "--init-from", quick_model)

@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     candidate_share: float | None = Field(None, ge=0, le=1, description=(
         "share of samples that are the manifest's own candidates (default 0.25); the other sources keep their proportions"))
     folds: int = Field(1, ge=1)
+    test_time_flip: bool = Field(False, description="the model averages each prediction with the mirrored input's")
     seed: int = 0
     input: InputSpec = Field(default_factory=InputSpec)
     name: str = "contourqa-dice"
@@ -87,14 +88,16 @@ def _folds(cases: list[CachedCase], folds: int, seed: int) -> list[tuple[list[Ca
 
 @torch.no_grad()
 def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: InputSpec,
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(true, predicted) Dice of every manifest candidate of ``cases``, without augmentation."""
+                       device: torch.device, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) Dice of every manifest candidate of ``cases``, without augmentation (but for the
+    mirrored input's prediction averaged in when ``flip``, as the model will predict)."""
     network.eval()
     true, predicted = [], []
     for case in cases:
         for candidate in case.candidates:
-            x = mask_input(case.image, candidate.mask, case.grid, spec, candidate.probabilities)
-            predicted.append(float(network(x[None].to(device).contiguous(memory_format=torch.channels_last_3d))[0]))
+            x = mask_input(case.image, candidate.mask, case.grid, spec, candidate.probabilities)[None]
+            x = torch.cat([x, x.flip(-1)]) if flip else x
+            predicted.append(float(network(x.to(device).contiguous(memory_format=torch.channels_last_3d)).mean()))
             true.append(candidate.dice)
     return np.array(true), np.array(predicted)
 
@@ -179,7 +182,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
                                              initial_state)
         history += fold_history
         if validation_cases:
-            true, predicted = predict_candidates(network, validation_cases, config.input, device)
+            true, predicted = predict_candidates(network, validation_cases, config.input, device, config.test_time_flip)
             held_out_true.append(true)
             held_out_predicted.append(predicted)
         states.append({k: v.contiguous().cpu() for k, v in network.state_dict().items()})
@@ -189,7 +192,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
         name=config.name, version=config.version, architecture=config.architecture, input=config.input,
         modalities=sorted({case.modality for case in cases}), roi_names=sorted({r.roi for r in rows}, key=str.lower),
         contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        seed=config.seed, ensemble_size=len(states),
+        seed=config.seed, ensemble_size=len(states), test_time_flip=config.test_time_flip,
         training_data={"cases": len(cases), "candidates": len(true_dice), "rois": sorted({r.roi for r in rows}),
                        "dice_min": float(true_dice.min()), "dice_max": float(true_dice.max()),
                        "dice_mean": float(true_dice.mean()),
