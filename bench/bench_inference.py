@@ -2,7 +2,8 @@
 
     python bench/bench_inference.py [--model DIR] [--repeat 20]
 
-predict() = crop + resample + normalise + forward (ensemble); the bare forward pass is its floor.
+predict() = crop + resample + normalise + forward (ensemble, and the mirrored input when the card asks for
+test-time flip); the bare forward pass of the unmirrored input is its floor.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def main() -> int:
              [predictor.network_input(series.array, m.mask, series.grid) for m, _ in masks]), args.repeat, warm_up=True)),
     ]
     card = predictor.card
-    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input_shapes}), "
-          f"{torch.get_num_threads()} CPU threads, 320x320x28 series")
+    print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input_shapes}"
+          f"{', test-time flip' if card.test_time_flip else ''}), {torch.get_num_threads()} CPU threads, 320x320x28 series")
     print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:
         print(f"{name:<42} {seconds:>9.4f} {seconds / forward:>10.2f}")
