@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped default model (qa_models/default_model) from seeded phantom studies.
-# Usage: bash training/default_model.sh [WORK_DIR]   (about 390 min on 2 idle CPU cores)
-# Version 13 is made in twelve legs and a combination:
+# Usage: bash training/default_model.sh [WORK_DIR]   (about 405 min on 2 idle CPU cores)
+# Version 14 is made in thirteen legs and a combination:
 # 1. version 2: 70 epochs on a 24x48x48 input, rate 2e-3 dropped tenfold after epoch 24 (about 55 min);
 # 2. version 2 fine-tuned on a 32x48x48 input (slices sampled about as finely as the images' own):
 #    40 epochs from 2e-4, dropped tenfold after epoch 28, fresh samples (seed 1) (about 30 min);
@@ -23,7 +23,8 @@
 # 11. version 12: version 11 trained on for 30 more epochs, nine tenths of them candidates (seed 13) (about 25 min);
 # 12. version 12 fine-tuned on a still finer 32x80x80 input: 20 epochs, the rate dropped after epoch 12 (seed 17)
 #     (about 25 min);
-# version 13 is the mean of version 12 and leg 12 (`contourqa combine`), each averaged with its
+# 13. leg 12 trained on for 14 more epochs from 1e-4, dropped tenfold after epoch 8 (seed 19) (about 15 min);
+# version 14 is the mean of version 12 and leg 13 (`contourqa combine`), each averaged with its
 # left-right mirrored input (--test-time-flip): the two views err differently, so their mean errs less
 # than either.
 # Every epoch draws from its own seed and --resume restores the optimiser, so a leg stopped and
@@ -49,7 +50,7 @@ contourqa -v train "${common[@]}" --manifest "$work/train160/manifest.csv" --out
     --init-from "$work/v5" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v7" --seed 5 --model-version 7 \
     --init-from "$work/v6" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
-for leg in v8 v9 v10-64 v11 v12 v13-80; do  # same studies: reuse their rasterisations
+for leg in v8 v9 v10-64 v11 v12 v13-80 v14-80; do  # same studies: reuse their rasterisations
     mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/v7/cache" "$work/$leg/cache"; }
 done
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v8" --seed 6 --model-version 8 \
@@ -64,7 +65,9 @@ contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out
     --init-from "$work/v11" --input-shape 32 64 64 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.9
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v13-80" --seed 17 --model-version 13 \
     --init-from "$work/v12" --input-shape 32 80 80 --learning-rate 2e-4 --epochs 20 --lr-drop-epochs 12 --candidate-share 0.9
-contourqa combine "$work/v12" "$work/v13-80" --out "$work/model" --model-version 13 --test-time-flip
+contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v14-80" --seed 19 --model-version 14 \
+    --init-from "$work/v13-80" --input-shape 32 80 80 --learning-rate 1e-4 --epochs 14 --lr-drop-epochs 8 --candidate-share 0.9
+contourqa combine "$work/v12" "$work/v14-80" --out "$work/model" --model-version 14 --test-time-flip
 # Evaluated on 12 phantom studies it never saw (seed 901, 480 realistic candidates), figures recorded in the card:
 [ -f "$work/eval/manifest.csv" ] || contourqa phantom "$work/eval" --cases 12 --seed 901 --size 192 192 28
 contourqa evaluate --manifest "$work/eval/manifest.csv" --model "$work/model" --record --html "$work/evaluation.html"
