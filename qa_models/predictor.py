@@ -75,6 +75,12 @@ def device_for(name: str = "auto") -> torch.device:
 NetworkInput = tuple[torch.Tensor, ...]  # one tensor per ensemble member (shared by members of one shape)
 
 
+def with_mirror(x: torch.Tensor) -> torch.Tensor:
+    """The batch ``x`` followed by its left-right mirror: test-time flip's two views. The mirrored input is
+    in the training distribution (left-right flips are augmented)."""
+    return torch.cat([x, x.flip(-1)])
+
+
 @dataclass
 class Prediction:
     dice: float
@@ -189,8 +195,7 @@ class DicePredictor:
         for member, (network, spec) in enumerate(zip(self.networks, self.member_specs())):
             if spec.shape not in batches:
                 x = torch.stack([network_input[member] for network_input in inputs])
-                if views == 2:  # the mirrored input is in the training distribution (left-right flips are augmented)
-                    x = torch.cat([x, x.flip(-1)])
+                x = with_mirror(x) if views == 2 else x
                 batches[spec.shape] = x.to(self.device).contiguous(memory_format=torch.channels_last_3d)
             # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
             encoded.append(network.encode(batches[spec.shape]))

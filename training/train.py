@@ -24,7 +24,7 @@ from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.networks import ARCHITECTURES, build_network
-from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, write_card
+from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, with_mirror, write_card
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest
@@ -96,7 +96,7 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     for case in cases:
         for candidate in case.candidates:
             x = mask_input(case.image, candidate.mask, case.grid, spec, candidate.probabilities)[None]
-            x = torch.cat([x, x.flip(-1)]) if flip else x
+            x = with_mirror(x) if flip else x
             predicted.append(float(network(x.to(device).contiguous(memory_format=torch.channels_last_3d)).mean()))
             true.append(candidate.dice)
     return np.array(true), np.array(predicted)
