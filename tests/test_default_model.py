@@ -13,7 +13,7 @@ def test_shipped_model_card_and_size():
     assert {"prostate", "bladder", "rectum"} <= {n.lower() for n in card.roi_names}
     assert (folder / "weights.pt").stat().st_size < 20 * 1024 * 1024
     assert card.evaluation["realistic"]["n"] > 100  # measured on phantom cases of a seed it never saw
-    assert card.training_data["cases"] == 320
+    assert card.training_data["cases"] == 640
     DicePredictor.from_model_folder(folder, device="cpu")
 
 

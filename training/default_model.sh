@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped default model (qa_models/default_model) from seeded phantom studies.
-# Usage: bash training/default_model.sh [WORK_DIR]   (about 405 min on 2 idle CPU cores)
-# Version 14 is made in thirteen legs and a combination:
+# Usage: bash training/default_model.sh [WORK_DIR]   (about 500 min on 2 idle CPU cores)
+# Version 15 is made in sixteen legs and a combination:
 # 1. version 2: 70 epochs on a 24x48x48 input, rate 2e-3 dropped tenfold after epoch 24 (about 55 min);
 # 2. version 2 fine-tuned on a 32x48x48 input (slices sampled about as finely as the images' own):
 #    40 epochs from 2e-4, dropped tenfold after epoch 28, fresh samples (seed 1) (about 30 min);
@@ -24,7 +24,13 @@
 # 12. version 12 fine-tuned on a still finer 32x80x80 input: 20 epochs, the rate dropped after epoch 12 (seed 17)
 #     (about 25 min);
 # 13. leg 12 trained on for 14 more epochs from 1e-4, dropped tenfold after epoch 8 (seed 19) (about 15 min);
-# version 14 is the mean of version 12 and leg 13 (`contourqa combine`), each averaged with its
+# (version 14, the previous default, was the mean of version 12 and leg 13 with test-time flip;)
+# 14. version 12 trained on for 30 more epochs on 640 studies (the same 320 first, then 320 more), otherwise
+#     as leg 11 (seed 23) (about 40 min, rasterising the new studies first);
+# 15. leg 13 trained on for 16 more epochs on the 640 studies from 1e-4, dropped tenfold after epoch 10
+#     (seed 29) (about 20 min);
+# 16. leg 14 trained on for 16 more epochs from 1e-4, dropped tenfold after epoch 10 (seed 31) (about 15 min);
+# version 15 is the mean of legs 16 and 15 (`contourqa combine`), each averaged with its
 # left-right mirrored input (--test-time-flip): the two views err differently, so their mean errs less
 # than either.
 # Every epoch draws from its own seed and --resume restores the optimiser, so a leg stopped and
@@ -37,6 +43,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$work/train80/manifest.csv" ] || contourqa phantom "$work/train80" --cases 80 --seed 100 --size 192 192 28
 [ -f "$work/train160/manifest.csv" ] || contourqa phantom "$work/train160" --cases 160 --seed 100 --size 192 192 28
 [ -f "$work/train320/manifest.csv" ] || contourqa phantom "$work/train320" --cases 320 --seed 100 --size 192 192 28
+[ -f "$work/train640/manifest.csv" ] || contourqa phantom "$work/train640" --cases 640 --seed 100 --size 192 192 28
 common=(--arch efficientdet3d --steps-per-epoch 80 --batch-size 8
         --name contourqa-pelvis-phantom)
 contourqa -v train "${common[@]}" --manifest "$work/train/manifest.csv" --out "$work/v2" --seed 0 --model-version 2 --epochs 70 --lr-drop-epochs 24
@@ -67,7 +74,16 @@ contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out
     --init-from "$work/v12" --input-shape 32 80 80 --learning-rate 2e-4 --epochs 20 --lr-drop-epochs 12 --candidate-share 0.9
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v14-80" --seed 19 --model-version 14 \
     --init-from "$work/v13-80" --input-shape 32 80 80 --learning-rate 1e-4 --epochs 14 --lr-drop-epochs 8 --candidate-share 0.9
-contourqa combine "$work/v12" "$work/v14-80" --out "$work/model" --model-version 14 --test-time-flip
+contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-64a" --seed 23 --model-version 15 \
+    --init-from "$work/v12" --input-shape 32 64 64 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.9
+for leg in v15-80 v15-64; do  # same studies: reuse leg 14's rasterisations
+    mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/v15-64a/cache" "$work/$leg/cache"; }
+done
+contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-80" --seed 29 --model-version 15 \
+    --init-from "$work/v14-80" --input-shape 32 80 80 --learning-rate 1e-4 --epochs 16 --lr-drop-epochs 10 --candidate-share 0.9
+contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-64" --seed 31 --model-version 15 \
+    --init-from "$work/v15-64a" --input-shape 32 64 64 --learning-rate 1e-4 --epochs 16 --lr-drop-epochs 10 --candidate-share 0.9
+contourqa combine "$work/v15-64" "$work/v15-80" --out "$work/model" --model-version 15 --test-time-flip
 # Evaluated on 12 phantom studies it never saw (seed 901, 480 realistic candidates), figures recorded in the card:
 [ -f "$work/eval/manifest.csv" ] || contourqa phantom "$work/eval" --cases 12 --seed 901 --size 192 192 28
 contourqa evaluate --manifest "$work/eval/manifest.csv" --model "$work/model" --record --html "$work/evaluation.html"
