@@ -46,6 +46,12 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$work/train640/manifest.csv" ] || contourqa phantom "$work/train640" --cases 640 --seed 100 --size 192 192 28
 common=(--arch efficientdet3d --steps-per-epoch 80 --batch-size 8
         --name contourqa-pelvis-phantom)
+reuse_cache() {  # reuse_cache SOURCE LEG...: legs on SOURCE's studies share its rasterisations (hard links)
+    local source="$1" leg; shift
+    for leg in "$@"; do
+        mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/$source/cache" "$work/$leg/cache"; }
+    done
+}
 contourqa -v train "${common[@]}" --manifest "$work/train/manifest.csv" --out "$work/v2" --seed 0 --model-version 2 --epochs 70 --lr-drop-epochs 24
 contourqa -v train "${common[@]}" --manifest "$work/train/manifest.csv" --out "$work/v3" --seed 1 --model-version 3 \
     --init-from "$work/v2" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 40 --lr-drop-epochs 28
@@ -57,9 +63,7 @@ contourqa -v train "${common[@]}" --manifest "$work/train160/manifest.csv" --out
     --init-from "$work/v5" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v7" --seed 5 --model-version 7 \
     --init-from "$work/v6" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18
-for leg in v8 v9 v10-64 v11 v12 v13-80 v14-80; do  # same studies: reuse their rasterisations
-    mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/v7/cache" "$work/$leg/cache"; }
-done
+reuse_cache v7 v8 v9 v10-64 v11 v12 v13-80 v14-80
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v8" --seed 6 --model-version 8 \
     --init-from "$work/v7" --input-shape 32 48 48 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.5
 contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out "$work/v9" --seed 7 --model-version 9 \
@@ -76,9 +80,7 @@ contourqa -v train "${common[@]}" --manifest "$work/train320/manifest.csv" --out
     --init-from "$work/v13-80" --input-shape 32 80 80 --learning-rate 1e-4 --epochs 14 --lr-drop-epochs 8 --candidate-share 0.9
 contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-64a" --seed 23 --model-version 15 \
     --init-from "$work/v12" --input-shape 32 64 64 --learning-rate 2e-4 --epochs 30 --lr-drop-epochs 18 --candidate-share 0.9
-for leg in v15-80 v15-64; do  # same studies: reuse leg 14's rasterisations
-    mkdir -p "$work/$leg" && { [ -d "$work/$leg/cache" ] || cp -al "$work/v15-64a/cache" "$work/$leg/cache"; }
-done
+reuse_cache v15-64a v15-80 v15-64
 contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-80" --seed 29 --model-version 15 \
     --init-from "$work/v14-80" --input-shape 32 80 80 --learning-rate 1e-4 --epochs 16 --lr-drop-epochs 10 --candidate-share 0.9
 contourqa -v train "${common[@]}" --manifest "$work/train640/manifest.csv" --out "$work/v15-64" --seed 31 --model-version 15 \
