@@ -16,7 +16,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Case, CaseReference, CaseState, Instance, utcnow
-from .references import STRUCTURE_KINDS, structure_references
+from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
 
 log = logging.getLogger(__name__)
 

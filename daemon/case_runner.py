@@ -25,7 +25,7 @@ from contourqa.qa_models.sr_report import SrIdentity, write_sr
 from .assembler import missing_references
 from .config import Settings
 from .db import Case, CaseState, Instance, OutboxItem, RoiResult, utcnow
-from .references import STRUCTURE_KINDS
+from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
 from .store import current_versions
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_pa
     images = [Path(i.path) for i in current_versions(sessions, case.image_series_uid)
               if i.sop_class_uid not in STRUCTURE_KINDS]
     structure = load_structure(structure_path)
-    series = load_series_files(images, f"series {case.image_series_uid}")
+    series = load_series_files(images, f"series {case.image_series_uid}", structure_references(structure).frames)
     timings["load_s"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     predictor = (load_predictor(str(settings.worker.model_dir) if settings.worker.model_dir else None,
@@ -131,7 +131,9 @@ def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessm
             case_id=case_id, roi_number=r.number, name=r.name, verdict=r.verdict.value, volume_ml=r.volume_ml,
             predicted_dice=r.prediction.dice if r.prediction else None,
             dice_low=r.prediction.low if r.prediction else None, dice_high=r.prediction.high if r.prediction else None,
-            screens=[s.as_dict() for s in r.screens], warnings=r.warnings) for r in assessment.rois)
+            screens=[s.as_dict() for s in r.screens], warnings=r.warnings,
+            domain_score=r.domain.score if r.domain else None, domain_inside=r.domain.inside if r.domain else None)
+            for r in assessment.rois)
         destination = settings.export.destination_for(case.calling_ae)
         outbox = None
         if destination is not None:

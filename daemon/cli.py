@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--cases", type=int, default=1, help="number of studies (default 1)")
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     phantom.add_argument("--size", type=int, nargs=3, metavar=("ROWS", "COLUMNS", "SLICES"), default=(320, 320, 28),
-                         help="image matrix (default 320 320 28)")
+                         help="image matrix (default 320 320 28; synth: the fewest slices, spacings are drawn)")
+    phantom.add_argument("--style", choices=("classic", "synth"), default="classic",
+                         help="classic: fixed T2-like contrast; synth: a random contrast, texture, resolution and "
+                              "noise per study, from label maps (default classic)")
     phantom.set_defaults(run=_run_phantom)
 
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
@@ -98,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--manifest", type=Path, required=True, help="cases the model was not trained on")
     calibrate.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     calibrate.set_defaults(run=_run_calibrate)
+
+    guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights)")
+    guard.add_argument("--fit", type=Path, required=True, metavar="MANIFEST",
+                       help="studies the model was trained on: the class means and covariance")
+    guard.add_argument("--threshold", type=Path, required=True, metavar="MANIFEST",
+                       help="in-domain studies neither trained nor fitted on: the threshold")
+    guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
+    guard.add_argument("--quantile", type=float, default=1.0,
+                       help="quantile of the held-out distances taken as threshold (default 1: the largest)")
+    guard.set_defaults(run=_run_guard)
 
     combine = commands.add_parser("combine", help="several trained models (e.g. of different input shapes) into one ensemble")
     combine.add_argument("models", type=Path, nargs="+", metavar="MODEL_DIR", help="model folders, the first giving the defaults")
@@ -150,7 +163,7 @@ def _print_table(assessment: Assessment) -> None:
     for roi in assessment.rois:
         failed = "; ".join(f"{s.name}: {s.detail}" for s in roi.screens if not s.passed) or "-"
         p = roi.prediction
-        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "-"
+        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "outside domain" if roi.outside_domain else "-"
         print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
 
 
@@ -178,7 +191,10 @@ def _run_phantom(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise InputError("--cases must be at least 1")
     rows, columns, slices = args.size
-    manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices))
+    if min(rows, columns) < 32 or slices < 4:
+        raise InputError("--size must be at least 32 32 4")
+    manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices),
+                                        style=args.style)
     print(manifest)
     return EXIT_OK
 
@@ -227,6 +243,18 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_guard(args: argparse.Namespace) -> int:
+    from contourqa.training.domain_fit import fit_guard
+
+    if not 0.5 <= args.quantile <= 1:
+        raise InputError("--quantile must be between 0.5 and 1")
+    s = fit_guard(args.model, args.fit, args.threshold, args.quantile)
+    print(f"{args.model}: domain guard on {s['features']} features fitted on {s['fit_candidates']} candidates; "
+          f"threshold {s['threshold']:.2f} (the {args.quantile:.1%} quantile of {s['held_cases']} held-out studies); "
+          f"median distance fitted {s['fit_median']:.2f}, held-out {s['held_median']:.2f}")
+    return EXIT_OK
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from contourqa.training.evaluate import evaluate, record_in_card, render_html
 
@@ -246,6 +274,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             print(f"  95% interval by case bootstrap: {name} {low:.4f}-{high:.4f}")
         for roi, r in report["realistic_by_roi"].items():
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f}")
+        if report["domain"]["guard"]:
+            d = report["domain"]
+            print(f"  domain guard: {d['inside_realistic']:.1%} of realistic candidates inside (given a number)")
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():

@@ -10,8 +10,8 @@ import enum
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event)
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, inspect, text)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -111,6 +111,9 @@ class RoiResult(Base):
     volume_ml: Mapped[float] = mapped_column(Float)
     screens: Mapped[list] = mapped_column(JSON)
     warnings: Mapped[list] = mapped_column(JSON)
+    # the model's domain guard: None where the model has none or made no prediction
+    domain_score: Mapped[float | None] = mapped_column(Float)
+    domain_inside: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class OutboxState(str, enum.Enum):
@@ -149,6 +152,19 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer release declares to tables an older one created, so an upgraded
+    node keeps its home (additive changes only; anything else needs a real migration)."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
 def open_database(url: str, create: bool = True) -> sessionmaker:
     """An engine and session factory for ``url``; creates the tables when missing (``create``)."""
     engine: Engine
@@ -162,6 +178,7 @@ def open_database(url: str, create: bool = True) -> sessionmaker:
         engine = create_engine(url, pool_pre_ping=True)
     try:
         Base.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0]
         raise InputError(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "

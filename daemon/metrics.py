@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from .db import Case, CaseState, OutboxItem
-from .status import counts_by_state, queue_depths
+from .status import counts_by_state, queue_depths, rois_outside_domain
 
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600)
 
@@ -36,6 +36,7 @@ class _DatabaseCollector:
     def collect(self):
         with self.sessions() as session:
             cases, outbox = counts_by_state(session)
+            outside = rois_outside_domain(session)
             failures = session.scalar(select(func.coalesce(func.sum(OutboxItem.failures), 0)))
             spans = session.execute(select(Case.ready_at, Case.finished_at).where(
                 Case.state == CaseState.DONE.value, Case.ready_at.is_not(None))).all()
@@ -46,6 +47,8 @@ class _DatabaseCollector:
                 family.add_metric([state], count)
             yield family
         yield CounterMetricFamily("contourqa_export_failures", "failed export attempts", value=failures)
+        yield CounterMetricFamily("contourqa_rois_outside_domain",
+                                  "ROIs whose image lay outside the model's training domain (no Dice given)", value=outside)
         yield _latency_histogram([(end - start).total_seconds() for start, end in spans])
         depth = GaugeMetricFamily("contourqa_queue_depth", "messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(self.broker_url).items():

@@ -22,7 +22,7 @@ from .celery_app import dispatch_case, dispatch_export
 from .config import Settings
 from .db import ACTIVE_STATES, Case, CaseState, Instance, utcnow
 from .export import due_items
-from .references import STRUCTURE_KINDS
+from contourqa.qa_models.references import STRUCTURE_KINDS
 from .store import read_header
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE
-from .db import Case, CaseState, OutboxItem, OutboxState
+from .db import Case, CaseState, OutboxItem, OutboxState, RoiResult
 
 
 def redis_client(broker_url: str) -> redis.Redis:
@@ -38,9 +38,15 @@ def counts_by_state(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     return ({s.value: cases.get(s.value, 0) for s in CaseState}, {s.value: outbox.get(s.value, 0) for s in OutboxState})
 
 
+def rois_outside_domain(session: Session) -> int:
+    """ROIs whose image lay outside the model's training domain, so no Dice was given."""
+    return int(session.scalar(select(func.count()).select_from(RoiResult).where(RoiResult.domain_inside.is_(False))))
+
+
 def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
     with sessions() as session:
         cases, outbox = counts_by_state(session)
+        outside = rois_outside_domain(session)
         dead = session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD.value)
                                .order_by(OutboxItem.id)).all()
         failed = session.scalars(select(Case).where(Case.state == CaseState.FAILED.value)
@@ -51,6 +57,7 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
         "cases": cases,
         "pending_cases": pending,
         "outbox": outbox,
+        "rois_outside_domain": outside,
         "dead_letters": [{"id": d.id, "case_id": d.case_id, "destination": d.destination, "attempts": d.attempts,
                           "last_error": d.last_error} for d in dead],
         "recent_failed_cases": [{"case_id": c.case_id, "reason": c.reason} for c in failed],
@@ -62,7 +69,8 @@ def format_status(report: dict) -> str:
     lines = [f"queues:        {queues}",
              f"pending cases: {report['pending_cases']}  "
              + " ".join(f"{k}={v}" for k, v in report["cases"].items()),
-             "outbox:        " + " ".join(f"{k}={v}" for k, v in report["outbox"].items())]
+             "outbox:        " + " ".join(f"{k}={v}" for k, v in report["outbox"].items()),
+             f"ROIs outside the model's domain (no Dice given): {report['rois_outside_domain']}"]
     for item in report["dead_letters"]:
         lines.append(f"dead letter {item['id']}: case {item['case_id']} -> {item['destination']} after "
                      f"{item['attempts']} attempts: {item['last_error']}")

@@ -12,7 +12,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
+from .domain import DomainScore
 from .errors import InputError
+from .references import structure_references
 from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
 from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
 from .seg import SEG_SOP_CLASS, decode_segments
@@ -57,8 +59,13 @@ class RoiAssessment:
     warnings: list[str] = field(default_factory=list)
     segment_number: int | None = None
     mask: np.ndarray | None = field(default=None, repr=False)
-    prediction: Prediction | None = None
+    prediction: Prediction | None = None  # None also when the domain guard withheld it
     uncertainty_vs: float | None = None  # voxel-wise sum of entropy of a FRACTIONAL segment
+    domain: DomainScore | None = None  # where the model has a domain guard
+
+    @property
+    def outside_domain(self) -> bool:
+        return self.domain is not None and not self.domain.inside
 
     def as_dict(self) -> dict:
         result = {
@@ -74,6 +81,8 @@ class RoiAssessment:
             result["predicted_dice_interval"] = [round(self.prediction.low, 4), round(self.prediction.high, 4)]
         else:
             result["predicted_dice"] = None
+        if self.domain is not None:
+            result["domain"] = self.domain.as_dict()
         if self.uncertainty_vs is not None:
             result["uncertainty_vs"] = round(self.uncertainty_vs, 3)
         return result
@@ -153,9 +162,13 @@ def verdict_of(screens: list[ScreenResult]) -> Verdict:
     return Verdict.REVIEW if failed else Verdict.ACCEPT
 
 
-def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig) -> Verdict:
-    """The worse of the screens' verdict and the predicted Dice's (below reject_below / review_below)."""
+def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
+                     outside_domain: bool = False) -> Verdict:
+    """The worse of the screens' verdict and the predicted Dice's (below reject_below / review_below);
+    at least review when the image lies outside the model's domain, since nothing vouches for the contour."""
     verdicts = [verdict_of(screens)]
+    if outside_domain:
+        verdicts.append(Verdict.REVIEW)
     if predicted_dice is not None:
         verdicts.append(Verdict.REJECT if predicted_dice < config.reject_below
                         else Verdict.REVIEW if predicted_dice < config.review_below else Verdict.ACCEPT)
@@ -182,13 +195,19 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
         if predictor is not None and prediction is None:
             warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
                             f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
+        domain = prediction.domain if prediction else None
+        if prediction is not None and not prediction.trusted:
+            warnings.append(domain.warning())
+            prediction = None  # never a confident number on an image the model does not know
         voxels = int(roi_mask.mask.sum())
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
             volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
-            verdict=combined_verdict(screens, prediction.dice if prediction else None, config), warnings=warnings,
-            segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
+            verdict=combined_verdict(screens, prediction.dice if prediction else None, config,
+                                     outside_domain=domain is not None and not domain.inside),
+            warnings=warnings, segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
             uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
+            domain=domain,
         ))
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 
@@ -205,7 +224,8 @@ def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: D
     inputs = [predictor.network_input(series.array, masks[n][0].mask, series.grid, masks[n][0].probabilities)
               for n in covered]
     results: list[Prediction | None] = [None] * len(masks)
-    for n, prediction in zip(covered, predictor.predict_batch(inputs, config.mc_samples)):
+    names = [masks[n][0].name for n in covered]
+    for n, prediction in zip(covered, predictor.predict_batch(inputs, config.mc_samples, names)):
         results[n] = prediction
     return results
 
@@ -215,5 +235,5 @@ def assess_files(image_dir: str | Path, structure_file: str | Path, config: Asse
                  strict_model: bool = False) -> Assessment:
     """``assess`` from paths: load the structure first (cheap to refuse), then the series."""
     structure = load_structure(structure_file)
-    series = load_series(image_dir)
+    series = load_series(image_dir, structure_references(structure).frames)
     return assess(series, structure, config, roi_names, predictor, strict_model)

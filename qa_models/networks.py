@@ -14,6 +14,13 @@ from torch import nn
 ARCHITECTURES = ("efficientdet3d", "regnet3d")
 
 
+def pooled_features(feature_map: torch.Tensor) -> torch.Tensor:
+    """A feature map (N, C, D, H, W) as its mean and standard deviation over space, for the domain guard
+    (the standard deviation sees texture and contrast that the mean averages away)."""
+    flat = feature_map.flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)
+
+
 class RegNet3D(nn.Module):
     """Four conv blocks (16-32-64-128 filters), global pooling and a dense head with a sigmoid."""
 
@@ -35,9 +42,15 @@ class RegNet3D(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Everything before the first dropout layer (run once per input for MC dropout)."""
-        features = self.features(x)
+        return self.encode_and_describe(x)[0]
+
+    def encode_and_describe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode``'s output and the domain guard's descriptor: the first block's and the encoding's statistics."""
+        first = self.features[0](x)
+        features = self.features[1:](first)
         # Mean and max pooling: the mean sees overall agreement, the max a local defect.
-        return torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
+        encoded = torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
+        return encoded, torch.cat([pooled_features(first), encoded], dim=1)
 
     def decode(self, encoded: torch.Tensor) -> torch.Tensor:
         """The head, where the dropout layers are: one Dice value per sample."""
@@ -148,18 +161,25 @@ class EfficientDet3D(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone, BiFPN and fusion nodes: everything before the dropout (run once for MC dropout)."""
+        return self.encode_and_describe(x)[0]
+
+    def encode_and_describe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode``'s output and the domain guard's descriptor: statistics of the stem and the first stage
+        (they see the image's contrast and texture) and of the encoding (what the head decides on)."""
         x = self.stem(x)
+        early = [pooled_features(x)]
         levels = []
         for stage in self.stages:
             x = stage(x)
             levels.append(x)
+        early.append(pooled_features(levels[0]))
         pyramid = [lateral(level) for lateral, level in zip(self.lateral, levels[1:])]  # P3..P7
         for block in self.bifpn:
             pyramid = block(pyramid)
         node = pyramid[-1]
         for fusion, level in zip(self.head_fusion, reversed(pyramid[:-1])):  # serial nodes P6 .. P3
             node = fusion([level, node])
-        return node
+        return node, torch.cat([*early, pooled_features(node)], dim=1)
 
     def decode(self, encoded: torch.Tensor) -> torch.Tensor:
         """The head, where the dropout is: one Dice value per sample."""

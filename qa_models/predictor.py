@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from .crop import InputSpec, mask_input
+from .domain import DomainCard, DomainGuard, DomainScore
 from .errors import InputError
 from .geometry import Grid
 from .networks import build_network
@@ -58,6 +59,7 @@ class ModelCard(BaseModel):
         "different resolutions (a multi-scale ensemble, `contourqa combine`); empty: all take input.shape")
     test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
     calibration: Calibration | None = None
+    domain: DomainCard | None = Field(None, description="the domain guard; its arrays are in domain.npz")
 
     @property
     def input_shapes(self) -> list[tuple[int, int, int]]:
@@ -86,6 +88,12 @@ class Prediction:
     dice: float
     low: float  # 5th percentile of the MC-dropout / ensemble samples
     high: float  # 95th percentile
+    domain: DomainScore | None = None  # None: the model has no domain guard
+
+    @property
+    def trusted(self) -> bool:
+        """False when the input lies outside the model's training domain: the number must not be used."""
+        return self.domain is None or self.domain.inside
 
 
 def default_model_dir() -> Path:
@@ -114,8 +122,9 @@ def write_card(card: ModelCard, model_dir: Path) -> None:
 class DicePredictor:
     """Predicts the Dice a mask would score against an expert reference, without the reference."""
 
-    def __init__(self, card: ModelCard, networks: list[torch.nn.Module], device: torch.device):
-        self.card, self.networks, self.device = card, networks, device
+    def __init__(self, card: ModelCard, networks: list[torch.nn.Module], device: torch.device,
+                 guard: DomainGuard | None = None):
+        self.card, self.networks, self.device, self.guard = card, networks, device, guard
 
     @classmethod
     def from_model_folder(cls, model_dir: str | Path, device: str = "auto") -> "DicePredictor":
@@ -143,7 +152,8 @@ class DicePredictor:
                 raise InputError(f"{model_dir}: weights do not match architecture {card.architecture} "
                                  f"({str(error).splitlines()[0]})") from None
             networks.append(network.to(target).eval())
-        return cls(card, networks, target)
+        guard = DomainGuard.load(model_dir, card.domain) if card.domain is not None else None
+        return cls(card, networks, target, guard)
 
     def check_applicable(self, roi_name: str, modality: str) -> None:
         """Refuse a ROI or modality the model was not trained for: no silent wrong number."""
@@ -174,31 +184,50 @@ class DicePredictor:
         return tuple(crops[spec.shape] for spec in specs)
 
     def predict(self, image: np.ndarray, mask: np.ndarray, grid: Grid, mc_samples: int = 0,
-                probabilities: np.ndarray | None = None) -> Prediction:
+                probabilities: np.ndarray | None = None, roi_name: str | None = None) -> Prediction:
         """Predicted Dice of ``mask`` on ``image`` ([k, j, i] on ``grid``), with a 5-95 % interval;
         ``probabilities`` of a FRACTIONAL segment feed a model's entropy channel."""
-        return self.predict_batch([self.network_input(image, mask, grid, probabilities)], mc_samples)[0]
+        return self.predict_batch([self.network_input(image, mask, grid, probabilities)], mc_samples, [roi_name])[0]
 
-    @torch.no_grad()
-    def predict_batch(self, inputs: list[NetworkInput], mc_samples: int = 0) -> list[Prediction]:
-        """One forward pass per network for all ``inputs`` (all ROIs of a structure set: batched on a GPU).
-
-        The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
-        ensemble members; without either it collapses to the point estimate.
-        """
-        if not inputs:
-            return []
-        batch = len(inputs)
-        views = 2 if self.card.test_time_flip else 1
+    def _encode(self, inputs: list[NetworkInput], views: int) -> tuple[list[torch.Tensor], np.ndarray]:
+        """Each network's encoder output for the batch (followed by its mirror when ``views`` is 2), and the
+        domain guard's feature vector of each input: every network's descriptor of the unmirrored input."""
         batches: dict[tuple[int, int, int], torch.Tensor] = {}  # one batch per input shape, shared by its members
-        encoded = []
+        encoded, descriptors = [], []
         for member, (network, spec) in enumerate(zip(self.networks, self.member_specs())):
             if spec.shape not in batches:
                 x = torch.stack([network_input[member] for network_input in inputs])
                 x = with_mirror(x) if views == 2 else x
                 batches[spec.shape] = x.to(self.device).contiguous(memory_format=torch.channels_last_3d)
-            # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
-            encoded.append(network.encode(batches[spec.shape]))
+            output, descriptor = network.encode_and_describe(batches[spec.shape])
+            encoded.append(output)
+            descriptors.append(descriptor[:len(inputs)])
+        return encoded, torch.cat(descriptors, dim=1).float().cpu().numpy()
+
+    @torch.no_grad()
+    def features(self, inputs: list[NetworkInput]) -> np.ndarray:
+        """Feature vectors (inputs x features) the domain guard is fitted on and scores."""
+        return self._encode(inputs, views=1)[1]
+
+    @torch.no_grad()
+    def predict_batch(self, inputs: list[NetworkInput], mc_samples: int = 0,
+                      roi_names: list[str | None] | None = None) -> list[Prediction]:
+        """One forward pass per network for all ``inputs`` (all ROIs of a structure set: batched on a GPU).
+
+        The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
+        ensemble members; without either it collapses to the point estimate. With a domain guard each
+        prediction carries its domain score (against the mean of its ROI in ``roi_names``).
+        """
+        if not inputs:
+            return []
+        batch = len(inputs)
+        views = 2 if self.card.test_time_flip else 1
+        # dropout sits only in the heads: the costly encoder runs once, the MC passes re-run the head
+        encoded, features = self._encode(inputs, views)
+        scores: list[DomainScore | None] = [None] * batch
+        if self.guard is not None:
+            distances = self.guard.distances(features, roi_names or [None] * batch)
+            scores = [DomainScore(float(d), self.card.domain.threshold) for d in distances]
         points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:
@@ -212,8 +241,8 @@ class DicePredictor:
         mean = points.mean(dim=0).float().cpu().numpy()
         if self.card.calibration is not None:  # monotone, so percentiles map onto percentiles
             values, mean = self.card.calibration.apply(values), self.card.calibration.apply(mean)
-        return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)))
-                for n in range(batch)]
+        return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)),
+                           scores[n]) for n in range(batch)]
 
 
 def _dropout_on(network: torch.nn.Module, active: bool) -> None:

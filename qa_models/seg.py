@@ -7,6 +7,7 @@ FRACTIONAL segments keep their probabilities in [0, 1]; the mask is the probabil
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
@@ -30,22 +31,67 @@ def decode_segments(dataset: Dataset, series: ImageSeries) -> list[RoiMask]:
         raise ReferenceMismatchError(
             f"segmentation frame of reference {dataset.get('FrameOfReferenceUID', 'missing')} differs from the "
             f"series' {series.frame_of_reference_uid}")
+    notes: list[str] = []
     try:
-        seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
-        volume = seg.get_volume(combine_segments=False, rescale_fractional=True, dtype=np.float32)
-    except (ValueError, RuntimeError, AttributeError, KeyError) as error:
-        raise InputError(f"segmentation {dataset.get('SOPInstanceUID')} cannot be decoded ({error})") from None
+        seg, volume = _volume(dataset)
+    except _Undecodable as error:
+        # Scanners write a SpacingBetweenSlices that is not the slices' spacing (1 for slices 1.25 mm apart),
+        # and SEG writers copy it; the frames' own positions are what count, and the grid check below holds.
+        stated = _spacing_between_slices(dataset)
+        if "regularly-spaced" not in str(error) or stated is None:
+            raise InputError(f"segmentation {dataset.get('SOPInstanceUID')} cannot be decoded ({error})") from None
+        try:
+            seg, volume = _volume(_without_spacing_between_slices(dataset))
+        except _Undecodable as second:
+            raise InputError(f"segmentation {dataset.get('SOPInstanceUID')} cannot be decoded ({second})") from None
+        notes.append(f"the segmentation's SpacingBetweenSlices ({stated} mm) disagrees with its frame positions; "
+                     "frames placed by their positions")
+        log.warning("segmentation %s: %s", dataset.get("SOPInstanceUID"), notes[-1])
     index_of_seg = _seg_to_series_index(volume.affine, series)
     fractional = str(dataset.SegmentationType) == "FRACTIONAL"
     results = []
     for position, number in enumerate(seg.get_segment_numbers()):
         values = np.zeros(series.grid.shape, dtype=np.float32)
-        warnings = _place(volume.array[..., position], index_of_seg, values)
+        warnings = notes + _place(volume.array[..., position], index_of_seg, values)
         label = str(seg.get_segment_description(number).segment_label)
         mask = values >= 0.5
         results.append(RoiMask(number, label, mask, warnings, probabilities=values if fractional else None,
                                segment_number=number))
     return results
+
+
+def _volume(dataset: Dataset) -> tuple[hd.seg.Segmentation, hd.Volume]:
+    try:
+        seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
+        return seg, seg.get_volume(combine_segments=False, rescale_fractional=True, dtype=np.float32)
+    except _DECODE_ERRORS as error:
+        raise _Undecodable(str(error)) from None
+
+
+class _Undecodable(Exception):
+    """highdicom could not build the volume; the message says why."""
+
+
+_DECODE_ERRORS = (ValueError, RuntimeError, AttributeError, KeyError)
+
+
+def _pixel_measures(dataset: Dataset) -> list[Dataset]:
+    groups = [*dataset.get("SharedFunctionalGroupsSequence", []), *dataset.get("PerFrameFunctionalGroupsSequence", [])]
+    return [measures for group in groups for measures in group.get("PixelMeasuresSequence", [])]
+
+
+def _spacing_between_slices(dataset: Dataset) -> str | None:
+    stated = [m.SpacingBetweenSlices for m in _pixel_measures(dataset) if "SpacingBetweenSlices" in m]
+    return str(stated[0]) if stated else None
+
+
+def _without_spacing_between_slices(dataset: Dataset) -> Dataset:
+    """A copy without SpacingBetweenSlices, so the volume's spacing comes from the frame positions."""
+    copy = deepcopy(dataset)
+    for measures in _pixel_measures(copy):
+        if "SpacingBetweenSlices" in measures:
+            del measures.SpacingBetweenSlices
+    return copy
 
 
 def _seg_to_series_index(seg_affine: np.ndarray, series: ImageSeries) -> np.ndarray:

@@ -48,6 +48,11 @@ class _Slice:
     frame: int | None  # 0-based frame of a multi-frame file, None for a single-frame image
     dataset: Dataset
     path: Path
+    kind: str = ""  # frame type and temporal position: frames of one kind form one volume
+
+    @property
+    def names(self) -> str:
+        return f"{self.sop_instance_uid} frame {self.frame + 1}" if self.frame is not None else self.sop_instance_uid
 
 
 @dataclass
@@ -89,17 +94,22 @@ def read_dicom(path: Path, stop_before_pixels: bool = False) -> Dataset:
         raise InputError(f"{path}: unreadable DICOM file ({error})") from None
 
 
-def load_series(folder: str | Path) -> ImageSeries:
+def load_series(folder: str | Path, referenced_frames: set[tuple[str, int]] | None = None) -> ImageSeries:
     """Load every image instance under ``folder`` (recursively) as one volume."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return load_series_files(files, str(folder))
+    return load_series_files(files, str(folder), referenced_frames)
 
 
-def load_series_files(files: Sequence[Path], source: str) -> ImageSeries:
-    """Load the image instances among ``files`` as one volume; ``source`` names them in errors."""
+def load_series_files(files: Sequence[Path], source: str,
+                      referenced_frames: set[tuple[str, int]] | None = None) -> ImageSeries:
+    """Load the image instances among ``files`` as one volume; ``source`` names them in errors.
+
+    Where frames of several kinds (frame types, temporal positions) lie at the same positions, the kind
+    whose frames a structure set references (``referenced_frames``: instance UID, 0-based frame) is the
+    volume; without such a reference the series is refused, naming the kinds."""
     slices: list[_Slice] = []
     for path in files:
         dataset = read_dicom(path)
@@ -110,6 +120,7 @@ def load_series_files(files: Sequence[Path], source: str) -> ImageSeries:
     if not slices:
         raise InputError(f"{source}: no DICOM image instances found")
     _check_one_series(slices)
+    slices = _one_kind(slices, referenced_frames or set())
     ordered, grid = _order_slices(slices)
     array = _stack_pixels(ordered)
     first = ordered[0].dataset
@@ -157,8 +168,44 @@ def _slices_of(dataset: Dataset, path: Path) -> list[_Slice]:
         spacing = group("PixelMeasuresSequence").PixelSpacing
         position = np.array(group("PlanePositionSequence").ImagePositionPatient, dtype=float)
         records.append(_Slice(position, orientation[:3], orientation[3:], (float(spacing[0]), float(spacing[1])),
-                              shape, uid, frame, dataset, path))
+                              shape, uid, frame, dataset, path, _frame_kind(groups, shared)))
     return records
+
+
+def _frame_kind(groups: Dataset, shared: Dataset) -> str:
+    """A frame's type (MR/CT Image Frame Type) and temporal position, as one printable key."""
+    kind = ""
+    for name in ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence"):
+        item = groups.get(name) or shared.get(name)
+        if item and "FrameType" in item[0]:
+            kind = "\\".join(item[0].FrameType)
+    content = groups.get("FrameContentSequence")
+    if content and content[0].get("TemporalPositionIndex") is not None:
+        kind += f" time {content[0].TemporalPositionIndex}"
+    return kind
+
+
+def _one_kind(slices: list[_Slice], referenced_frames: set[tuple[str, int]]) -> list[_Slice]:
+    """The frames of one kind where several kinds share positions (see ``load_series_files``)."""
+    kinds: dict[str, list[_Slice]] = {}
+    for s in slices:
+        kinds.setdefault(s.kind, []).append(s)
+    if len(kinds) == 1:
+        return slices
+    normal = np.cross(slices[0].row_direction, slices[0].column_direction)
+    heights = [{round(float(s.position @ normal), 2) for s in group} for group in kinds.values()]
+    if not any(a & b for n, a in enumerate(heights) for b in heights[n + 1:]):
+        return slices  # kinds at different positions: one stack
+    chosen = [kind for kind, group in kinds.items()
+              if any((s.sop_instance_uid, s.frame) in referenced_frames for s in group)]
+    if len(chosen) == 1:
+        log.info("frames of kind %s chosen by the structure set's references", chosen[0])
+        return kinds[chosen[0]]
+    listing = "; ".join(f"{len(group)} frames of {kind or 'no frame type'}" for kind, group in kinds.items())
+    reason = ("the structure set references frames of several of them" if chosen
+              else "the structure set references none of their frames")
+    raise GeometryError(f"frames of several kinds lie at the same positions ({listing}) and {reason}, "
+                        "so no one volume can be chosen")
 
 
 def _check_one_series(slices: list[_Slice]) -> None:

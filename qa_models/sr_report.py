@@ -8,6 +8,7 @@ in CodingSchemeIdentificationSequence.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ from .errors import InputError
 from .screens import normalised_name
 from .seg import SEG_SOP_CLASS
 
+log = logging.getLogger(__name__)
+
 PRIVATE_SCHEME = "99CQA"
+MAX_LENGTH = {"SH": 16, "LO": 64}  # string VRs whose length inputs from the field exceed (a 20-character Study ID)
 # Standard code for Dice measurements; pydicom's code dictionary lacks it.
 DICE_SIMILARITY = hd.sr.CodedConcept("130920", "DCM", "Dice Similarity Coefficient")
 VERDICT = hd.sr.CodedConcept("VERDICT", PRIVATE_SCHEME, "Contour quality verdict")
@@ -46,6 +50,8 @@ PREDICTED_WITHOUT_REFERENCE = hd.sr.CodedConcept("PRED-NOREF", PRIVATE_SCHEME,
                                                   "Predicted without reference segmentation")
 DICE_LOW = hd.sr.CodedConcept("DICE-P05", PRIVATE_SCHEME, "Predicted Dice 5th percentile")
 DICE_HIGH = hd.sr.CodedConcept("DICE-P95", PRIVATE_SCHEME, "Predicted Dice 95th percentile")
+INSIDE_DOMAIN = hd.sr.CodedConcept("DOMAIN-IN", PRIVATE_SCHEME, "Image inside the model's training domain")
+DOMAIN_SCORE = hd.sr.CodedConcept("DOMAIN-D", PRIVATE_SCHEME, "Distance from the model's training domain")
 ENTROPY_SUM = hd.sr.CodedConcept("ENTROPY-VS", PRIVATE_SCHEME, "Voxel-wise sum of segmentation entropy")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 BITS = hd.sr.CodedConcept("bit", "UCUM", "bit")
@@ -93,6 +99,9 @@ def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | Non
                                (DICE_HIGH, roi.prediction.high)):
             measurements.append(hd.sr.Measurement(name=concept, value=round(value, 4), unit=NO_UNITS,
                                                   method=PREDICTED_WITHOUT_REFERENCE, algorithm_id=model))
+    if roi.domain is not None and model is not None:
+        measurements.append(hd.sr.Measurement(name=DOMAIN_SCORE, value=round(roi.domain.score, 3), unit=NO_UNITS,
+                                              algorithm_id=model))
     if roi.uncertainty_vs is not None:
         measurements.append(hd.sr.Measurement(name=ENTROPY_SUM, value=round(roi.uncertainty_vs, 3), unit=BITS))
     return measurements
@@ -109,6 +118,8 @@ def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd
         measurements=_measurements(roi, model),
         qualitative_evaluations=[
             *(hd.sr.QualitativeEvaluation(SCREEN_CONCEPTS[s.name], YES if s.passed else NO) for s in roi.screens),
+            # outside the domain this stands where the predicted Dice would: the number was withheld
+            *([hd.sr.QualitativeEvaluation(INSIDE_DOMAIN, YES if roi.domain.inside else NO)] if roi.domain else []),
             hd.sr.QualitativeEvaluation(VERDICT, VERDICT_VALUES[roi.verdict.value]),
         ],
     )
@@ -157,7 +168,18 @@ def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensiv
     scheme.CodingSchemeName = "contourqa contour quality codes"
     scheme.CodingSchemeResponsibleOrganization = "contourqa project"
     sr.CodingSchemeIdentificationSequence = [scheme]
+    _fit_copied_strings(sr)
     return sr
+
+
+def _fit_copied_strings(sr: Dataset) -> None:
+    """Cut patient and study strings copied from the input to their VR's length, so the SR validates
+    whatever the sender wrote (the input itself is never changed)."""
+    for element in sr:
+        limit = MAX_LENGTH.get(element.VR)
+        if limit and isinstance(element.value, str) and len(element.value) > limit:
+            log.warning("%s of %d characters cut to %d in the SR", element.keyword, len(element.value), limit)
+            element.value = element.value[:limit]
 
 
 def write_sr(assessment: Assessment, path: str | Path, identity: SrIdentity | None = None) -> Path:

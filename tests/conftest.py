@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 SMALL = PhantomSpec(rows=128, columns=128, slices=28)
+THIGH = REALDATA / "ibsi_sts_008" / "MR_T1"  # real T1 MR of a thigh sarcoma (Philips), MIM RTSTRUCT
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,18 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real vendor data not found at {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def thigh_named_prostate(tmp_path_factory):
+    """Real T1 MR of a thigh sarcoma (Philips, MIM contour) whose ROI is renamed to one the pelvis model covers."""
+    if not THIGH.is_dir():
+        pytest.skip(f"real vendor data not found at {THIGH}")
+    structure = pydicom.dcmread(next((THIGH / "mask").glob("*.dcm")))
+    structure.StructureSetROISequence[0].ROIName = "Prostate"
+    path = tmp_path_factory.mktemp("thigh") / "rtstruct.dcm"
+    structure.save_as(path)
+    return path
 
 
 @pytest.fixture(scope="session")

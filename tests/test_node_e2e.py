@@ -16,7 +16,7 @@ import highdicom as hd
 import pytest
 
 from node_harness import Destination, Node, clone_study, dcmtk, free_port, send, wait_for
-from conftest import require_tool
+from conftest import THIGH, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,19 @@ def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom
     assert 'contourqa_associations_total{outcome="rejected"} 1.0' in scraped
     assert "contourqa_assessment_latency_seconds_count 2.0" in scraped
     assert "Phantom" not in node.log_text()  # patient names never reach the log
+
+
+def test_an_image_outside_the_models_domain_is_answered_without_a_number(thigh_named_prostate, destination,
+                                                                         node_factory, tmp_path):
+    metrics_port = free_port()
+    node = node_factory(export={"default_destination": destination.address}, metrics_port=metrics_port).start()
+    sent = send(node.port, THIGH / "image", thigh_named_prostate)
+    assert sent.returncode == 0, sent.stderr
+    received = wait_for(lambda: destination.received(), 60, "the SR")
+    assert sr_verdicts(received[0]) == {"Prostate": "REVIEW"}
+    assert node.status()["rois_outside_domain"] == 1
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "contourqa_rois_outside_domain_total 1.0" in scraped
 
 
 def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destination, node_factory):

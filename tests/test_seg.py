@@ -94,3 +94,19 @@ def test_seg_of_another_frame_of_reference_is_refused(phantom):
     other = pydicom.dcmread(phantom / "case001" / "candidates" / "auto01_binary_seg.dcm")
     with pytest.raises(ReferenceMismatchError, match="frame of reference"):
         decode_segments(other, series)
+
+
+def test_a_seg_whose_spacing_between_slices_is_wrong_is_placed_by_its_frame_positions(phantom):
+    """Scanners write SpacingBetweenSlices 1 for slices 1.25 mm apart and SEG writers copy it; the frames'
+    positions decide, with a warning, and the masks are those of the same SEG without the wrong value."""
+    study = phantom / "case001"
+    series = load_series(study / "image")
+    seg = pydicom.dcmread(study / "candidates" / "auto01_binary_seg.dcm")
+    expected = {s.name: s.mask for s in decode_segments(seg, series)}
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = "1"
+    decoded = decode_segments(seg, series)
+    assert measures.SpacingBetweenSlices == "1"  # the caller's data set is left as it came
+    for segment in decoded:
+        assert np.array_equal(segment.mask, expected[segment.name]) and segment.mask.any()
+        assert any("SpacingBetweenSlices (1 mm) disagrees" in w for w in segment.warnings)

@@ -144,7 +144,53 @@ def test_enhanced_multiframe_mr_is_read_frame_by_frame(realdata, tmp_path):
     assert np.all(np.diff(heights) > 0)
 
 
-def test_several_enhanced_volumes_of_one_series_are_refused(realdata):
-    # Four time points of the same six slices: positions repeat, which is not one volume.
-    with pytest.raises(GeometryError, match="duplicate slice position"):
+def test_several_enhanced_volumes_of_one_series_are_refused_naming_them(realdata):
+    # Time points of the same six slices: positions repeat, which is not one volume.
+    with pytest.raises(GeometryError, match=r"6 frames of ORIGINAL\\PRIMARY\\M\\NONE time 1; 6 frames of .* time 2"):
         load_series(realdata / "dcm_qa_enh" / "In" / "Siemens" / "XA10")
+
+
+PHILIPS = "dcm_qa_enh/In/Philips"  # 64 frames: a magnitude and a field-map frame at each of 32 positions
+
+
+def _frames_of_type(path, frame_type):
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {(str(ds.SOPInstanceUID), n) for n, group in enumerate(ds.PerFrameFunctionalGroupsSequence)
+            if group.MRImageFrameTypeSequence[0].FrameType[3] == frame_type}
+
+
+def test_frames_of_two_types_at_each_position_are_chosen_by_the_structure_sets_references(realdata):
+    folder = realdata / PHILIPS
+    with pytest.raises(GeometryError, match=r"32 frames of ORIGINAL\\PRIMARY\\T1\\M time 1; 32 frames of .*FIELD_MAP.* "
+                                            "references none of their frames"):
+        load_series(folder)
+    path = next(folder.glob("*.dcm"))
+    magnitude, field_map = _frames_of_type(path, "M"), _frames_of_type(path, "FIELD_MAP")
+    series = load_series(folder, {sorted(magnitude)[3]})
+    assert series.grid.shape[0] == 32 and {(u, f) for u, f in zip(series.slice_sop_instance_uids, series.slice_frames)} == magnitude
+    pixels = pydicom.dcmread(path).pixel_array
+    other = load_series(folder, {sorted(field_map)[0]})
+    assert not np.array_equal(series.array, other.array)
+    first = min(magnitude, key=lambda f: series.slice_of_instance(*f))
+    assert np.allclose(series.array[0], pydicom.pixels.apply_rescale(pixels, pydicom.dcmread(path))[first[1]])
+    with pytest.raises(GeometryError, match="references frames of several of them"):
+        load_series(folder, {sorted(magnitude)[0], sorted(field_map)[0]})
+
+
+def test_references_name_the_frames_of_multi_frame_images():
+    from pydicom.dataset import Dataset
+
+    from contourqa.qa_models.references import structure_references
+
+    image = Dataset()
+    image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.3"
+    image.ReferencedFrameNumber = 5
+    contour = Dataset()
+    contour.ContourImageSequence = [image]
+    roi = Dataset()
+    roi.ContourSequence = [contour]
+    rtstruct = Dataset()
+    rtstruct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    rtstruct.ROIContourSequence = [roi]
+    references = structure_references(rtstruct)
+    assert references.frames == {("1.2.3", 4)} and references.instance_uids == {"1.2.3"}

@@ -80,7 +80,8 @@ def candidate_predictions(predictor: DicePredictor, case: CachedCase) -> Iterato
     """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover."""
     for candidate in case.candidates:
         predictor.check_applicable(candidate.row.roi, case.modality)
-        yield candidate, predictor.predict(case.image, candidate.mask, case.grid, probabilities=candidate.probabilities)
+        yield candidate, predictor.predict(case.image, candidate.mask, case.grid, probabilities=candidate.probabilities,
+                                           roi_name=candidate.row.roi)
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
@@ -90,17 +91,19 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     rows = read_manifest(manifest)
     predictor = DicePredictor.from_model_folder(model_dir)
     cases = load_cases(rows, cache_dir)
-    ordered_rows, true, predicted, flagged = [], [], [], []
+    ordered_rows, true, predicted, flagged, inside = [], [], [], [], []
     for case in cases:
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
-            verdict = combined_verdict(screens, prediction.dice, config)
+            verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
+                                       outside_domain=not prediction.trusted)
+            inside.append(prediction.trusted)
             ordered_rows.append(candidate.row)
             true.append(candidate.dice)
             predicted.append(prediction.dice)
             flagged.append(verdict.value != "accept")
-    true, predicted, flagged = np.array(true), np.array(predicted), np.array(flagged)
+    true, predicted, flagged, inside = np.array(true), np.array(predicted), np.array(flagged), np.array(inside)
     failure = np.array([r.kind.startswith("failure") for r in ordered_rows])
     realistic = ~failure
     realistic_rows = [r for r, keep in zip(ordered_rows, realistic) if keep]
@@ -122,6 +125,11 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                             "flagged": int(flagged[m].sum())}
                      for kind in sorted({r.kind for r in ordered_rows if r.kind.startswith("failure")})
                      for m in [np.array([r.kind == kind for r in ordered_rows])]},
+        # with a domain guard, the share of candidates given a number; the figures above use every raw prediction
+        "domain": {"guard": card.domain is not None, "inside_realistic": float(inside[realistic].mean()) if realistic.any() else None,
+                   "inside_failures": float(inside[failure].mean()) if failure.any() else None,
+                   "mae_inside_realistic": float(np.abs(predicted - true)[realistic & inside].mean())
+                   if (realistic & inside).any() else None},
         "baselines": {},
         "points": {"true": true.round(4).tolist(), "predicted": predicted.round(4).tolist(),
                    "failure": failure.tolist()},

@@ -34,14 +34,30 @@ class PhantomSpec:
     slice_spacing_mm: float = 3.0
 
 
-def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: PhantomSpec = PhantomSpec()) -> Path:
-    """Write ``cases`` studies under ``out_dir`` and return the path of their manifest.csv."""
+STYLES = ("classic", "synth")
+
+
+def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: PhantomSpec = PhantomSpec(),
+                             style: str = "classic") -> Path:
+    """Write ``cases`` studies under ``out_dir`` and return the path of their manifest.csv.
+
+    ``classic``: the fixed-contrast T2-like phantom of this module; ``synth``: the randomised style of
+    ``synth_style`` (images from label maps with a random appearance per study; ``spec`` gives the
+    matrix and the fewest slices, the spacings are drawn)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown phantom style '{style}' (choose from {', '.join(STYLES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in range(cases):
         rng = np.random.default_rng([seed, case])
-        rows += _generate_case(out_dir, f"case{case:03d}", rng, spec)
+        case_id = f"case{case:03d}"
+        if style == "synth":
+            from .synth_style import generate_case
+
+            rows += generate_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
+        else:
+            rows += _generate_case(out_dir, case_id, rng, spec)
     manifest = out_dir / "manifest.csv"
     temporary = manifest.with_name(".manifest.csv.partial")
     with temporary.open("w", newline="") as handle:

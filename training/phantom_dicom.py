@@ -57,14 +57,15 @@ def _base_dataset(identity: StudyIdentity, sop_class_uid: str, sop_instance_uid:
     return ds
 
 
-def mr_series_datasets(volume: np.ndarray, grid: Grid, identity: StudyIdentity) -> list[Dataset]:
+def mr_series_datasets(volume: np.ndarray, grid: Grid, identity: StudyIdentity,
+                       description: str = "T2 TSE axial (phantom)") -> list[Dataset]:
     """One MR Image dataset per slice k of ``volume`` (uint16, [k, j, i])."""
     series_uid = generate_uid()
     datasets = []
     for k in range(volume.shape[0]):
         ds = _base_dataset(identity, MR_IMAGE_STORAGE, generate_uid())
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "MR", series_uid, 1
-        ds.SeriesDescription, ds.BodyPartExamined = "T2 TSE axial (phantom)", "PELVIS"
+        ds.SeriesDescription, ds.BodyPartExamined = description, "PELVIS"
         ds.PatientPosition = "HFS"
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = identity.frame_of_reference_uid, ""
         ds.InstanceNumber = k + 1

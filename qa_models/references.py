@@ -1,13 +1,18 @@
-"""Which images a structure set needs: read from its DICOM references, never from pixel data."""
+"""Which images a structure set needs: read from its DICOM references, never from pixel data.
+
+The node waits for these instances before it assesses a case; the series loader uses the referenced
+frames to choose among frames of several types at the same positions (an enhanced MR with magnitude and
+field-map frames)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-from contourqa.qa_models.rtstruct import RTSTRUCT_SOP_CLASS
-from contourqa.qa_models.seg import SEG_SOP_CLASS
+from .rtstruct import RTSTRUCT_SOP_CLASS
+from .seg import SEG_SOP_CLASS
 
 STRUCTURE_KINDS = {RTSTRUCT_SOP_CLASS: "RTSTRUCT", SEG_SOP_CLASS: "SEG"}
 
@@ -16,6 +21,7 @@ STRUCTURE_KINDS = {RTSTRUCT_SOP_CLASS: "RTSTRUCT", SEG_SOP_CLASS: "SEG"}
 class References:
     series_uids: set[str] = field(default_factory=set)
     instance_uids: set[str] = field(default_factory=set)
+    frames: set[tuple[str, int]] = field(default_factory=set)  # (SOP Instance UID, 0-based frame) named explicitly
 
     @property
     def image_series_uid(self) -> str | None:
@@ -27,6 +33,17 @@ def _uids(items, keyword: str = "ReferencedSOPInstanceUID") -> set[str]:
     return {str(item.get(keyword)) for item in items or [] if item.get(keyword)}
 
 
+def _frames(items) -> set[tuple[str, int]]:
+    """(instance, 0-based frame) of the items that name frames (ReferencedFrameNumber, 1-based, multi-valued)."""
+    frames = set()
+    for item in items or []:
+        numbers = item.get("ReferencedFrameNumber")
+        if item.get("ReferencedSOPInstanceUID") and numbers is not None:
+            for number in numbers if isinstance(numbers, MultiValue) else [numbers]:
+                frames.add((str(item.ReferencedSOPInstanceUID), int(number) - 1))
+    return frames
+
+
 def rtstruct_references(dataset: Dataset) -> References:
     refs = References()
     for frame in dataset.get("ReferencedFrameOfReferenceSequence", []):
@@ -35,9 +52,11 @@ def rtstruct_references(dataset: Dataset) -> References:
                 if series.get("SeriesInstanceUID"):
                     refs.series_uids.add(str(series.SeriesInstanceUID))
                 refs.instance_uids |= _uids(series.get("ContourImageSequence"))
+                refs.frames |= _frames(series.get("ContourImageSequence"))
     for roi in dataset.get("ROIContourSequence", []):
         for contour in roi.get("ContourSequence", []):
             refs.instance_uids |= _uids(contour.get("ContourImageSequence"))
+            refs.frames |= _frames(contour.get("ContourImageSequence"))
     return refs
 
 
@@ -52,6 +71,7 @@ def seg_references(dataset: Dataset) -> References:
     for group in groups:
         for derivation in group.get("DerivationImageSequence", []):
             refs.instance_uids |= _uids(derivation.get("SourceImageSequence"))
+            refs.frames |= _frames(derivation.get("SourceImageSequence"))
     return refs
 
 

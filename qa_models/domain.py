@@ -1,0 +1,105 @@
+"""The domain guard: is an input like the ones a model was trained on?
+
+A network trained on one generator's images predicts confident nonsense on images it never saw (the
+phantom-trained v15 gave an expert's contour on real prostate MR a Dice of 0.02). The guard measures,
+in the network's own feature space, how far an input lies from its training inputs: the Mahalanobis
+distance of the pooled encoder features to the mean of the inputs of the same ROI, under one covariance
+shared by all ROIs (Lee et al., NeurIPS 2018). The threshold is a high quantile of the distances of
+held-out in-domain studies. Beyond it the product withholds the number and says why.
+
+The means and the precision matrix sit in ``domain.npz`` beside the weights; the card holds the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from .errors import InputError
+
+DOMAIN_FILE = "domain.npz"
+FEATURES = ("per network, unmirrored input: mean and standard deviation over space of the stem, the first stage "
+            "and the encoder output (EfficientDet3D); of the first block, and the pooled encoding (RegNet3D)")
+OUTSIDE_WARNING = ("image outside the model's training domain (domain score {score:.1f} > {threshold:.1f}): "
+                   "no Dice predicted; retrain on this site's data (contourqa train --init-from ...)")
+
+
+class DomainCard(BaseModel):
+    """What the card says about its guard; the arrays are in ``DOMAIN_FILE``."""
+
+    features: str = FEATURES
+    roi_names: list[str] = Field(description="the class of each row of the means, lower case")
+    threshold: float = Field(description="largest Mahalanobis distance still inside the domain")
+    quantile: float = Field(description="quantile of the held-out distances the threshold was set at")
+    fitted_on: dict = Field(default_factory=dict, description="manifest, cases and candidates of the means")
+    threshold_from: dict = Field(default_factory=dict, description="held-out manifest the threshold came from")
+
+
+@dataclass(frozen=True)
+class DomainScore:
+    score: float
+    threshold: float
+
+    @property
+    def inside(self) -> bool:
+        return self.score <= self.threshold
+
+    def as_dict(self) -> dict:
+        return {"score": round(self.score, 2), "threshold": round(self.threshold, 2), "inside": self.inside}
+
+    def warning(self) -> str:
+        return OUTSIDE_WARNING.format(score=self.score, threshold=self.threshold)
+
+
+class DomainGuard:
+    """Class means (one per ROI name) and a shared precision matrix over feature vectors."""
+
+    def __init__(self, roi_names: list[str], means: np.ndarray, precision: np.ndarray):
+        self.roi_names = [n.lower() for n in roi_names]
+        self.means, self.precision = means.astype(np.float64), precision.astype(np.float64)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, roi_names: list[str]) -> "DomainGuard":
+        """Means per ROI and the Ledoit-Wolf shrunk covariance of the features about their ROI's mean."""
+        from sklearn.covariance import LedoitWolf
+
+        names = sorted({n.lower() for n in roi_names})
+        labels = np.array([names.index(n.lower()) for n in roi_names])
+        means = np.stack([features[labels == c].mean(axis=0) for c in range(len(names))])
+        covariance = LedoitWolf().fit(features - means[labels]).covariance_
+        return cls(names, means, np.linalg.inv(covariance))
+
+    def distances(self, features: np.ndarray, roi_names: list[str | None]) -> np.ndarray:
+        """Distance of each feature vector to its ROI's mean; to the nearest mean for a ROI named None or
+        not among the guard's (the most lenient reading)."""
+        centred = features[:, None, :].astype(np.float64) - self.means[None]  # (n, classes, F)
+        squared = np.einsum("ncf,fg,ncg->nc", centred, self.precision, centred)
+        squared = np.maximum(squared, 0)
+        result = np.sqrt(squared.min(axis=1))
+        for n, name in enumerate(roi_names):
+            if name is not None and name.lower() in self.roi_names:
+                result[n] = np.sqrt(squared[n, self.roi_names.index(name.lower())])
+        return result
+
+    def save(self, model_dir: Path) -> None:
+        path = Path(model_dir) / DOMAIN_FILE
+        temporary = path.with_name(f".{path.stem}.partial.npz")
+        np.savez(temporary, means=self.means, precision=self.precision)
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, model_dir: Path, card: DomainCard) -> "DomainGuard":
+        path = Path(model_dir) / DOMAIN_FILE
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                means, precision = data["means"], data["precision"]
+        except FileNotFoundError:
+            raise InputError(f"{path}: the card names a domain guard but its file is missing") from None
+        except (OSError, KeyError, ValueError) as error:
+            raise InputError(f"{path}: the card names a domain guard but its file is unreadable ({error})") from None
+        if means.shape[0] != len(card.roi_names) or precision.shape != (means.shape[1], means.shape[1]):
+            raise InputError(f"{path}: shapes {means.shape} and {precision.shape} do not match the card's guard")
+        return cls(card.roi_names, means, precision)

@@ -1,0 +1,151 @@
+"""The domain guard: no confident number on an image the model does not know."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import REALDATA, THIGH, require_tool, run_cli
+from contourqa.qa_models.assessment import assess_files
+from contourqa.qa_models.domain import DomainCard, DomainGuard
+from contourqa.qa_models.errors import InputError
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card, write_card
+from contourqa.qa_models.sr_report import INSIDE_DOMAIN, SrIdentity, write_sr
+
+
+
+def test_guard_measures_distance_in_units_of_the_training_spread():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 6)) * [1, 2, 3, 4, 5, 6]
+    names = ["Prostate"] * 200 + ["Bladder"] * 200
+    features[200:] += 10  # the bladder's inputs sit elsewhere
+    guard = DomainGuard.fit(features, names)
+    inside = guard.distances(features, names)
+    assert 1.5 < np.median(inside) < 3.5  # about sqrt(6) for 6 standardised features
+    far = np.array([[0, 0, 0, 0, 0, 60.0]])  # 10 spreads out along the widest axis
+    assert guard.distances(far, ["Prostate"])[0] > 8
+    # a ROI is measured against its own class: a prostate-like input named Bladder is far
+    assert guard.distances(features[:1], ["Bladder"])[0] > guard.distances(features[:1], ["Prostate"])[0] + 3
+    # an unknown name takes the nearest class
+    assert guard.distances(features[:1], ["GTV"])[0] == pytest.approx(guard.distances(features[:1], ["Prostate"])[0])
+
+
+def test_guard_file_round_trip_and_refusal(tmp_path):
+    rng = np.random.default_rng(1)
+    guard = DomainGuard.fit(rng.normal(size=(100, 4)), ["a"] * 50 + ["b"] * 50)
+    guard.save(tmp_path)
+    card = DomainCard(roi_names=guard.roi_names, threshold=3.0, quantile=1.0)
+    loaded = DomainGuard.load(tmp_path, card)
+    x = rng.normal(size=(3, 4))
+    assert np.allclose(loaded.distances(x, ["a"] * 3), guard.distances(x, ["a"] * 3))
+    with pytest.raises(InputError, match="do not match"):
+        DomainGuard.load(tmp_path, card.model_copy(update={"roi_names": ["a", "b", "c"]}))
+
+
+def test_shipped_model_has_a_guard_and_its_phantom_studies_are_inside(phantom):
+    predictor = DicePredictor.from_model_folder(default_model_dir())
+    assert predictor.guard is not None and predictor.card.domain.threshold > 0
+    study = phantom / "case001"
+    report = json.loads(run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0").stdout)
+    for roi in report["rois"]:
+        assert roi["domain"]["inside"], roi
+        assert roi["predicted_dice"] > 0.75 and not any("domain" in w for w in roi["warnings"])
+
+
+def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_named_prostate, tmp_path):
+    result = run_cli("assess", THIGH / "image", thigh_named_prostate, "--json", "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    roi = json.loads(result.stdout)["rois"][0]
+    assert roi["predicted_dice"] is None and "predicted_dice_interval" not in roi
+    assert roi["domain"]["inside"] is False and roi["domain"]["score"] > roi["domain"]["threshold"]
+    assert any("outside the model's training domain" in w and "contourqa train --init-from" in w for w in roi["warnings"])
+    assert roi["verdict"] in ("review", "reject")
+    # the SR: no Dice measurement, an "inside the training domain: No" evaluation, and dciodvfy-clean
+    dump = subprocess.run([require_tool("dsrdump"), str(tmp_path / "sr.dcm")], capture_output=True, text=True).stdout
+    assert "Dice Similarity Coefficient" not in dump
+    assert f'"{INSIDE_DOMAIN.meaning}")=(373067005,SCT,"No")' in dump
+    check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "sr.dcm")], capture_output=True, text=True)
+    assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_real_ct_is_outside_whatever_the_modality_check_says():
+    """The modality check already refuses CT; the guard must too, on its own."""
+    ct = REALDATA / "rt-utils" / "tests" / "mock_data"
+    if not ct.is_dir():
+        pytest.skip(f"real vendor data not found at {ct}")
+    from contourqa.qa_models.series import load_series
+
+    series = load_series(ct)
+    predictor = DicePredictor.from_model_folder(default_model_dir())
+    j, i = np.indices(series.grid.shape[1:])
+    mask = np.broadcast_to(((j - 256) ** 2 + (i - 256) ** 2) < 40 ** 2, series.grid.shape)
+    prediction = predictor.predict(series.array, mask, series.grid, roi_name="Bladder")
+    assert not prediction.domain.inside and not prediction.trusted
+
+
+def _manifest_of(phantom, case_id, out):
+    with open(phantom / "manifest.csv") as source, open(out, "w", newline="") as target:
+        rows = list(csv.DictReader(source))
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            if row["case_id"] == case_id:
+                writer.writerow({**row, **{k: str(phantom / row[k]) for k in ("image", "reference", "candidate")}})
+    return out
+
+
+def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thigh_named_prostate):
+    model = tmp_path / "model"  # as `contourqa train` leaves it: no guard
+    shutil.copytree(default_model_dir(), model)
+    (model / "domain.npz").unlink()
+    write_card(read_card(model).model_copy(update={"domain": None}), model)
+    fit, held = _manifest_of(phantom, "case000", tmp_path / "fit.csv"), _manifest_of(phantom, "case001", tmp_path / "held.csv")
+    same = run_cli("guard", "--fit", fit, "--threshold", fit, "--model", model)
+    assert same.returncode == 2 and "not fitted on" in same.stderr and "Traceback" not in same.stderr
+    result = run_cli("guard", "--fit", fit, "--threshold", held, "--model", model)
+    assert result.returncode == 0, result.stderr
+    predictor = DicePredictor.from_model_folder(model)
+    assert predictor.card.domain.fitted_on["cases"] == 1 and predictor.card.domain.threshold_from["cases"] == 1
+    assessment = assess_files(THIGH / "image", thigh_named_prostate, predictor=predictor)
+    assert assessment.rois[0].outside_domain and assessment.rois[0].prediction is None
+
+
+def test_a_card_naming_a_guard_without_its_file_is_refused(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    (model / "domain.npz").unlink()
+    with pytest.raises(InputError, match="domain guard"):
+        DicePredictor.from_model_folder(model)
+
+
+def test_sr_of_an_outside_roi_reads_back(thigh_named_prostate, tmp_path):
+    assessment = assess_files(THIGH / "image", thigh_named_prostate,
+                              predictor=DicePredictor.from_model_folder(default_model_dir()))
+    identity = SrIdentity("1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12")
+    sr = pydicom.dcmread(write_sr(assessment, tmp_path / "sr.dcm", identity))
+    assert len(sr.StudyID) <= 16  # the input's 20-character Study ID is cut to fit SH
+
+
+def test_a_home_made_before_the_guard_gains_its_columns(tmp_path):
+    """An upgraded node opens the database an older release created, results and all."""
+    import sqlite3
+
+    from sqlalchemy import select
+
+    from contourqa.daemon.db import RoiResult, open_database
+
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    open_database(url)
+    with sqlite3.connect(tmp_path / "index.sqlite") as connection:
+        connection.execute("ALTER TABLE roi_results DROP COLUMN domain_score")
+        connection.execute("ALTER TABLE roi_results DROP COLUMN domain_inside")
+    sessions = open_database(url)
+    with sessions() as session:
+        session.add(RoiResult(case_id="c", roi_number=1, name="Prostate", verdict="review", volume_ml=1.0,
+                              screens=[], warnings=[], domain_score=40.0, domain_inside=False))
+        session.commit()
+        assert session.scalars(select(RoiResult.domain_inside)).all() == [False]

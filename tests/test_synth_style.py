@@ -1,0 +1,104 @@
+"""The randomised phantom style: reproducible, varied in appearance, and exact where it must be."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+from contourqa.qa_models.series import load_series
+from contourqa.training.cache import dice, load_cases
+from contourqa.training.manifest import read_manifest
+from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
+from contourqa.training.synth_anatomy import LABEL, ROI_LABELS, pelvis_labels
+from contourqa.training.synth_style import _acquisition, _fine_coordinates, trace
+
+SPEC = PhantomSpec(rows=96, columns=96, slices=16)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    result = run_cli("phantom", out, "--style", "synth", "--cases", "3", "--seed", "7", "--size", "96", "96", "16")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _labels(seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0])
+    grid, sub = _acquisition(rng, 96, 96, 16)
+    return pelvis_labels(_fine_coordinates(grid, sub, rng), rng)
+
+
+def test_label_maps_are_reproducible_from_the_seed_and_differ_between_seeds():
+    first, again, other = _labels(3), _labels(3), _labels(4)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    present = set(np.unique(first))
+    for tissues in ROI_LABELS.values():  # every ROI is in the map
+        assert present & {LABEL[t] for t in tissues}
+    assert len(present) >= 12  # many tissue classes, not five organs on a background
+
+
+def test_images_are_reproducible_and_their_contrast_differs_between_studies(synth, tmp_path):
+    generate_phantom_studies(tmp_path, 1, 7, SPEC, style="synth")
+    a, b = load_series(synth / "case000" / "image"), load_series(tmp_path / "case000" / "image")
+    assert np.array_equal(a.array, b.array) and np.allclose(a.grid.spacing, b.grid.spacing)
+    # the same tissue looks different from study to study: the mean grey value inside each organ, as a
+    # fraction of the image's 99th percentile, is not one fixed number as in the classic style
+    fractions = {name: [] for name in ROI_LABELS}
+    for case in ("case000", "case001", "case002"):
+        series = load_series(synth / case / "image")
+        scale = np.percentile(series.array, 99)
+        for mask, _ in structure_masks(load_structure(synth / case / "reference.dcm"), series, AssessConfig()):
+            fractions[mask.name].append(series.array[mask.mask].mean() / scale)
+    spread = [np.ptp(values) for values in fractions.values()]
+    assert np.median(spread) > 0.1, fractions
+    spacings = {tuple(np.round(load_series(synth / c / "image").grid.spacing, 2)) for c in ("case000", "case001", "case002")}
+    assert len(spacings) == 3  # resolution drawn per study
+
+
+def test_reference_rtstruct_rasterises_back_to_its_label_map():
+    rng = np.random.default_rng([11, 0])
+    grid, sub = _acquisition(rng, 96, 96, 16)
+    labels = pelvis_labels(_fine_coordinates(grid, sub, rng), rng)[sub // 2::sub][:grid.shape[0]]
+    from contourqa.qa_models.polygon_fill import fill_polygons
+
+    for name, tissues in ROI_LABELS.items():
+        mask = np.isin(labels, [LABEL[t] for t in tissues])
+        filled = np.zeros_like(mask)
+        for k, loops in trace(mask, grid):
+            filled[k] = fill_polygons([grid.to_index(loop)[:, :2] for loop in loops], grid.shape[1], grid.shape[2])
+        assert dice(filled, mask) >= 0.98, name
+
+
+def test_training_targets_are_dice_between_the_dicom_objects_as_rasterised(synth):
+    rows = read_manifest(synth / "manifest.csv")
+    case = load_cases([r for r in rows if r.case_id == "case000"])[0]
+    series = load_series(synth / "case000" / "image")
+    for candidate in case.candidates[:6]:
+        reference = {m.name: m.mask for m, _ in structure_masks(load_structure(candidate.row.reference), series,
+                                                                 AssessConfig(), [candidate.row.roi])}
+        drawn = {m.name: m.mask for m, _ in structure_masks(load_structure(candidate.row.candidate), series,
+                                                            AssessConfig(), [candidate.row.roi])}
+        assert candidate.dice == pytest.approx(dice(drawn[candidate.row.roi], reference[candidate.row.roi]))
+    kinds = {row["kind"] for row in csv.DictReader(open(synth / "manifest.csv"))}
+    assert {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"} <= kinds
+    realistic = [c.dice for c in case.candidates if not c.row.kind.startswith("failure")]
+    assert min(realistic) < 0.85 < max(realistic)  # candidates spread over the Dice range
+
+
+def test_quick_training_on_the_synth_style_finishes(synth, tmp_path):
+    result = run_cli("train", "--manifest", synth / "manifest.csv", "--out", tmp_path / "model", "--quick",
+                     "--folds", "1", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "model" / "weights.pt").exists()
+
+
+def test_an_unknown_style_or_a_tiny_size_is_refused(tmp_path):
+    result = run_cli("phantom", tmp_path, "--style", "cartoon")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    result = run_cli("phantom", tmp_path, "--size", "8", "8", "2")
+    assert result.returncode == 2 and result.stderr.startswith("contourqa: error: --size") and "Traceback" not in result.stderr
+

@@ -1,0 +1,79 @@
+"""`contourqa guard`: fit a model's domain guard and store it beside its weights.
+
+The class means and the shared covariance come from the inputs the model was trained on (``--fit``);
+the threshold is a high quantile of the distances of studies it was neither trained nor fitted on
+(``--threshold``), so that in-domain images stay inside about that often. Fitting on the training
+studies alone would put the threshold too low: a network's features sit closer to the data it learned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from contourqa.qa_models.domain import DomainCard, DomainGuard
+from contourqa.qa_models.errors import InputError
+from contourqa.qa_models.predictor import DicePredictor, write_card
+
+from .cache import CachedCase, load_cases
+from .manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+BATCH = 16
+MIN_CANDIDATES = 30  # the Ledoit-Wolf covariance stays invertible below one sample per feature, but not on a handful
+
+
+def case_features(predictor: DicePredictor, cases: list[CachedCase]) -> tuple[np.ndarray, list[str], list[str]]:
+    """The guard's feature vector of every realistic candidate of ``cases``, with its ROI name and case ID.
+
+    Constructed failures (empty, all-ones, noise, far shifts) are left out: the screens reject them, and
+    their odd crops would widen the domain the guard accepts for real images."""
+    vectors, names, case_ids = [], [], []
+    for case in cases:
+        candidates = [c for c in case.candidates if not c.row.kind.startswith("failure")]
+        inputs = [predictor.network_input(case.image, c.mask, case.grid, c.probabilities) for c in candidates]
+        for start in range(0, len(inputs), BATCH):
+            vectors.append(predictor.features(inputs[start:start + BATCH]))
+        names += [c.row.roi for c in candidates]
+        case_ids += [case.case_id] * len(candidates)
+    return np.concatenate(vectors), names, case_ids
+
+
+def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifest: str | Path,
+              quantile: float = 1.0, cache_dir: Path | None = None) -> dict:
+    """Fit the guard, write ``domain.npz`` and the card, and return what was measured."""
+    model_dir = Path(model_dir)
+    fit_rows, held_rows = read_manifest(fit_manifest), read_manifest(threshold_manifest)
+    shared = {r.image.resolve() for r in fit_rows} & {r.image.resolve() for r in held_rows}
+    if shared:
+        raise InputError(f"the threshold needs studies the guard was not fitted on; {len(shared)} image series "
+                         f"are in both manifests (e.g. {sorted(shared)[0]})")
+    predictor = DicePredictor.from_model_folder(model_dir)
+    fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
+    features, names, _ = case_features(predictor, fit_cases)
+    if len(features) < MIN_CANDIDATES:
+        raise InputError(f"the guard needs at least {MIN_CANDIDATES} realistic candidates to fit; "
+                         f"{fit_manifest} has {len(features)}")
+    if len(features) < features.shape[1]:
+        log.warning("%d candidates for %d features: the guard's covariance rests mostly on its shrinkage; "
+                    "fit it on more studies", len(features), features.shape[1])
+    guard = DomainGuard.fit(features, names)
+    held, held_names, held_ids = case_features(predictor, held_cases)
+    held_distances = guard.distances(held, held_names)
+    threshold = float(np.quantile(held_distances, quantile))
+    fitted = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card = DomainCard(roi_names=guard.roi_names, threshold=threshold, quantile=quantile,
+                      fitted_on={"manifest": Path(fit_manifest).name, "cases": len(fit_cases),
+                                 "candidates": len(features), "fitted": fitted},
+                      threshold_from={"manifest": Path(threshold_manifest).name, "cases": len(held_cases),
+                                      "candidates": len(held)})
+    guard.save(model_dir)
+    write_card(predictor.card.model_copy(update={"domain": card}), model_dir)
+    fit_distances = guard.distances(features, names)
+    return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": threshold,
+            "fit_median": float(np.median(fit_distances)), "held_median": float(np.median(held_distances)),
+            "held_inside": float((held_distances <= threshold).mean()), "held_cases": len(set(held_ids))}
