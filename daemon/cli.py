@@ -159,11 +159,15 @@ def _run_assess(args: argparse.Namespace) -> int:
 
 
 def _print_table(assessment: Assessment) -> None:
-    print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} failed screens")
+    print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} reasons")
     for roi in assessment.rois:
-        failed = "; ".join(f"{s.name}: {s.detail}" for s in roi.screens if not s.passed) or "-"
+        reasons = [f"{s.name}: {s.detail}" for s in roi.screens if not s.passed]
+        if roi.outside_domain:
+            reasons.append(f"image outside the model's training domain (score {roi.domain.score:.1f} > "
+                           f"{roi.domain.threshold:.1f})")
+        failed = "; ".join(reasons) or "-"
         p = roi.prediction
-        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "outside domain" if roi.outside_domain else "-"
+        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if roi.outside_domain else "-"
         print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
 
 

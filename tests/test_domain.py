@@ -70,6 +70,8 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
     assert f'"{INSIDE_DOMAIN.meaning}")=(373067005,SCT,"No")' in dump
     check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "sr.dcm")], capture_output=True, text=True)
     assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+    table = run_cli("assess", THIGH / "image", thigh_named_prostate, "--mc-samples", "0").stdout.splitlines()
+    assert "withheld" in table[1] and "image outside the model's training domain (score" in table[1]
 
 
 def test_real_ct_is_outside_whatever_the_modality_check_says():
