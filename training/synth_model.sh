@@ -19,7 +19,7 @@ studies() {  # NAME STYLE CASES SEED
 studies synth_train synth 40 2000
 if [ ! -f leg1/weights.pt ]; then
     contourqa train --manifest synth_train/manifest.csv --out leg1 --arch efficientdet3d --input-shape 32 64 64 \
-        --epochs 30 --steps-per-epoch 80 --batch-size 8 --learning-rate 2e-3 --lr-drop-epochs 20 \
+        --epochs 16 --steps-per-epoch 80 --batch-size 8 --learning-rate 2e-3 --lr-drop-epochs 11 \
         --candidate-share 0.5 --seed 51 --name contourqa-pelvis-synth --model-version 1 --resume
 fi
 studies synth_guard synth 12 2903      # held out: the guard's threshold
