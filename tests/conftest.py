@@ -25,10 +25,8 @@ def realdata() -> Path:
 
 
 @pytest.fixture(scope="session")
-def thigh_named_prostate(tmp_path_factory):
+def thigh_named_prostate(realdata, tmp_path_factory):
     """Real T1 MR of a thigh sarcoma (Philips, MIM contour) whose ROI is renamed to one the pelvis model covers."""
-    if not THIGH.is_dir():
-        pytest.skip(f"real vendor data not found at {THIGH}")
     structure = pydicom.dcmread(next((THIGH / "mask").glob("*.dcm")))
     structure.StructureSetROISequence[0].ROIName = "Prostate"
     path = tmp_path_factory.mktemp("thigh") / "rtstruct.dcm"

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import REALDATA, THIGH, require_tool, run_cli
+from conftest import THIGH, require_tool, run_cli
 from contourqa.qa_models.assessment import assess_files
 from contourqa.qa_models.domain import DomainCard, DomainGuard
 from contourqa.qa_models.errors import InputError
@@ -74,11 +74,9 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
     assert "withheld" in table[1] and "image outside the model's training domain (score" in table[1]
 
 
-def test_real_ct_is_outside_whatever_the_modality_check_says():
+def test_real_ct_is_outside_whatever_the_modality_check_says(realdata):
     """The modality check already refuses CT; the guard must too, on its own."""
-    ct = REALDATA / "rt-utils" / "tests" / "mock_data"
-    if not ct.is_dir():
-        pytest.skip(f"real vendor data not found at {ct}")
+    ct = realdata / "rt-utils" / "tests" / "mock_data"
     from contourqa.qa_models.series import load_series
 
     series = load_series(ct)
