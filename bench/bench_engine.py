@@ -76,7 +76,7 @@ def main() -> int:
         in_process = median_seconds(lambda: rasterise_to_nifti(image_dir, structure_path, root / "in_process"),
                                     args.repeat)
         ours_cli = median_seconds(lambda: subprocess.run(
-            [sys.executable, "-m", "contourqa.daemon.cli", "rasterise", str(image_dir), str(structure_path),
+            [sys.executable, "-m", "contourqa.cli", "rasterise", str(image_dir), str(structure_path),
              "--out", str(root / "ours")], check=True, capture_output=True), args.repeat)
         theirs_cli = median_seconds(lambda: subprocess.run(
             [plastimatch, "convert", "--input", str(structure_path), "--referenced-ct", str(image_dir),

@@ -7,11 +7,12 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contourqa.qa_models.errors import InputError
 
-from .config import Settings, load_settings
-from .logs import setup_logging
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 def add_node_commands(commands: argparse._SubParsersAction) -> None:
@@ -46,7 +47,10 @@ def add_node_commands(commands: argparse._SubParsersAction) -> None:
     requeue.set_defaults(run=_run_requeue)
 
 
-def node_settings(args: argparse.Namespace) -> Settings:
+def node_settings(args: argparse.Namespace) -> "Settings":
+    from .config import load_settings
+    from .logs import setup_logging
+
     overrides = {
         "home": str(args.home) if args.home else None, "broker_url": args.broker,
         "database_url": args.database, "log_json": args.log_json,
@@ -58,7 +62,7 @@ def node_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def split_mode_settings(args: argparse.Namespace) -> Settings:
+def split_mode_settings(args: argparse.Namespace) -> "Settings":
     """Settings of `scp`, `worker` and `scheduler`, which need an external broker."""
     settings = node_settings(args)
     if settings.broker_url is None:
@@ -118,7 +122,7 @@ def _run_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedded_broker(settings: Settings) -> str | None:
+def _embedded_broker(settings: "Settings") -> str | None:
     """The broker a running `serve` under this home uses, from its effective settings."""
     effective = settings.home / "run" / "settings.json"
     if effective.exists():

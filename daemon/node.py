@@ -111,7 +111,7 @@ def serve(settings: Settings) -> None:
     effective = settings.home / "run" / "settings.json"
     effective.parent.mkdir(parents=True, exist_ok=True)
     effective.write_text(json.dumps(settings.model_dump(mode="json"), indent=1))
-    worker = [sys.executable, "-m", "contourqa.daemon.cli", "worker", "--config", str(effective)]
+    worker = [sys.executable, "-m", "contourqa.cli", "worker", "--config", str(effective)]
     children = [
         _Child(worker + ["--queues", INFERENCE_QUEUE, "--concurrency", str(settings.worker.concurrency),
                          "--name", f"gpu-{os.getpid()}"]),

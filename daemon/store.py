@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from contourqa.qa_models.atomic import atomic_path, fsync_dir
 from contourqa.qa_models.errors import ContourQAError
 
 from .db import Instance
@@ -76,14 +77,6 @@ def free_disk_mb(path: Path) -> float:
     return usage.free / 2**20
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def place_atomically(source: Path, destination: Path, move: bool = False) -> None:
     """Put ``source`` at ``destination`` all or nothing: fsync, rename, fsync the folder.
 
@@ -96,21 +89,13 @@ def place_atomically(source: Path, destination: Path, move: bool = False) -> Non
             os.fsync(handle.fileno())
         try:
             os.replace(source, destination)
-            _fsync_dir(destination.parent)
+            fsync_dir(destination.parent)
             return
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
-    temporary = destination.with_name(f".{destination.name}.partial")
-    try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temporary, destination)
-        _fsync_dir(destination.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(destination, durable=True) as temporary:
+        shutil.copyfile(source, temporary)
 
 
 class Store:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from .atomic import atomic_path
 from .errors import InputError
 
 DOMAIN_FILE = "domain.npz"
@@ -86,9 +87,8 @@ class DomainGuard:
 
     def save(self, model_dir: Path) -> None:
         path = Path(model_dir) / DOMAIN_FILE
-        temporary = path.with_name(f".{path.stem}.partial.npz")
-        np.savez(temporary, means=self.means, precision=self.precision)
-        temporary.replace(path)
+        with atomic_path(path) as temporary:
+            np.savez(temporary, means=self.means, precision=self.precision)
 
     @classmethod
     def load(cls, model_dir: Path, card: DomainCard) -> "DomainGuard":

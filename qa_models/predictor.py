@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
+from .atomic import write_text_atomically
 from .crop import InputSpec, mask_input
 from .domain import DomainCard, DomainGuard, DomainScore
 from .errors import InputError
@@ -114,9 +115,7 @@ def read_card(model_dir: Path) -> ModelCard:
 def write_card(card: ModelCard, model_dir: Path) -> None:
     """Replace the card atomically: a reader sees the old card or the new one, never half of one."""
     path = Path(model_dir) / CARD_FILE
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(card.model_dump_json(indent=2))
-    temporary.replace(path)
+    write_text_atomically(path, card.model_dump_json(indent=2))
 
 
 class DicePredictor:

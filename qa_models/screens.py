@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from scipy import ndimage
 
 from .geometry import Grid
+from .roi_names import ORGANS, normalised_name
 
 
 class Severity(str, Enum):
@@ -48,12 +49,7 @@ class VolumeRange(BaseModel):
     max_ml: float = Field(gt=0)
 
 
-DEFAULT_VOLUME_RANGES = [
-    VolumeRange(pattern=r"prostate", min_ml=8, max_ml=200),
-    VolumeRange(pattern=r"bladder", min_ml=20, max_ml=1200),
-    VolumeRange(pattern=r"rectum", min_ml=5, max_ml=300),
-    VolumeRange(pattern=r"femo|femur", min_ml=10, max_ml=600),
-]
+DEFAULT_VOLUME_RANGES = [VolumeRange(pattern=o.pattern, min_ml=o.min_ml, max_ml=o.max_ml) for o in ORGANS]
 
 
 class ScreenConfig(BaseModel):
@@ -69,10 +65,6 @@ class ScreenConfig(BaseModel):
     volume_ranges: list[VolumeRange] = Field(default_factory=lambda: list(DEFAULT_VOLUME_RANGES))
     large_roi_types: list[str] = Field(default_factory=lambda: ["EXTERNAL", "BODY"],
                                        description="RTROIInterpretedType values exempt from the size screens")
-
-
-def normalised_name(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def screen_empty(mask: np.ndarray) -> ScreenResult:

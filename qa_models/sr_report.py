@@ -9,7 +9,6 @@ in CodingSchemeIdentificationSequence.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from contourqa import NAME, __version__
 
 from .assessment import Assessment, RoiAssessment
 from .errors import InputError
-from .screens import normalised_name
+from .atomic import atomic_path
+from .roi_names import laterality_of, organ_of
 from .seg import SEG_SOP_CLASS
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,6 @@ BITS = hd.sr.CodedConcept("bit", "UCUM", "bit")
 YES, NO = codes.SCT.Yes, codes.SCT.No
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 
-# Anatomy the finding site can name: (pattern on the normalised ROI name, code, laterality).
-_FINDING_SITES = [
-    (r"prostate", codes.SCT.Prostate),
-    (r"bladder", codes.SCT.Bladder),
-    (r"rectum", codes.SCT.Rectum),
-    (r"femo|femur", codes.SCT.FemoralHead),
-]
-_LEFT, _RIGHT = re.compile(r"(^|_)(l|left|lt)($|_)"), re.compile(r"(^|_)(r|right|rt)($|_)")
 
 
 @dataclass(frozen=True)
@@ -84,12 +76,10 @@ class SrIdentity:
 
 def finding_site(roi_name: str) -> hd.sr.FindingSite | None:
     """The coded anatomy of a ROI name, with laterality, or None when the name is not recognised."""
-    name = normalised_name(roi_name)
-    for pattern, code in _FINDING_SITES:
-        if re.search(pattern, name):
-            laterality = codes.SCT.Left if _LEFT.search(name) else codes.SCT.Right if _RIGHT.search(name) else None
-            return hd.sr.FindingSite(anatomic_location=code, laterality=laterality)
-    return None
+    organ = organ_of(roi_name)
+    if organ is None:
+        return None
+    return hd.sr.FindingSite(anatomic_location=organ.site, laterality=laterality_of(roi_name))
 
 
 def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | None) -> list[hd.sr.Measurement]:
@@ -186,12 +176,9 @@ def write_sr(assessment: Assessment, path: str | Path, identity: SrIdentity | No
     """Write the SR atomically: a temporary file renamed into place, so no partial file is left behind."""
     path = Path(path)
     sr = build_sr(assessment, identity or SrIdentity.new())
-    temporary = path.with_name(f".{path.name}.partial")
     try:
-        sr.save_as(temporary, enforce_file_format=True)
-        temporary.replace(path)
+        with atomic_path(path) as temporary:
+            sr.save_as(temporary, enforce_file_format=True)
     except OSError as error:
         raise InputError(f"cannot write the SR to {path}: {error.strerror or error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

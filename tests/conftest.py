@@ -52,7 +52,7 @@ def case_copy(phantom, tmp_path) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """The installed console entry point, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "contourqa.daemon.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "contourqa.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 

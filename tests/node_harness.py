@@ -106,7 +106,7 @@ class Node:
         port_file = self.home / "run" / "scp.port"
         port_file.unlink(missing_ok=True)
         self.log = open(self.home / "serve.log", "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "contourqa.daemon.cli", "serve", "--config",
+        self.process = subprocess.Popen([sys.executable, "-m", "contourqa.cli", "serve", "--config",
                                          str(config)], stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         wait_for(lambda: port_file.exists() or self.process.poll() is not None, 60, "the SCP to listen")
@@ -131,7 +131,7 @@ class Node:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def status(self) -> dict:
-        result = subprocess.run([sys.executable, "-m", "contourqa.daemon.cli", "status", "--config",
+        result = subprocess.run([sys.executable, "-m", "contourqa.cli", "status", "--config",
                                  str(self.home / "config.yaml"), "--json"], capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 0, result.stderr

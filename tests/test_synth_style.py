@@ -8,7 +8,8 @@ import pytest
 from conftest import run_cli
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
 from contourqa.qa_models.series import load_series
-from contourqa.training.cache import dice, load_cases
+from contourqa.reporting.overlap import dice
+from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 from contourqa.training.synth_anatomy import LABEL, ROI_LABELS, pelvis_labels

@@ -340,7 +340,7 @@ def test_calibrate_refuses_too_few_candidates(quick_model, phantom, tmp_path):
 
 
 def test_realistic_error_source_samples_the_clinical_dice_range():
-    from contourqa.training.cache import dice
+    from contourqa.reporting.overlap import dice
     from contourqa.training.samples import perturb
     k, j, i = np.ogrid[:30, :80, :80]
     sphere = ((i - 40) ** 2 + (j - 40) ** 2 + ((k - 15) * 3) ** 2) < 20 ** 2  # 40 mm across, 1 x 1 x 3 mm voxels
@@ -355,7 +355,8 @@ def test_cached_cases_hold_candidates_compactly(phantom, tmp_path):
     """Training holds every case in memory, so candidate masks are kept bit-packed and FRACTIONAL
     probabilities as bytes (320 studies held expanded ran out of 24 GiB); both come back from the cache
     unchanged, with the candidates' true Dice."""
-    from contourqa.training.cache import dice, load_case
+    from contourqa.reporting.overlap import dice
+    from contourqa.training.cache import load_case
     from contourqa.training.manifest import read_manifest
 
     rows = read_manifest(phantom / "manifest.csv")

@@ -14,20 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
 from contourqa.qa_models.geometry import Grid
 from contourqa.qa_models.rtstruct import RoiMask
 from contourqa.qa_models.series import load_series
+from contourqa.reporting.overlap import dice
 
 from .manifest import ManifestRow
 
 log = logging.getLogger(__name__)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice similarity coefficient of two boolean masks; two empty masks agree perfectly."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 CACHE_FORMAT = 2  # part of every cache key: a new format never reads an old file
@@ -124,9 +120,8 @@ def _write(path: Path, case: CachedCase) -> None:
     arrays.update({f"candidate/{n}": c.packed_mask for n, c in enumerate(case.candidates)})
     arrays.update({f"probabilities/{n}": c.probability_bytes
                    for n, c in enumerate(case.candidates) if c.probability_bytes is not None})
-    temporary = path.with_name(path.name + ".partial.npz")
-    np.savez(temporary, **arrays)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        np.savez(temporary, **arrays)
 
 
 def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:

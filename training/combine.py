@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from contourqa.qa_models.atomic import atomic_path
 from contourqa import __version__
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import CARD_FILE, WEIGHTS_FILE, DicePredictor, ModelCard, write_card
@@ -56,8 +57,7 @@ def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = Non
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     states = [network.state_dict() for p in predictors for network in p.networks]
-    partial = out_dir / f".{WEIGHTS_FILE}.partial"
-    torch.save(states, partial)
-    partial.replace(out_dir / WEIGHTS_FILE)  # the card last: a folder with a card is a whole model
+    with atomic_path(out_dir / WEIGHTS_FILE) as partial:
+        torch.save(states, partial)  # the card last: a folder with a card is a whole model
     write_card(card, out_dir)
     return card

@@ -10,20 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict
 from contourqa.qa_models.predictor import DicePredictor, Prediction, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
+from contourqa.reporting import charts
+from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
+from contourqa.reporting.html import render_page
 
-from . import charts
 from .cache import CachedCase, Candidate, load_cases
 from .manifest import ManifestRow, read_manifest
-from .metrics import case_bootstrap_intervals, metrics_by_group, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +156,11 @@ def record_in_card(report: dict, model_dir: str | Path) -> None:
 
 def render_html(report: dict, path: str | Path) -> Path:
     """The report as one self-contained HTML page with a scatter plot and an error histogram."""
-    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("contourqa.templates"))),
-                                   autoescape=True)
     points = report["points"]
     keep = ~np.array(points["failure"], dtype=bool)
     true, predicted = np.array(points["true"])[keep], np.array(points["predicted"])[keep]
-    rows = [("model", report["realistic"]), *report["baselines"].items()]
-    html = templates.get_template("evaluation.html.j2").render(
-        report=report, model=report["model"],
-        manifest=Path(report["manifest"]).name, rows=rows,
+    return render_page(
+        "evaluation.html.j2", path, report=report, model=report["model"],
+        manifest=Path(report["manifest"]).name, rows=[("model", report["realistic"]), *report["baselines"].items()],
         failure_total=sum(f["n"] for f in report["failures"].values()),
-        scatter=charts.scatter(true, predicted), histogram=charts.histogram(predicted - true),
-        created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(html)
-    temporary.replace(path)
-    return path
+        scatter=charts.scatter(true, predicted), histogram=charts.histogram(predicted - true))

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.geometry import Grid
 from contourqa.qa_models.polygon_fill import fill_polygons
 
@@ -59,12 +60,10 @@ def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: P
         else:
             rows += _generate_case(out_dir, case_id, rng, spec)
     manifest = out_dir / "manifest.csv"
-    temporary = manifest.with_name(".manifest.csv.partial")
-    with temporary.open("w", newline="") as handle:
+    with atomic_path(manifest) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    temporary.replace(manifest)
     return manifest
 
 

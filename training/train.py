@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from contourqa.qa_models.atomic import atomic_path, write_text_atomically
 from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
@@ -28,7 +29,7 @@ from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest
-from .metrics import regression_metrics
+from contourqa.reporting.agreement import regression_metrics
 from .samples import SampleGenerator
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,10 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         history.append({"fold": fold, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                         "learning_rate": config.learning_rate_at(epoch)})
         log.info("fold %d epoch %d: train loss %.5f", fold, epoch + 1, history[-1]["train_loss"])
-        torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
-                    "epoch": epoch, "history": json.dumps(history)},
-                   checkpoint_dir / f"fold{fold}-epoch{epoch + 1:04d}.pt")
+        # atomic: --resume after a kill mid-save must find the previous epoch's whole checkpoint
+        with atomic_path(checkpoint_dir / f"fold{fold}-epoch{epoch + 1:04d}.pt") as checkpoint:
+            torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
+                        "epoch": epoch, "history": json.dumps(history)}, checkpoint)
     return network, history
 
 
@@ -204,7 +206,8 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
         if held_out_true else {},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
     )
-    torch.save(states, out_dir / WEIGHTS_FILE)
-    write_card(card, out_dir)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    with atomic_path(out_dir / WEIGHTS_FILE) as weights:
+        torch.save(states, weights)
+    write_text_atomically(out_dir / "history.json", json.dumps(history, indent=2))
+    write_card(card, out_dir)  # the card last: a folder with a card is a whole model
     return card

@@ -1,61 +1,21 @@
-"""The `contourqa` command: argument parsing and wiring only; the work is done in qa_models and training.
-
-Errors a user can cause end as one line on stderr and exit status 2; no traceback.
-"""
+"""Training's commands: `phantom`, `train`, `calibrate`, `guard`, `combine` and `evaluate`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import re
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import SimpleITK as sitk
-from pydantic import ValidationError
+from contourqa.qa_models.errors import InputError
 
-from contourqa import __version__
-from contourqa.qa_models.assessment import AssessConfig, Assessment, assess_files, structure_masks, load_structure
-from contourqa.qa_models.errors import ContourQAError, InputError
-from contourqa.qa_models.geometry import to_sitk
-from contourqa.qa_models.networks import ARCHITECTURES
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir
-from contourqa.qa_models.series import load_series
-from contourqa.qa_models.sr_report import write_sr
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
-from .cli_node import add_node_commands
-
-EXIT_OK, EXIT_INPUT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-
-log = logging.getLogger("contourqa")
+EXIT_OK = 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="contourqa", description="Quality checks of automatically generated contours.")
-    parser.add_argument("--version", action="version", version=f"contourqa {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library warnings")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    assess = commands.add_parser("assess", help="screen every ROI of an RTSTRUCT or SEG against its image series")
-    assess.add_argument("image_dir", type=Path, help="folder holding the image series the structures were drawn on")
-    assess.add_argument("structure_file", type=Path, help="RTSTRUCT or SEG file")
-    assess.add_argument("--roi", action="append", default=[], help="assess only this ROI (repeatable)")
-    assess.add_argument("--sr", type=Path, help="write the QA report as a DICOM Comprehensive 3D SR here")
-    assess.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    model = assess.add_mutually_exclusive_group()
-    model.add_argument("--model", type=Path, help="model folder for the Dice prediction (default: the shipped model)")
-    model.add_argument("--no-model", action="store_true", help="screens only, no Dice prediction")
-    assess.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes for the interval (default 10)")
-    assess.set_defaults(run=_run_assess)
-
-    rasterise = commands.add_parser("rasterise", help="write one NIfTI mask per ROI on the image grid")
-    rasterise.add_argument("image_dir", type=Path)
-    rasterise.add_argument("structure_file", type=Path)
-    rasterise.add_argument("--out", type=Path, required=True, help="folder for <roi name>.nii.gz files")
-    rasterise.add_argument("--roi", action="append", default=[], help="only this ROI (repeatable)")
-    rasterise.set_defaults(run=_run_rasterise)
-
+def add_training_commands(commands: argparse._SubParsersAction) -> None:
     phantom = commands.add_parser("phantom", help="generate synthetic pelvis MR studies with reference and candidates")
     phantom.add_argument("out_dir", type=Path)
     phantom.add_argument("--cases", type=int, default=1, help="number of studies (default 1)")
@@ -70,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
     train.add_argument("--manifest", type=Path, required=True, help="CSV: case_id,image,reference,candidate,roi[,...]")
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
-    train.add_argument("--arch", choices=ARCHITECTURES, help="network (default efficientdet3d)")
+    train.add_argument("--arch", help="network: efficientdet3d (default) or regnet3d")
     train.add_argument("--epochs", type=int, help="epochs per fold (default 30)")
     train.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default 100)")
     train.add_argument("--batch-size", type=int, help="samples per batch (default 8)")
@@ -129,64 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
     evaluate.set_defaults(run=_run_evaluate)
-    add_node_commands(commands)
-    return parser
-
-
-def _predictor(args: argparse.Namespace) -> DicePredictor | None:
-    """The named model, else the shipped default when it is installed, else none."""
-    if args.no_model:
-        return None
-    if args.model is not None:
-        return DicePredictor.from_model_folder(args.model)
-    default = default_model_dir()
-    return DicePredictor.from_model_folder(default) if (default / "model.json").exists() else None
-
-
-def _run_assess(args: argparse.Namespace) -> int:
-    if args.mc_samples < 0:
-        raise InputError("--mc-samples must be 0 or more")
-    config = AssessConfig(mc_samples=args.mc_samples)
-    assessment = assess_files(args.image_dir, args.structure_file, config, args.roi, _predictor(args),
-                              strict_model=args.model is not None)
-    if args.sr:
-        write_sr(assessment, args.sr)
-    if args.json:
-        print(json.dumps(assessment.as_dict(), indent=2))
-    else:
-        _print_table(assessment)
-    return EXIT_OK
-
-
-def _print_table(assessment: Assessment) -> None:
-    print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} reasons")
-    for roi in assessment.rois:
-        reasons = [f"{s.name}: {s.detail}" for s in roi.screens if not s.passed]
-        if roi.outside_domain:
-            reasons.append(f"image outside the model's training domain (score {roi.domain.score:.1f} > "
-                           f"{roi.domain.threshold:.1f})")
-        failed = "; ".join(reasons) or "-"
-        p = roi.prediction
-        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if roi.outside_domain else "-"
-        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
-
-
-def _safe_file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "roi"
-
-
-def _run_rasterise(args: argparse.Namespace) -> int:
-    structure = load_structure(args.structure_file)
-    series = load_series(args.image_dir)
-    masks = structure_masks(structure, series, AssessConfig(), args.roi)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for roi_mask, _ in masks:
-        target = args.out / f"{_safe_file_name(roi_mask.name)}.nii.gz"
-        temporary = target.with_name(f".partial-{target.name}")
-        sitk.WriteImage(to_sitk(roi_mask.mask.astype("uint8"), series.grid), str(temporary), useCompression=True)
-        temporary.replace(target)
-        print(f"{target}\t{int(roi_mask.mask.sum())} voxels")
-    return EXIT_OK
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
@@ -204,6 +106,8 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from contourqa.qa_models.crop import InputSpec
     from contourqa.training.train import TrainConfig, train
 
@@ -260,6 +164,7 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from contourqa.qa_models.predictor import default_model_dir
     from contourqa.training.evaluate import evaluate, record_in_card, render_html
 
     model_dir = args.model or default_model_dir()
@@ -288,34 +193,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _first_validation_message(error: ValidationError) -> str:
+def _first_validation_message(error: "ValidationError") -> str:
     first = error.errors()[0]
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.captureWarnings(True)
-    if not verbose:
-        # highdicom and pydicom warn about inherited header quirks; they are not the user's problem here.
-        logging.getLogger("py.warnings").setLevel(logging.ERROR)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
-    try:
-        return args.run(args)
-    except ContourQAError as error:
-        print(f"contourqa: error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except OSError as error:  # unreadable input or unwritable output named on the command line
-        print(f"contourqa: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

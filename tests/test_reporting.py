@@ -1,7 +1,10 @@
+import jinja2
 import numpy as np
 import pytest
 
-from contourqa.training.metrics import case_bootstrap_intervals, metrics_by_group, regression_metrics
+from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
+from contourqa.reporting.html import render_page
+from contourqa.reporting.overlap import dice, surface_distances
 
 
 def test_global_accuracy_and_flagging_follow_the_published_rules():
@@ -45,3 +48,30 @@ def test_metrics_by_group_give_each_groups_error_and_its_sign():
     assert list(groups) == ["Bladder", "Rectum"]
     assert groups["Rectum"] == pytest.approx({"n": 2, "mae": 0.05, "bias": -0.05})
     assert groups["Bladder"] == pytest.approx({"n": 1, "mae": 0.2, "bias": 0.2})
+
+
+def test_dice_of_half_overlapping_boxes_and_of_two_empty_masks():
+    a, b = np.zeros((4, 10, 10), bool), np.zeros((4, 10, 10), bool)
+    a[:, :, :4], b[:, :, 2:6] = True, True  # 16 voxels each per slice, 8 shared
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def test_surface_distances_of_a_shifted_box_follow_the_spacing():
+    a = np.zeros((10, 30, 30), bool)
+    a[2:8, 5:15, 5:15] = True
+    b = np.roll(a, 3, axis=2)  # 3 columns of 0.5 mm: every x-facing surface moves 1.5 mm
+    distances = surface_distances(a, b, spacing=(3.0, 0.5, 0.5))
+    assert distances["hd95_mm"] == pytest.approx(1.5)
+    assert 0 < distances["mean_surface_mm"] < 1.5
+    assert surface_distances(a, a, (1, 1, 1)) == {"mean_surface_mm": 0.0, "hd95_mm": 0.0}
+    assert surface_distances(a, np.zeros_like(a), (1, 1, 1)) is None
+
+
+def test_a_page_that_fails_to_render_leaves_the_previous_one_and_no_partial_file(tmp_path):
+    page = tmp_path / "evaluation.html"
+    page.write_text("previous")
+    with pytest.raises(jinja2.UndefinedError):  # the template needs a whole report
+        render_page("evaluation.html.j2", page, report={})
+    assert page.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.html"]

@@ -1,0 +1,5 @@
+import sys
+
+from contourqa.cli import main
+
+sys.exit(main())

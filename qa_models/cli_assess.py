@@ -1,0 +1,105 @@
+"""The engine's commands: `assess` and `rasterise` one structure set against its image series."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .assessment import Assessment
+    from .predictor import DicePredictor
+
+EXIT_OK = 0
+
+
+def add_assess_commands(commands: argparse._SubParsersAction) -> None:
+    assess = commands.add_parser("assess", help="screen every ROI of an RTSTRUCT or SEG against its image series")
+    assess.add_argument("image_dir", type=Path, help="folder holding the image series the structures were drawn on")
+    assess.add_argument("structure_file", type=Path, help="RTSTRUCT or SEG file")
+    assess.add_argument("--roi", action="append", default=[], help="assess only this ROI (repeatable)")
+    assess.add_argument("--sr", type=Path, help="write the QA report as a DICOM Comprehensive 3D SR here")
+    assess.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    model = assess.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="model folder for the Dice prediction (default: the shipped model)")
+    model.add_argument("--no-model", action="store_true", help="screens only, no Dice prediction")
+    assess.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes for the interval (default 10)")
+    assess.set_defaults(run=_run_assess)
+
+    rasterise = commands.add_parser("rasterise", help="write one NIfTI mask per ROI on the image grid")
+    rasterise.add_argument("image_dir", type=Path)
+    rasterise.add_argument("structure_file", type=Path)
+    rasterise.add_argument("--out", type=Path, required=True, help="folder for <roi name>.nii.gz files")
+    rasterise.add_argument("--roi", action="append", default=[], help="only this ROI (repeatable)")
+    rasterise.set_defaults(run=_run_rasterise)
+
+
+def _predictor(args: argparse.Namespace) -> "DicePredictor | None":
+    """The named model, else the shipped default when it is installed, else none."""
+    from .predictor import DicePredictor, default_model_dir
+
+    if args.no_model:
+        return None
+    if args.model is not None:
+        return DicePredictor.from_model_folder(args.model)
+    default = default_model_dir()
+    return DicePredictor.from_model_folder(default) if (default / "model.json").exists() else None
+
+
+def _run_assess(args: argparse.Namespace) -> int:
+    from .assessment import AssessConfig, assess_files
+    from .sr_report import write_sr
+
+    if args.mc_samples < 0:
+        raise InputError("--mc-samples must be 0 or more")
+    config = AssessConfig(mc_samples=args.mc_samples)
+    assessment = assess_files(args.image_dir, args.structure_file, config, args.roi, _predictor(args),
+                              strict_model=args.model is not None)
+    if args.sr:
+        write_sr(assessment, args.sr)
+    if args.json:
+        print(json.dumps(assessment.as_dict(), indent=2))
+    else:
+        _print_table(assessment)
+    return EXIT_OK
+
+
+def _print_table(assessment: "Assessment") -> None:
+    print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} reasons")
+    for roi in assessment.rois:
+        reasons = [f"{s.name}: {s.detail}" for s in roi.screens if not s.passed]
+        if roi.outside_domain:
+            reasons.append(f"image outside the model's training domain (score {roi.domain.score:.1f} > "
+                           f"{roi.domain.threshold:.1f})")
+        failed = "; ".join(reasons) or "-"
+        p = roi.prediction
+        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if roi.outside_domain else "-"
+        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
+
+
+def _safe_file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "roi"
+
+
+def _run_rasterise(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .assessment import AssessConfig, load_structure, structure_masks
+    from .atomic import atomic_path
+    from .geometry import to_sitk
+    from .series import load_series
+
+    structure = load_structure(args.structure_file)
+    series = load_series(args.image_dir)
+    masks = structure_masks(structure, series, AssessConfig(), args.roi)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for roi_mask, _ in masks:
+        target = args.out / f"{_safe_file_name(roi_mask.name)}.nii.gz"
+        with atomic_path(target) as temporary:
+            sitk.WriteImage(to_sitk(roi_mask.mask.astype("uint8"), series.grid), str(temporary), useCompression=True)
+        print(f"{target}\t{int(roi_mask.mask.sum())} voxels")
+    return EXIT_OK

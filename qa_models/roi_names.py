@@ -1,0 +1,48 @@
+"""The ROI-name vocabulary: how a structure's free-text name maps to an organ, in one place.
+
+The volume screen takes its plausible range from here and the SR its coded finding site, so a name
+the screens recognise is also one the SR codes, and a new organ is added once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+
+@dataclass(frozen=True)
+class Organ:
+    pattern: str      # regular expression searched in the normalised name
+    site: Code        # SNOMED CT code of the finding site
+    min_ml: float     # plausible volume range of an adult's organ
+    max_ml: float
+
+
+ORGANS = (
+    Organ(r"prostate", codes.SCT.Prostate, 8, 200),
+    Organ(r"bladder", codes.SCT.Bladder, 20, 1200),
+    Organ(r"rectum", codes.SCT.Rectum, 5, 300),
+    Organ(r"femo|femur", codes.SCT.FemoralHead, 10, 600),
+)
+
+_LEFT, _RIGHT = re.compile(r"(^|_)(l|left|lt)($|_)"), re.compile(r"(^|_)(r|right|rt)($|_)")
+
+
+def normalised_name(name: str) -> str:
+    """Lower case, every run of other characters one underscore: 'Femur (L)' -> 'femur_l'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def organ_of(roi_name: str) -> Organ | None:
+    """The organ a ROI name names, or None when the vocabulary does not know it."""
+    name = normalised_name(roi_name)
+    return next((organ for organ in ORGANS if re.search(organ.pattern, name)), None)
+
+
+def laterality_of(roi_name: str) -> Code | None:
+    """SNOMED CT Left or Right when the name says so ('_l', 'left', 'rt' ...), else None."""
+    name = normalised_name(roi_name)
+    return codes.SCT.Left if _LEFT.search(name) else codes.SCT.Right if _RIGHT.search(name) else None

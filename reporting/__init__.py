@@ -1,0 +1,1 @@
+"""Statistics, charts and HTML pages shared by the node (daily summaries, audits) and training (evaluate)."""
