@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.assessment import Assessment, assess, load_structure
 from contourqa.qa_models.errors import ContourQAError
+from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
 from contourqa.qa_models.series import load_series_files
 from contourqa.qa_models.sr_report import SrIdentity, write_sr
 
-from .assembler import missing_references
+from . import ledger
 from .config import Settings
-from .db import Case, CaseState, Instance, OutboxItem, RoiResult, utcnow
-from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
+from .db import Case, CaseState, Instance, OutboxItem, RoiResult
 from .store import current_versions
 
 log = logging.getLogger(__name__)
@@ -56,29 +58,30 @@ def sr_identity(case_id: str) -> SrIdentity:
 
 def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOutcome:
     """Load, assess and report one case; record the result and queue the SR for export."""
+    state = ledger.case_state(sessions, case_id)
+    if state is None:
+        raise ContourQAError(f"case {case_id} is not in the database")
+    if state in (CaseState.DONE.value, CaseState.FAILED.value):
+        return CaseOutcome(case_id, state, skipped=True)
+    case = ledger.start(sessions, case_id)
+    if case is None:  # finished by another attempt in the meantime
+        return CaseOutcome(case_id, ledger.case_state(sessions, case_id), skipped=True)
+    if case.attempts > MAX_ATTEMPTS:  # its worker died or hit the hard time limit each time
+        return fail_case(sessions, case_id, f"assessment did not finish in {MAX_ATTEMPTS} attempts")
     with sessions() as session:
-        case = session.get(Case, case_id)
-        if case is None:
-            raise ContourQAError(f"case {case_id} is not in the database")
-        if case.state in (CaseState.DONE.value, CaseState.FAILED.value):
-            return CaseOutcome(case_id, case.state, skipped=True)
-        if case.attempts >= MAX_ATTEMPTS:  # its worker died or hit the hard time limit each time
-            session.rollback()
-            return fail_case(sessions, case_id, f"assessment did not finish in {MAX_ATTEMPTS} attempts")
-        case.state, case.started_at, case.attempts = CaseState.RUNNING.value, utcnow(), case.attempts + 1
-        structure = session.get(Instance, case.structure_instance_id)
-        missing = missing_references(session, case_id) if case.partial else []
-        session.commit()
+        structure_path = session.get(Instance, case.structure_instance_id).path
+        missing = ledger.missing_references(session, case_id) if case.partial else []
     log.info("case %s: assessing (attempt %d)", case_id, case.attempts, extra={"case_id": case_id})
     timings: dict[str, float] = {}
     try:
-        assessment = _assess(settings, sessions, case, structure.path, timings)
-        started = time.perf_counter()
-        sr_path = settings.reports_dir / case.study_uid / f"{case_id}.dcm"
-        sr_path.parent.mkdir(parents=True, exist_ok=True)
-        identity = sr_identity(case_id)
-        write_sr(assessment, sr_path, identity)
-        timings["sr_s"] = round(time.perf_counter() - started, 3)
+        with _beating(sessions, case_id, settings.worker.heartbeat_s):
+            assessment = _assess(settings, sessions, case, structure_path, timings)
+            started = time.perf_counter()
+            sr_path = settings.reports_dir / case.study_uid / f"{case_id}.dcm"
+            sr_path.parent.mkdir(parents=True, exist_ok=True)
+            identity = sr_identity(case_id)
+            write_sr(assessment, sr_path, identity)
+            timings["sr_s"] = round(time.perf_counter() - started, 3)
     except ContourQAError as error:
         reason = str(error)
         if missing:
@@ -86,6 +89,25 @@ def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOu
                       f"{reason}")
         return fail_case(sessions, case_id, reason)
     return _finish_done(settings, sessions, case, assessment, sr_path, identity, timings, missing)
+
+
+@contextmanager
+def _beating(sessions: sessionmaker, case_id: str, interval_s: float) -> Iterator[None]:
+    """Tell the ledger every ``interval_s`` that this worker still runs the case: a worker that dies stops
+    beating, and the sweep hands its case to another within seconds (not after the broker's timeout)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            ledger.heartbeat(sessions, case_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{case_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_path: str,
@@ -106,12 +128,9 @@ def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_pa
 
 def fail_case(sessions: sessionmaker, case_id: str, reason: str) -> CaseOutcome:
     """Record why a case could not be assessed; it is not retried."""
-    with sessions() as session:
-        session.execute(update(Case).where(Case.case_id == case_id, Case.state != CaseState.DONE.value)
-                        .values(state=CaseState.FAILED.value, reason=reason, finished_at=utcnow()))
-        session.commit()
-    log.warning("case %s failed: %s", case_id, reason, extra={"case_id": case_id})
-    return CaseOutcome(case_id, CaseState.FAILED.value)
+    if ledger.fail(sessions, case_id, reason):
+        log.warning("case %s failed: %s", case_id, reason, extra={"case_id": case_id})
+    return CaseOutcome(case_id, ledger.case_state(sessions, case_id))
 
 
 def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessment: Assessment, sr_path: Path,
@@ -120,28 +139,21 @@ def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessm
     model = assessment.model
     reason = (f"assessed without {len(missing)} referenced images; the series is complete by geometry"
               if missing else None)
-    with sessions() as session:
-        moved = session.execute(update(Case).where(Case.case_id == case_id, Case.state != CaseState.DONE.value).values(
-            state=CaseState.DONE.value, finished_at=utcnow(), sr_path=str(sr_path), timings=timings, reason=reason,
-            model_name=model.name if model else None, model_version=model.version if model else None)).rowcount
-        if not moved:  # a concurrent redelivery finished first
-            session.rollback()
-            return CaseOutcome(case_id, CaseState.DONE.value, skipped=True)
-        session.add_all(RoiResult(
-            case_id=case_id, roi_number=r.number, name=r.name, verdict=r.verdict.value, volume_ml=r.volume_ml,
-            predicted_dice=r.prediction.dice if r.prediction else None,
-            dice_low=r.prediction.low if r.prediction else None, dice_high=r.prediction.high if r.prediction else None,
-            screens=[s.as_dict() for s in r.screens], warnings=r.warnings,
-            domain_score=r.domain.score if r.domain else None, domain_inside=r.domain.inside if r.domain else None)
-            for r in assessment.rois)
-        destination = settings.export.destination_for(case.calling_ae)
-        outbox = None
-        if destination is not None:
-            outbox = OutboxItem(case_id=case_id, sr_path=str(sr_path), sr_sop_instance_uid=identity.sop_instance_uid,
-                                destination=str(destination))
-            session.add(outbox)
-        session.commit()
+    results = [RoiResult(
+        case_id=case_id, roi_number=r.number, name=r.name, verdict=r.verdict.value, volume_ml=r.volume_ml,
+        predicted_dice=r.prediction.dice if r.prediction else None,
+        dice_low=r.prediction.low if r.prediction else None, dice_high=r.prediction.high if r.prediction else None,
+        screens=[s.as_dict() for s in r.screens], warnings=r.warnings,
+        domain_score=r.domain.score if r.domain else None, domain_inside=r.domain.inside if r.domain else None)
+        for r in assessment.rois]
+    destination = settings.export.destination_for(case.calling_ae)
+    outbox = None if destination is None else OutboxItem(
+        case_id=case_id, sr_path=str(sr_path), sr_sop_instance_uid=identity.sop_instance_uid,
+        destination=str(destination))
+    if not ledger.finish(sessions, case_id, results, outbox, sr_path=str(sr_path), timings=timings, reason=reason,
+                         model_name=model.name if model else None, model_version=model.version if model else None,
+                         model_sha256=model.sha256 if model else None):
+        return CaseOutcome(case_id, CaseState.DONE.value, skipped=True)  # a concurrent redelivery finished first
     verdicts = ", ".join(f"{r.name}={r.verdict.value}" for r in assessment.rois)
     log.info("case %s done: %s", case_id, verdicts, extra={"case_id": case_id})
     return CaseOutcome(case_id, CaseState.DONE.value, outbox.id if outbox else None)
-

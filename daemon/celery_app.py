@@ -10,11 +10,11 @@ import logging
 import os
 
 from celery import Celery
-from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
 from .config import Settings
-from .db import Case, CaseState, open_database, utcnow
+from . import ledger
+from .db import open_database
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ def dispatch_case(sessions: sessionmaker, case_id: str) -> bool:
         log.error("case %s: broker unavailable (%s); will retry", case_id, type(error).__name__,
                   extra={"case_id": case_id})
         return False
-    with sessions() as session:
-        session.execute(update(Case).where(Case.case_id == case_id, Case.state == CaseState.READY.value)
-                        .values(state=CaseState.QUEUED.value, dispatched_at=utcnow()))
-        session.commit()
+    ledger.mark_queued(sessions, case_id)
     return True
 
 

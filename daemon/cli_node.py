@@ -115,7 +115,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _run_requeue(args: argparse.Namespace) -> int:
     from .db import open_database
-    from .export import requeue_dead
+    from .ledger import requeue_dead
     settings = node_settings(args)
     count = requeue_dead(open_database(settings.resolved_database_url(), create=False), args.id)
     print(f"{count} dead letter(s) back in the outbox")

@@ -85,6 +85,8 @@ class WorkerSettings(_Strict):
     concurrency: int = Field(1, ge=1, description="inference processes per worker (one per GPU)")
     soft_time_limit_s: float = Field(300, gt=0)
     time_limit_s: float = Field(360, gt=0)
+    heartbeat_s: float = Field(5, gt=0, description="a running case's worker reports alive this often; after "
+                                                    "three missed beats the case goes to another worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
     model_dir: Path | None = Field(None, description="model folder; none = the shipped default model")
     use_model: bool = Field(True, description="false = screens only, no Dice prediction")

@@ -56,9 +56,6 @@ class CaseState(str, enum.Enum):
     FAILED = "failed"
 
 
-ACTIVE_STATES = (CaseState.READY.value, CaseState.QUEUED.value, CaseState.RUNNING.value)
-
-
 class Case(Base):
     """One structure set (RTSTRUCT or SEG instance version) and the image series it references."""
 
@@ -78,10 +75,12 @@ class Case(Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)  # the running worker is alive
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     model_name: Mapped[str | None] = mapped_column(String(64))
     model_version: Mapped[str | None] = mapped_column(String(32))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))  # the exact weights and card that judged it
     sr_path: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict | None] = mapped_column(JSON)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from .db import Case, CaseState, OutboxItem
-from .status import counts_by_state, queue_depths, rois_outside_domain
+from . import ledger
+from .status import queue_depths
 
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600)
 
@@ -35,11 +34,10 @@ class _DatabaseCollector:
 
     def collect(self):
         with self.sessions() as session:
-            cases, outbox = counts_by_state(session)
-            outside = rois_outside_domain(session)
-            failures = session.scalar(select(func.coalesce(func.sum(OutboxItem.failures), 0)))
-            spans = session.execute(select(Case.ready_at, Case.finished_at).where(
-                Case.state == CaseState.DONE.value, Case.ready_at.is_not(None))).all()
+            cases, outbox = ledger.counts_by_state(session)
+            outside = ledger.rois_outside_domain(session)
+            failures = ledger.export_failures(session)
+            latencies = ledger.latencies_s(session)
         for name, help_text, counts in (("contourqa_cases", "cases by state", cases),
                                         ("contourqa_outbox", "SRs in the outbox by state", outbox)):
             family = GaugeMetricFamily(name, help_text, labels=["state"])
@@ -49,7 +47,7 @@ class _DatabaseCollector:
         yield CounterMetricFamily("contourqa_export_failures", "failed export attempts", value=failures)
         yield CounterMetricFamily("contourqa_rois_outside_domain",
                                   "ROIs whose image lay outside the model's training domain (no Dice given)", value=outside)
-        yield _latency_histogram([(end - start).total_seconds() for start, end in spans])
+        yield _latency_histogram(latencies)
         depth = GaugeMetricFamily("contourqa_queue_depth", "messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(self.broker_url).items():
             if count is not None:

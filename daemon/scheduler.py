@@ -14,15 +14,17 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import sessionmaker
 
-from .assembler import Assembler
-from .celery_app import dispatch_case, dispatch_export
-from .config import Settings
-from .db import ACTIVE_STATES, Case, CaseState, Instance, utcnow
-from .export import due_items
 from contourqa.qa_models.references import STRUCTURE_KINDS
+
+from . import ledger
+from .assembler import Assembler
+from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
+from .config import Settings
+from .db import Case, Instance, utcnow
+from .status import messages_held
 from .store import read_header
 
 log = logging.getLogger(__name__)
@@ -42,19 +44,15 @@ def open_missed_cases(sessions: sessionmaker, assembler: Assembler) -> int:
 
 
 def redispatch_lost(settings: Settings, sessions: sessionmaker) -> list[str]:
-    """Ready cases nobody handed over; queued or running cases whose message or worker is gone."""
-    now = utcnow()
-    lease = timedelta(seconds=settings.worker.time_limit_s * 2 + 60)
-    with sessions() as session:
-        case_ids = list(session.scalars(select(Case.case_id).where(or_(
-            (Case.state == CaseState.READY.value) & (Case.ready_at < now - timedelta(seconds=READY_GRACE_S)),
-            (Case.state == CaseState.QUEUED.value) & (Case.dispatched_at < now - lease),
-            (Case.state == CaseState.RUNNING.value) & (Case.started_at < now - lease)))))
-        # queued/running ones go back to ready so dispatch_case may move them again
-        for case in session.scalars(select(Case).where(Case.case_id.in_(case_ids))):
-            case.state = CaseState.READY.value
-        session.commit()
+    """Ready cases nobody handed over; queued ones whose message is gone; running ones whose worker stopped
+    beating. The broker's own redelivery (after its visibility timeout) is the slow backstop."""
+    held = messages_held(settings.broker_url, INFERENCE_QUEUE)
+    case_ids = ledger.release_lost(
+        sessions, ready_grace_s=READY_GRACE_S, queued_lease_s=settings.worker.time_limit_s * 2 + 60,
+        heartbeat_lease_s=settings.worker.heartbeat_s * 3,
+        message_lost=(lambda case_id: case_id not in held) if held is not None else (lambda case_id: False))
     for case_id in case_ids:
+        log.warning("case %s: its message or worker was lost; dispatched again", case_id, extra={"case_id": case_id})
         dispatch_case(sessions, case_id)
     return case_ids
 
@@ -64,7 +62,7 @@ def sweep(settings: Settings, sessions: sessionmaker) -> None:
     open_missed_cases(sessions, assembler)
     assembler.expire_stale(settings.assembly.stable_age_s)
     redispatch_lost(settings, sessions)
-    for outbox_id in due_items(sessions, settings.export.sending_lease_s):
+    for outbox_id in ledger.due_outbox(sessions, settings.export.sending_lease_s):
         dispatch_export(outbox_id)
 
 
@@ -76,8 +74,7 @@ def apply_retention(settings: Settings, sessions: sessionmaker) -> int:
     with sessions() as session:
         old = session.scalars(select(Instance.study_uid).group_by(Instance.study_uid)
                               .having(func.max(Instance.received_at) < limit)).all()
-        busy = set(session.scalars(select(Case.study_uid).where(
-            Case.state.in_(ACTIVE_STATES + (CaseState.WAITING.value,)))))
+        busy = ledger.busy_studies(session)
         studies = [s for s in old if s not in busy]
         for study in studies:
             session.execute(delete(Instance).where(Instance.study_uid == study))

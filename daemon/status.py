@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from urllib.parse import urlparse
 
 import redis
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
+from . import ledger
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE
-from .db import Case, CaseState, OutboxItem, OutboxState, RoiResult
+from .db import CaseState
 
 
 def redis_client(broker_url: str) -> redis.Redis:
@@ -31,26 +33,39 @@ def queue_depths(broker_url: str | None) -> dict[str, int | None]:
         return {INFERENCE_QUEUE: None, IO_QUEUE: None}
 
 
-def counts_by_state(session: Session) -> tuple[dict[str, int], dict[str, int]]:
-    """Cases by state and outbox items by state, every state present (zero when none)."""
-    cases = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
-    outbox = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
-    return ({s.value: cases.get(s.value, 0) for s in CaseState}, {s.value: outbox.get(s.value, 0) for s in OutboxState})
+def _first_argument(raw: bytes | str) -> str | None:
+    """The first task argument (a case ID) of a kombu message as the Redis transport stores it."""
+    try:
+        message = json.loads(raw)
+        message = message[0] if isinstance(message, list) else message  # unacked entries: [message, ...]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
-def rois_outside_domain(session: Session) -> int:
-    """ROIs whose image lay outside the model's training domain, so no Dice was given."""
-    return int(session.scalar(select(func.count()).select_from(RoiResult).where(RoiResult.domain_inside.is_(False))))
+def messages_held(broker_url: str | None, queue: str) -> set[str] | None:
+    """Case IDs the broker still holds for ``queue``: waiting, or delivered and not yet acknowledged.
+    None when the broker cannot be asked, so nothing is taken for lost."""
+    if broker_url is None:
+        return None
+    try:
+        client = redis_client(broker_url)
+        raw = list(client.lrange(queue, 0, -1)) + list(client.hvals("unacked"))
+    except redis.RedisError:
+        return None
+    return {case_id for case_id in map(_first_argument, raw) if case_id is not None}
 
 
 def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
     with sessions() as session:
-        cases, outbox = counts_by_state(session)
-        outside = rois_outside_domain(session)
-        dead = session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD.value)
-                               .order_by(OutboxItem.id)).all()
-        failed = session.scalars(select(Case).where(Case.state == CaseState.FAILED.value)
-                                 .order_by(Case.finished_at.desc()).limit(20)).all()
+        cases, outbox = ledger.counts_by_state(session)
+        outside = ledger.rois_outside_domain(session)
+        dead = ledger.dead_letters(session)
+        failed = ledger.recent_failures(session)
     pending = sum(cases[s.value] for s in (CaseState.WAITING, CaseState.READY, CaseState.QUEUED, CaseState.RUNNING))
     return {
         "queues": queue_depths(broker_url),

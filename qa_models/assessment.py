@@ -117,7 +117,7 @@ class Assessment:
                 "instances": len(set(image.slice_sop_instance_uids)),
             },
             "model": {"name": self.model.name, "version": self.model.version,
-                      "architecture": self.model.architecture} if self.model else None,
+                      "architecture": self.model.architecture, "sha256": self.model.sha256} if self.model else None,
             "rois": [r.as_dict() for r in self.rois],
         }
 

@@ -4,7 +4,9 @@ predictor that loads it. It knows nothing about training.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import pickle
 from dataclasses import dataclass
 from importlib import resources
@@ -16,12 +18,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .atomic import write_text_atomically
 from .crop import InputSpec, mask_input
-from .domain import DomainCard, DomainGuard, DomainScore
+from .domain import DOMAIN_FILE, DomainCard, DomainGuard, DomainScore
 from .errors import InputError
 from .geometry import Grid
 from .networks import build_network
 
 CARD_FILE, WEIGHTS_FILE = "model.json", "weights.pt"
+
+log = logging.getLogger(__name__)
 
 
 class Calibration(BaseModel):
@@ -61,6 +65,8 @@ class ModelCard(BaseModel):
     test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
     calibration: Calibration | None = None
     domain: DomainCard | None = Field(None, description="the domain guard; its arrays are in domain.npz")
+    sha256: str | None = Field(None, description="digest of the weights, the guard's arrays and this card "
+                                                 "(without this field): the model's identity")
 
     @property
     def input_shapes(self) -> list[tuple[int, int, int]]:
@@ -112,9 +118,24 @@ def read_card(model_dir: Path) -> ModelCard:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
 
 
+def model_digest(card: ModelCard, model_dir: Path) -> str:
+    """sha256 over the weights, the domain guard's arrays and the card without its own digest: two folders
+    share it only when they predict alike, whatever their name and version say."""
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_FILE, DOMAIN_FILE):
+        path = Path(model_dir) / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(card.model_copy(update={"sha256": None}).model_dump_json().encode())
+    return digest.hexdigest()
+
+
 def write_card(card: ModelCard, model_dir: Path) -> None:
-    """Replace the card atomically: a reader sees the old card or the new one, never half of one."""
+    """Replace the card atomically (a reader sees the old card or the new one, never half of one), its
+    digest recorded. Write the weights and the guard first: the digest covers them."""
     path = Path(model_dir) / CARD_FILE
+    card.sha256 = model_digest(card, model_dir)
     write_text_atomically(path, card.model_dump_json(indent=2))
 
 
@@ -152,6 +173,11 @@ class DicePredictor:
                                  f"({str(error).splitlines()[0]})") from None
             networks.append(network.to(target).eval())
         guard = DomainGuard.load(model_dir, card.domain) if card.domain is not None else None
+        digest = model_digest(card, model_dir)
+        if card.sha256 is not None and card.sha256 != digest:
+            log.warning("%s: weights or card changed after the card was written (sha256 %s, recorded %s)",
+                        model_dir, digest[:12], card.sha256[:12])
+        card.sha256 = digest  # the identity of what was loaded, not of what the card once described
         return cls(card, networks, target, guard)
 
     def check_applicable(self, roi_name: str, modality: str) -> None:

@@ -97,9 +97,12 @@ def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | Non
     return measurements
 
 
-def _measurement_group(roi: RoiAssessment, assessment: Assessment, algorithm: hd.sr.AlgorithmIdentification,
-                       model: hd.sr.AlgorithmIdentification | None):
-    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"ROI {roi.number}: {roi.name}")
+def _measurement_group(roi: RoiAssessment, assessment: Assessment, identity: SrIdentity,
+                       algorithm: hd.sr.AlgorithmIdentification, model: hd.sr.AlgorithmIdentification | None):
+    # derived from the SR's own UID (in the node: from the case ID) and the ROI, so a redone case writes
+    # the same SR; a new SR (a new UID) never repeats another's tracking UIDs
+    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[identity.sop_instance_uid, str(roi.number)]),
+                                        identifier=f"ROI {roi.number}: {roi.name}")
     site = finding_site(roi.name)
     arguments = dict(
         tracking_identifier=tracking,
@@ -128,7 +131,8 @@ def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensiv
     """The SR dataset of an assessment; patient and study identity come from the assessed structure set."""
     algorithm = hd.sr.AlgorithmIdentification(name=NAME, version=__version__)
     model = (hd.sr.AlgorithmIdentification(name=assessment.model.name, version=assessment.model.version,
-                                           parameters=[assessment.model.architecture])
+                                           parameters=[assessment.model.architecture,
+                                                       f"sha256:{assessment.model.sha256}"])
              if assessment.model else None)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -140,7 +144,7 @@ def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensiv
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure,
-        imaging_measurements=[_measurement_group(roi, assessment, algorithm, model) for roi in assessment.rois],
+        imaging_measurements=[_measurement_group(roi, assessment, identity, algorithm, model) for roi in assessment.rois],
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[assessment.structure, *assessment.series.datasets],

@@ -11,7 +11,8 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage
 
 from contourqa.daemon.config import ExportSettings
 from contourqa.daemon.db import Case, Instance, OutboxItem, open_database, utcnow
-from contourqa.daemon.export import deliver, due_items, requeue_dead
+from contourqa.daemon.export import deliver
+from contourqa.daemon.ledger import due_outbox, requeue_dead
 from contourqa.qa_models.assessment import assess_files
 from contourqa.qa_models.sr_report import write_sr
 from node_harness import Destination, free_port
@@ -58,14 +59,14 @@ def test_an_unreachable_destination_is_retried_with_backoff_then_dead_lettered(t
     assert deliver(settings, sessions, 1) == "pending"
     item = _item(sessions)
     assert item.failures == 1 and timedelta(seconds=9) < item.next_attempt_at - utcnow() <= timedelta(seconds=10)
-    assert deliver(settings, sessions, 1) == "skipped" and due_items(sessions, 8) == []  # not due yet
+    assert deliver(settings, sessions, 1) == "skipped" and due_outbox(sessions, 8) == []  # not due yet
     for _ in range(2):
         with sessions() as session:
             session.get(OutboxItem, 1).next_attempt_at = utcnow()
             session.commit()
         state = deliver(settings, sessions, 1)
     assert state == "dead" and _item(sessions).attempts == 3
-    assert requeue_dead(sessions) == 1 and _item(sessions).state == "pending" and due_items(sessions, 8) == [1]
+    assert requeue_dead(sessions) == 1 and _item(sessions).state == "pending" and due_outbox(sessions, 8) == [1]
 
 
 def test_a_permanent_association_rejection_is_not_retried(tmp_path, sr_file):

@@ -65,7 +65,9 @@ def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path)
     source = DicePredictor.from_model_folder(quick_model, "cpu").networks[0]
     tuned = DicePredictor.from_model_folder(out, "cpu")
     assert tuned.card.input.shape == (16, 40, 40)
-    assert tuned.card.training_data["initialised_from"] == f"{read_card(quick_model).name} {read_card(quick_model).version}"
+    parent = read_card(quick_model)
+    assert tuned.card.training_data["initialised_from"] == f"{parent.name} {parent.version} sha256:{parent.sha256}"
+    assert parent.sha256 != tuned.card.sha256
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(source.parameters(), tuned.networks[0].parameters()))
     history = json.loads((out / "history.json").read_text())
     assert [h["learning_rate"] for h in history] == pytest.approx([1e-12, 1e-13])

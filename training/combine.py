@@ -45,13 +45,15 @@ def combine_models(model_dirs: list[Path], out_dir: Path, name: str | None = Non
 
     first = cards[0]
     shapes = [spec.shape for p in predictors for spec in p.member_specs()]
-    members = [{"name": c.name, "version": c.version, "input_shape": list(c.input.shape), "networks": c.ensemble_size,
-                "cases": c.training_data.get("cases"), "training_command": c.training_command} for c in cards]
+    members = [{"name": c.name, "version": c.version, "sha256": c.sha256, "input_shape": list(c.input.shape),
+                "networks": c.ensemble_size, "cases": c.training_data.get("cases"),
+                "initialised_from": c.training_data.get("initialised_from"), "training_command": c.training_command}
+               for c in cards]
     card = first.model_copy(deep=True, update={
         "name": name or first.name, "version": version or first.version, "contourqa_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "ensemble_size": len(shapes), "member_shapes": shapes if len(set(shapes)) > 1 else [],
-        "training_data": {**first.training_data, "members": members},
+        "training_data": {**first.training_data, "initialised_from": None, "members": members},
         "cross_validation": {}, "evaluation": {}, "training_command": "",
         "test_time_flip": first.test_time_flip or test_time_flip,
     })

@@ -104,7 +104,7 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
 
 
 def _initial_state(init_from: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
-    """(weights, "name version") of the first network of model folder ``init_from``, to fine-tune from; it
+    """(weights, "name version sha256:digest") of the first network of model folder ``init_from``, to fine-tune from; it
     must have the same architecture and input channels (the input shape may differ: the networks are
     fully convolutional)."""
     source = DicePredictor.from_model_folder(init_from, "cpu")
@@ -112,7 +112,8 @@ def _initial_state(init_from: Path, config: TrainConfig) -> tuple[dict[str, torc
         raise InputError(f"--init-from {init_from}: model is {source.card.architecture} with channels "
                          f"{'+'.join(source.card.input.channels)}; this training is {config.architecture} with "
                          f"{'+'.join(config.input.channels)}")
-    return source.networks[0].state_dict(), f"{source.card.name} {source.card.version}"
+    card = source.card
+    return source.networks[0].state_dict(), f"{card.name} {card.version} sha256:{card.sha256}"
 
 
 def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, out_dir: Path, resume: bool,
