@@ -7,16 +7,22 @@ SQLite (WAL) on the embedded default, PostgreSQL when several machines share it.
 from __future__ import annotations
 
 import enum
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
                         create_engine, event, inspect, text)
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from contourqa.qa_models.errors import InputError
+
+
+SCHEMA_LOCK_KEY = 0x636F6E74  # "cont": the advisory lock of schema creation on PostgreSQL
 
 
 def utcnow() -> datetime:
@@ -145,22 +151,49 @@ class OutboxItem(Base):
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: several processes share the file, even while it is made
     cursor.execute("PRAGMA journal_mode=WAL")   # readers never block the SCP's writes
     cursor.execute("PRAGMA synchronous=FULL")   # an acknowledged instance's index row survives power loss
-    cursor.execute("PRAGMA busy_timeout=30000")  # several processes share the file
     cursor.close()
 
 
-def _add_missing_columns(engine: Engine) -> None:
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection | None]:
+    """Hold the one lock under which a process creates or extends the schema, so processes starting at the
+    same moment (scp, worker, scheduler on a fresh home) never race between "is it there" and "create it":
+    a lock file beside an SQLite database, a transaction-scoped advisory lock on PostgreSQL (yields the
+    connection that holds it)."""
+    if engine.dialect.name == "sqlite":
+        if engine.url.database in (None, "", ":memory:"):  # one process's own database: nothing to race
+            yield None
+            return
+        with open(f"{engine.url.database}.schema-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield None
+        return
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        yield connection
+
+
+def _create_schema(engine: Engine) -> None:
+    with _schema_lock(engine) as connection:
+        bind = connection if connection is not None else engine
+        Base.metadata.create_all(bind)
+        _add_missing_columns(bind)
+
+
+def _add_missing_columns(bind: Engine | Connection) -> None:
     """Add the nullable columns a newer release declares to tables an older one created, so an upgraded
     node keeps its home (additive changes only; anything else needs a real migration)."""
-    inspector = inspect(engine)
-    with engine.begin() as connection:
+    inspector = inspect(bind)
+    with (bind.begin() if isinstance(bind, Engine) else nullcontext(bind)) as connection:
         for table in Base.metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present and column.nullable:
-                    kind = column.type.compile(engine.dialect)
+                    kind = column.type.compile(connection.dialect)
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
@@ -171,13 +204,14 @@ def open_database(url: str, create: bool = True) -> sessionmaker:
         path = make_url(url).database
         if path and not create and not Path(path).exists():
             raise InputError(f"no contourqa database at {path}")
+        if path and create:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # whichever process starts first makes the home
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
-        Base.metadata.create_all(engine)
-        _add_missing_columns(engine)
+        _create_schema(engine)
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0]
         raise InputError(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from .assembler import Assembler
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE, app, configure, dispatch_case, runtime
@@ -34,9 +35,28 @@ def _wait_for_signal(tick: Callable[[], None] | None = None, interval_s: float =
             tick()
 
 
+def prepare_home(settings: Settings) -> None:
+    """The folders every process may write, made by whichever process starts first (any order works)."""
+    for folder in (settings.home, settings.store_dir, settings.reports_dir, settings.home / "run",
+                   settings.home / "incoming"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def clear_incoming(incoming: Path) -> int:
+    """Remove what associations cut off mid-transfer left behind: nothing in incoming was acknowledged
+    (an instance is acknowledged only once it is in the store), so none of it may be kept."""
+    leftovers = [path for path in incoming.iterdir() if path.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers:
+        log.warning("removed %d partial file(s) of interrupted transfers from %s", len(leftovers), incoming)
+    return len(leftovers)
+
+
 def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[], None] | None = None) -> None:
     """The SCP (and, in serve, the scheduler) in this process until SIGINT/SIGTERM."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_home(settings)
+    clear_incoming(settings.home / "incoming")
     configure(settings, settings.broker_url)
     sessions = open_database(settings.resolved_database_url())
     metrics = Metrics()
@@ -63,6 +83,7 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
 
 def run_worker(settings: Settings, queues: list[str], concurrency: int, name: str) -> None:
     """A Celery worker consuming ``queues`` (``gpu``: inference, ``io``: export)."""
+    prepare_home(settings)
     configure(settings, settings.broker_url)
     runtime.inference = INFERENCE_QUEUE in queues
     app.worker_main(["worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
@@ -71,6 +92,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int, name: st
 
 
 def run_scheduler(settings: Settings) -> None:
+    prepare_home(settings)
     configure(settings, settings.broker_url)
     sessions = open_database(settings.resolved_database_url())
     log.info("scheduler: sweep every %.0f s", settings.scheduler.sweep_interval_s)
@@ -105,7 +127,7 @@ class _Child:
 def serve(settings: Settings) -> None:
     """SCP, scheduler, an inference and an export worker, and (without ``broker_url``) an embedded Redis."""
     settings = settings.model_copy(update={"home": settings.home.resolve()})
-    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_home(settings)
     redis = EmbeddedRedis(settings.home / "redis").start() if settings.broker_url is None else None
     settings = settings.model_copy(update={"broker_url": settings.broker_url or redis.url})
     effective = settings.home / "run" / "settings.json"

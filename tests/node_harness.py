@@ -143,12 +143,20 @@ class Node:
         with sqlite3.connect(self.home / "contourqa.sqlite", timeout=5) as db:
             return db.execute("select count(*) from cases where state = 'running'").fetchone()[0]
 
+    @staticmethod
+    def _processes() -> list[tuple[int, int, str]]:
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+        return [(int(pid), int(ppid), args) for pid, ppid, args in (line.split(None, 2) for line in out.splitlines()[1:])]
+
+    def worker_mains(self) -> list[int]:
+        """PIDs of the inference worker's main processes (started by serve)."""
+        return [pid for pid, ppid, args in self._processes()
+                if ppid == self.process.pid and "--queues gpu" in args and "worker" in args]
+
     def worker_children(self) -> list[int]:
         """PIDs of the inference worker's pool processes (the ones running tasks)."""
-        out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-        rows = [line.split(None, 2) for line in out.splitlines()[1:]]
-        mains = [int(pid) for pid, _, args in rows if "--queues gpu" in args and "worker" in args]
-        return [int(pid) for pid, ppid, _ in rows if int(ppid) in mains]
+        mains = self.worker_mains()
+        return [pid for pid, ppid, _ in self._processes() if ppid in mains]
 
 
 def send(port: int, *paths: Path, calling_ae: str = "PACS", called_ae: str = "CONTOURQA") -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections import Counter
 
@@ -169,3 +170,23 @@ def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, t
     status = wait_for(lambda: (s := node.status())["outbox"]["sent"] == 8 and s, 30, "eight deliveries")
     assert status["cases"]["done"] == 8
     assert sorted(Counter(destination.received_uids()).values()) == [1] * 8
+
+
+def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(phantom, destination, node_factory):
+    # its pool process dies with it; the default heartbeat (5 s, released after three missed beats) decides
+    # how soon another worker takes the case, not the broker's visibility timeout (2 x time_limit_s + 60 s)
+    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 200}).start()
+    case = phantom / "case001"
+    assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
+    wait_for(lambda: node.running_cases() == 1, 60, "the case to run", interval=0.02)
+    mains = node.worker_mains()
+    assert mains
+    for pid in mains:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: "(attempt 2)" in node.log_text(), 30, "the case to be redone within 30 s of the kill")
+    assert time.monotonic() - killed <= 30
+    assert "its message or worker was lost; dispatched again" in node.log_text()
+    wait_for(lambda: destination.received(), 180, "the SR of the redone case")
+    wait_for(lambda: node.status()["outbox"]["sent"] == 1, 30, "the outbox to record delivery")
+    assert len(destination.received()) == 1

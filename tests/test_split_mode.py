@@ -1,0 +1,83 @@
+"""Split mode as an operator starts it: `contourqa scp`, `worker` and `scheduler` launched at the same
+moment on a home that does not exist yet, sharing one real Redis. Every process must come up, whichever
+creates the folders and the schema first."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from contourqa.daemon.embedded_redis import EmbeddedRedis
+from node_harness import wait_for
+
+STARTS = 10
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield redis.url
+    redis.stop()
+
+
+def start_together(config, broker, logs) -> dict[str, subprocess.Popen]:
+    commands = {"scp": ["scp"], "worker": ["worker", "--queues", "gpu,io"], "scheduler": ["scheduler"]}
+    return {name: subprocess.Popen([sys.executable, "-m", "contourqa.cli", *args, "--config", str(config),
+                                    "--broker", broker],
+                                   stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+            for name, args in commands.items()}
+
+
+def log_of(logs, name) -> str:
+    return (logs / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_scp_worker_and_scheduler_started_at_once_on_fresh_homes_all_come_up(tmp_path, broker):
+    for attempt in range(STARTS):
+        home, logs = tmp_path / f"home{attempt}", tmp_path / f"logs{attempt}"
+        logs.mkdir()
+        config = tmp_path / f"contourqa{attempt}.yaml"
+        config.write_text(yaml.safe_dump({
+            "home": str(home), "scp": {"port": 0, "min_free_disk_mb": 0}, "worker": {"use_model": False},
+            "scheduler": {"sweep_interval_s": 0.5}}))
+        assert not home.exists()
+        processes = start_together(config, broker, logs)
+        try:
+            def up() -> bool:
+                exited = {n: p.returncode for n, p in processes.items() if p.poll() is not None}
+                assert not exited, f"start {attempt}: {exited} exited: " + " | ".join(
+                    log_of(logs, n).strip()[-300:] for n in exited)
+                return ((home / "run" / "scp.port").exists() and " ready." in log_of(logs, "worker")
+                        and "sweep every" in log_of(logs, "scheduler"))
+            wait_for(up, 90, f"scp, worker and scheduler of start {attempt}")
+            status = subprocess.run([sys.executable, "-m", "contourqa.cli", "status", "--config", str(config),
+                                     "--broker", broker, "--json"], capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status.stderr
+            assert {"store", "reports", "incoming", "run"} <= {p.name for p in home.iterdir()}
+        finally:
+            for process in processes.values():
+                process.send_signal(signal.SIGTERM)
+            for process in processes.values():
+                process.wait(timeout=60)
+
+
+def test_a_partial_file_of_a_transfer_cut_off_before_a_restart_is_removed_at_start(tmp_path, broker):
+    home = tmp_path / "home"
+    (home / "incoming").mkdir(parents=True)
+    leftover = home / "incoming" / "tmpk2x8a1"  # what an association killed mid-transfer leaves
+    leftover.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
+    config = tmp_path / "contourqa.yaml"
+    config.write_text(yaml.safe_dump({"home": str(home), "scp": {"port": 0, "min_free_disk_mb": 0}}))
+    scp = subprocess.Popen([sys.executable, "-m", "contourqa.cli", "scp", "--config", str(config), "--broker", broker],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (home / "run" / "scp.port").exists() or scp.poll() is not None, 60, "the SCP to listen")
+        assert scp.poll() is None
+        assert not leftover.exists()
+    finally:
+        scp.send_signal(signal.SIGTERM)
+        output = scp.communicate(timeout=60)[0]
+    assert "removed 1 partial file(s) of interrupted transfers" in output
