@@ -1,10 +1,12 @@
 """DICOM node benchmark.
 
-    python bench/bench_node.py [--repeat 3] [--cases 8]
+    python bench/bench_node.py [--repeat 3] [--cases 8] [--part all|ingest|cases]
 
 1. Ingest: a 300-instance 320x320 MR series over one association (dcmtk storescu), into contourqa's
    SCP (store + index + assembler), a bare pynetdicom SCP that only writes files (the ceiling of a
-   Python SCP), and dcmtk storescp. Instances per second, and contourqa's ratio to the bare SCP.
+   Python SCP), dcmtk storescp and Orthanc (which also stores and indexes). dcmtk runs with
+   TCP_NODELAY=1 (without it Nagle's algorithm halves its rate). Instances per second, and each one's
+   ratio to the bare SCP.
 2. Latency: last C-STORE of a 28-slice series with one RTSTRUCT -> SR at a dcmtk storescp, through
    `contourqa serve` on the CPU, with MC dropout (10 passes, the default) and without.
 3. Throughput: cases per minute through `serve` with 1 and 2 inference processes.
@@ -13,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +31,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage as MRStorageClass
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from node_harness import Destination, Node, clone_study, dcmtk, free_port, wait_for  # noqa: E402
+from node_harness import DCMTK_ENV, Destination, Node, listening, clone_study, dcmtk, free_port, wait_for  # noqa: E402
 
 from contourqa.daemon.assembler import Assembler  # noqa: E402
 from contourqa.daemon.config import ScpSettings  # noqa: E402
@@ -63,7 +67,7 @@ def write_series(folder: Path, slices: int = 300, size: int = 320) -> Path:
 def send_seconds(port: int, folder: Path, called: str) -> float:
     start = time.perf_counter()
     subprocess.run([dcmtk("storescu"), "+sd", "-aet", "PACS", "-aec", called, "127.0.0.1", str(port), str(folder)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=DCMTK_ENV)
     return time.perf_counter() - start
 
 
@@ -79,9 +83,26 @@ def bare_pynetdicom_scp(out: Path):
     return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]), port
 
 
+def start_orthanc(folder: Path) -> tuple[subprocess.Popen, int] | None:
+    """Orthanc (Debian's `orthanc`) storing into its own folder and SQLite index, as a PACS would; None
+    when it is not installed."""
+    if shutil.which("Orthanc") is None:
+        return None
+    folder.mkdir()
+    port = free_port()
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "bench", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder),
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "RemoteAccessAllowed": False,
+        "DicomCheckCalledAet": False, "StorageCompression": False, "Plugins": []}))
+    process = subprocess.Popen(["Orthanc", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: listening(port), 30, "Orthanc to listen")
+    return process, port
+
+
 def bench_ingest(work: Path, repeat: int) -> None:
     series = write_series(work / "series300")
-    rates: dict[str, list[float]] = {"contourqa": [], "bare pynetdicom": [], "dcmtk storescp": []}
+    rates: dict[str, list[float]] = {"contourqa": [], "bare pynetdicom": [], "dcmtk storescp": [], "Orthanc": []}
     for n in range(repeat):
         home = work / f"cqa{n}"
         home.mkdir()
@@ -97,9 +118,17 @@ def bench_ingest(work: Path, repeat: int) -> None:
         dest = Destination(work / f"dcmtk{n}").start()
         rates["dcmtk storescp"].append(300 / send_seconds(dest.port, series, "DEST"))
         dest.stop()
+        orthanc = start_orthanc(work / f"orthanc{n}")
+        if orthanc is not None:
+            rates["Orthanc"].append(300 / send_seconds(orthanc[1], series, "ORTHANC"))
+            orthanc[0].terminate()
+            orthanc[0].wait(timeout=30)
     bare = statistics.median(rates["bare pynetdicom"])
     print("\ningest, 300 x 320x320 MR over one association (instances/s, median of", repeat, "runs)")
     for name, values in rates.items():
+        if not values:
+            print(f"  {name:<16} not installed")
+            continue
         rate = statistics.median(values)
         print(f"  {name:<16} {rate:8.1f}   ratio to bare pynetdicom {rate / bare:5.2f}")
 
@@ -116,7 +145,7 @@ def bench_latency_and_throughput(work: Path, repeat: int, cases: int) -> None:
         for n in range(repeat + 1):  # the first case also pays the broker's and database's first use
             study = clone_study(case, work / f"lat-mc{mc}-{n}")
             subprocess.run([dcmtk("storescu"), "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
-                            str(node.port), str(study)], check=True, capture_output=True)
+                            str(node.port), str(study)], check=True, capture_output=True, env=DCMTK_ENV)
             sent = time.perf_counter()
             wait_for(lambda: len(destination.received()) == n + 1, 120, "the SR", interval=0.02)
             if n:
@@ -132,7 +161,8 @@ def bench_latency_and_throughput(work: Path, repeat: int, cases: int) -> None:
                     worker={"concurrency": concurrency}, assess={"mc_samples": 10}).start()
         start = time.perf_counter()
         senders = [subprocess.Popen([dcmtk("storescu"), "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
-                                     str(node.port), str(s)], stdout=subprocess.DEVNULL) for s in studies]
+                                     str(node.port), str(s)], stdout=subprocess.DEVNULL, env=DCMTK_ENV)
+                   for s in studies]
         for sender in senders:
             sender.wait()
         wait_for(lambda: len(destination.received()) == cases, 600, "all SRs", interval=0.05)
@@ -147,11 +177,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--part", choices=("all", "ingest", "cases"), default="all",
+                        help="ingest only, latency and throughput only, or both (default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        bench_ingest(work, args.repeat)
-        bench_latency_and_throughput(work, args.repeat, args.cases)
+        if args.part in ("all", "ingest"):
+            bench_ingest(work, args.repeat)
+        if args.part in ("all", "cases"):
+            bench_latency_and_throughput(work, args.repeat, args.cases)
 
 
 if __name__ == "__main__":

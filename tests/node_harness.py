@@ -14,16 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-import pytest
 import yaml
 from pydicom.uid import generate_uid
 
 
+# dcmtk waits for more data before sending a small packet (Nagle's algorithm) unless told otherwise; with
+# it, its peers measure 20 instances/s instead of 40-60
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
 def dcmtk(name: str) -> str:
-    """dcmtk's binary (pynetdicom installs Python apps with the same names earlier on PATH)."""
+    """dcmtk's binary (pynetdicom installs Python apps with the same names earlier on PATH); run it with
+    ``env=DCMTK_ENV``."""
     path = Path("/usr/bin") / name
     if not path.exists():
-        pytest.fail(f"dcmtk's {name} is not installed; tests/run_all.sh installs it")
+        raise RuntimeError(f"dcmtk's {name} is not installed; tests/run_all.sh installs it")
     return str(path)
 
 
@@ -58,8 +63,8 @@ class Destination:
     def start(self) -> "Destination":
         self.process = subprocess.Popen([dcmtk("storescp"), "-aet", self.ae_title, "-od", str(self.folder),
                                          "--fork", str(self.port)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        wait_for(lambda: _listening(self.port), 10, "storescp to listen")
+                                        stderr=subprocess.DEVNULL, env=DCMTK_ENV)
+        wait_for(lambda: listening(self.port), 10, "storescp to listen")
         return self
 
     def stop(self) -> None:
@@ -74,7 +79,7 @@ class Destination:
         return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.received()]
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
@@ -162,7 +167,7 @@ class Node:
 def send(port: int, *paths: Path, calling_ae: str = "PACS", called_ae: str = "CONTOURQA") -> subprocess.CompletedProcess:
     """dcmtk storescu proposing only what the files need (-R), so SEG storage is offered."""
     return subprocess.run([dcmtk("storescu"), "-R", "+sd", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1",
-                           str(port), *map(str, paths)], capture_output=True, text=True, timeout=300)
+                           str(port), *map(str, paths)], capture_output=True, text=True, timeout=300, env=DCMTK_ENV)
 
 
 def clone_study(case_dir: Path, out: Path, structure: str = "candidates/auto01.dcm") -> Path:
