@@ -11,6 +11,7 @@ import yaml
 
 from contourqa.daemon.embedded_redis import EmbeddedRedis
 from node_harness import wait_for
+from postgres import PostgresServer
 
 STARTS = 10
 
@@ -81,3 +82,24 @@ def test_a_partial_file_of_a_transfer_cut_off_before_a_restart_is_removed_at_sta
         scp.send_signal(signal.SIGTERM)
         output = scp.communicate(timeout=60)[0]
     assert "removed 1 partial file(s) of interrupted transfers" in output
+
+
+OPEN_DATABASE = "from contourqa.daemon.db import open_database; open_database({url!r})"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_ten_processes_creating_the_schema_at_once_all_succeed(kind, tmp_path, postgres):
+    for attempt in range(3):
+        url = (f"sqlite:///{tmp_path / f'fresh{attempt}' / 'contourqa.sqlite'}" if kind == "sqlite"
+               else postgres.create_database(f"fresh{attempt}"))
+        processes = [subprocess.Popen([sys.executable, "-c", OPEN_DATABASE.format(url=url)], stderr=subprocess.PIPE,
+                                      text=True) for _ in range(10)]
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+        assert [p.returncode for p in processes] == [0] * 10, [e for e in errors if e][:1]
