@@ -15,13 +15,13 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.atomic import atomic_path, fsync_dir
 from contourqa.qa_models.errors import ContourQAError
 
-from .db import Instance, utcnow
+from .db import Instance
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,11 @@ class Store:
         if expected_uid is not None and uid != expected_uid:
             raise StoreError("SOPInstanceUID differs from the C-STORE request's", DATASET_MISMATCH)
         digest = sha256_of(source)
-        # Core statements, not ORM objects: on the SCP's path per instance the ORM's bookkeeping cost more
-        # than the fsyncs that make the instance durable
         with self._lock, self.sessions() as session:
-            versions = session.execute(select(Instance.id, Instance.version, Instance.sha256)
-                                       .where(Instance.sop_instance_uid == uid)).all()
-            for existing_id, _, existing_digest in versions:
-                if existing_digest == digest:
-                    return Stored(session.get(Instance, existing_id), duplicate=True), header
+            versions = session.scalars(select(Instance).where(Instance.sop_instance_uid == uid)).all()
+            for existing in versions:
+                if existing.sha256 == digest:
+                    return Stored(existing, duplicate=True), header
             version = 1 + max((v.version for v in versions), default=0)
             if versions:
                 log.warning("instance %s received again with different content; kept as version %d", uid, version)
@@ -143,18 +140,18 @@ class Store:
                 place_atomically(source, path, move)
             except OSError as error:
                 raise StoreError(f"cannot write the instance ({error.strerror or error})", OUT_OF_RESOURCES) from None
-            values = dict(
+            row = Instance(
                 sop_instance_uid=uid, version=version, sop_class_uid=str(header.SOPClassUID),
                 study_uid=str(header.StudyInstanceUID), series_uid=str(header.SeriesInstanceUID),
                 modality=str(header.get("Modality", "") or ""), path=str(path), sha256=digest,
-                size=path.stat().st_size, calling_ae=calling_ae, received_at=utcnow())
+                size=path.stat().st_size, calling_ae=calling_ae)
+            session.add(row)
             try:
-                row_id = session.execute(insert(Instance).values(**values)).inserted_primary_key[0]
                 session.commit()
             except Exception:
                 path.unlink(missing_ok=True)  # no file without its index row
                 raise
-            return Stored(Instance(id=row_id, **values), duplicate=False), header
+            return Stored(row, duplicate=False), header
 
 
 def current_versions(sessions: sessionmaker, series_uid: str) -> list[Instance]:
