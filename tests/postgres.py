@@ -22,7 +22,9 @@ class PostgresServer:
         if not found:
             raise RuntimeError("PostgreSQL is not installed; tests/run_all.sh installs it")
         self.bin = found[-1].parent
-        self.folder = Path(tempfile.mkdtemp(prefix="contourqa-pg-"))  # under /tmp: the server user can reach it
+        # under /tmp itself (not tempfile.tempdir, which the in-process SCP points at its incoming folder):
+        # the server user must reach it
+        self.folder = Path(tempfile.mkdtemp(prefix="contourqa-pg-", dir="/tmp"))
         self.port = free_port()
 
     def start(self) -> "PostgresServer":
