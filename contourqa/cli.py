@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from contourqa import __version__
 from contourqa.daemon.cli_node import add_node_commands
@@ -28,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_assess_commands(commands)
     add_training_commands(commands)
     add_node_commands(commands)
+    demo = commands.add_parser("demo", help="send a phantom study through a node over DICOM and print the SR's "
+                                            "verdicts (exit 0 only when a valid SR came back)")
+    demo.add_argument("--node", help="a running node, AET@HOST:PORT (default: start one on a temporary home)")
+    demo.add_argument("--listen", type=int, default=0,
+                      help="port the SR is received on (with --node: the port of the node's destination)")
+    demo.add_argument("--work", type=Path, help="keep the study, the node's home and the SR here")
+    demo.add_argument("--timeout", type=float, default=300, help="seconds to wait for the SR (default 300)")
+    demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from contourqa.demo import run_demo  # pynetdicom and highdicom only when the demo runs
+    return run_demo(args)
 
 
 def _configure_logging(verbose: bool) -> None:

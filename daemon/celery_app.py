@@ -15,10 +15,10 @@ from sqlalchemy.orm import sessionmaker
 from .config import Settings
 from . import ledger
 from .db import open_database
+from .queues import INFERENCE_QUEUE, IO_QUEUE
 
 log = logging.getLogger(__name__)
 
-INFERENCE_QUEUE, IO_QUEUE = "gpu", "io"
 ASSESS_TASK, EXPORT_TASK = "contourqa.assess_case", "contourqa.export_sr"
 ROUTES = {ASSESS_TASK: {"queue": INFERENCE_QUEUE}, EXPORT_TASK: {"queue": IO_QUEUE}}
 

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from .config import Settings
 
 
+EXIT_BROKER_UNREACHABLE = 1
+
+
 def add_node_commands(commands: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML configuration file")
@@ -104,13 +107,14 @@ def _run_scheduler(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    """Exit 0 when the broker answered, 1 when it did not (the node is down or unreachable)."""
     from .db import open_database
     from .status import format_status, status_report
     settings = node_settings(args)
     broker = settings.broker_url or _embedded_broker(settings)
     report = status_report(open_database(settings.resolved_database_url(), create=False), broker)
     print(json.dumps(report, indent=2) if args.json else format_status(report))
-    return 0
+    return 0 if None not in report["queues"].values() else EXIT_BROKER_UNREACHABLE
 
 
 def _run_requeue(args: argparse.Namespace) -> int:

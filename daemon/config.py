@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contourqa.qa_models.assessment import AssessConfig
+from contourqa.qa_models.assess_config import AssessConfig
 from contourqa.qa_models.errors import InputError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, at most 16

@@ -21,6 +21,8 @@ from pydicom.uid import (
     JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
     JPEGLSNearLossless, RLELossless)
 
+from contourqa.qa_models.errors import InputError
+
 from .assembler import Assembler
 from .config import ScpSettings
 from .metrics import Metrics
@@ -116,13 +118,17 @@ def tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
     return context
 
 
-def start_scp(settings: ScpSettings, ingest: Ingest, incoming_dir: Path, block: bool = False):
-    """Listen on the configured port; returns the server (``block=False``) for a clean shutdown."""
+def start_scp(settings: ScpSettings, ingest: Ingest, incoming_dir: Path):
+    """Listen on the configured port in the background; returns the server for a clean shutdown."""
     incoming_dir.mkdir(parents=True, exist_ok=True)
     # pynetdicom writes each received dataset to a temporary file: keep it on the store's disk
     tempfile.tempdir = str(incoming_dir)
     ae, handlers = build_ae(settings, ingest)
-    log.info("SCP %s listening on %s:%d%s", settings.ae_title, settings.host, settings.port,
+    try:
+        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers,
+                                 ssl_context=tls_context(settings))
+    except OSError as error:
+        raise InputError(f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}") from None
+    log.info("SCP %s listening on %s:%d%s", settings.ae_title, settings.host, server.server_address[1],
              " (TLS)" if settings.tls else "")
-    return ae.start_server((settings.host, settings.port), block=block, evt_handlers=handlers,
-                           ssl_context=tls_context(settings))
+    return server

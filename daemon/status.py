@@ -10,7 +10,7 @@ import redis
 from sqlalchemy.orm import sessionmaker
 
 from . import ledger
-from .celery_app import INFERENCE_QUEUE, IO_QUEUE
+from .queues import INFERENCE_QUEUE, IO_QUEUE
 from .db import CaseState
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from .domain import DomainScore
 from .errors import InputError
 from .references import structure_references
 from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
-from .screens import ScreenConfig, ScreenResult, Severity, body_mask, run_screens
+from .assess_config import AssessConfig
+from .screens import ScreenResult, Severity, body_mask, run_screens
 from .seg import SEG_SOP_CLASS, decode_segments
 from .series import ImageSeries, load_series, read_dicom
 from .uncertainty import voxelwise_entropy_sum
@@ -35,16 +35,32 @@ class Verdict(str, Enum):
     REJECT = "reject"
 
 
-class AssessConfig(BaseModel):
-    """Everything that decides a verdict; read once at the edge and passed down."""
+@dataclass(frozen=True)
+class VerdictReason:
+    """Why a ROI did not get ``accept``: a failed screen (``rule`` is its name), the Dice rule
+    (``dice_reject``, ``dice_review``) or the domain guard (``outside_domain``)."""
 
-    screens: ScreenConfig = Field(default_factory=ScreenConfig)
-    reject_below: float = Field(0.75, ge=0, le=1, description="predicted Dice below this rejects")
-    review_below: float = Field(0.8, ge=0, le=1, description="predicted Dice below this needs review")
-    mc_samples: int = Field(10, ge=0, description="Monte Carlo dropout passes for the Dice interval")
-    # Stricter than half a spacing: a contour midway between two planes is reported, not assigned to either.
-    plane_tolerance: float = Field(0.25, gt=0, le=0.5,
-                                   description="largest contour distance from its image plane, in slice spacings")
+    rule: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"rule": self.rule, "detail": self.detail}
+
+
+def verdict_reasons(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
+                    domain: DomainScore | None = None) -> list[VerdictReason]:
+    """Every rule that pulled the verdict below accept, with the value and threshold behind it."""
+    reasons = [VerdictReason(s.name, s.detail) for s in screens if not s.passed]
+    if domain is not None and not domain.inside:
+        reasons.append(VerdictReason("outside_domain", f"image outside the model's training domain "
+                                                       f"(score {domain.score:.1f} > {domain.threshold:.1f})"))
+    if predicted_dice is not None and predicted_dice < config.reject_below:
+        reasons.append(VerdictReason("dice_reject",
+                                     f"predicted Dice {predicted_dice:.3f} < {config.reject_below:.2f}"))
+    elif predicted_dice is not None and predicted_dice < config.review_below:
+        reasons.append(VerdictReason("dice_review",
+                                     f"predicted Dice {predicted_dice:.3f} < {config.review_below:.2f}"))
+    return reasons
 
 
 @dataclass
@@ -62,6 +78,7 @@ class RoiAssessment:
     prediction: Prediction | None = None  # None also when the domain guard withheld it
     uncertainty_vs: float | None = None  # voxel-wise sum of entropy of a FRACTIONAL segment
     domain: DomainScore | None = None  # where the model has a domain guard
+    reasons: list[VerdictReason] = field(default_factory=list)
 
     @property
     def outside_domain(self) -> bool:
@@ -72,7 +89,7 @@ class RoiAssessment:
             "name": self.name, "number": self.number, "interpreted_type": self.interpreted_type,
             "volume_ml": round(self.volume_ml, 3), "voxels": self.voxels,
             "screens": [s.as_dict() for s in self.screens], "verdict": self.verdict.value,
-            "warnings": self.warnings,
+            "verdict_reasons": [r.as_dict() for r in self.reasons], "warnings": self.warnings,
         }
         if self.segment_number is not None:
             result["segment_number"] = self.segment_number
@@ -125,6 +142,9 @@ class Assessment:
 def load_structure(path: str | Path) -> Dataset:
     """Read an RTSTRUCT or SEG file, refusing every other SOP class."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a structure set file (the image folder comes first, "
+                         "then the RTSTRUCT or SEG file)")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     dataset = read_dicom(path)
@@ -200,14 +220,14 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             warnings.append(domain.warning())
             prediction = None  # never a confident number on an image the model does not know
         voxels = int(roi_mask.mask.sum())
+        dice = prediction.dice if prediction else None
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
             volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
-            verdict=combined_verdict(screens, prediction.dice if prediction else None, config,
-                                     outside_domain=domain is not None and not domain.inside),
+            verdict=combined_verdict(screens, dice, config, outside_domain=domain is not None and not domain.inside),
             warnings=warnings, segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
             uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
-            domain=domain,
+            domain=domain, reasons=verdict_reasons(screens, dice, config, domain),
         ))
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,8 @@ def _run_assess(args: argparse.Namespace) -> int:
 
     if args.mc_samples < 0:
         raise InputError("--mc-samples must be 0 or more")
+    if args.sr is not None:
+        _check_writable(args.sr)
     config = AssessConfig(mc_samples=args.mc_samples)
     assessment = assess_files(args.image_dir, args.structure_file, config, args.roi, _predictor(args),
                               strict_model=args.model is not None)
@@ -69,16 +72,26 @@ def _run_assess(args: argparse.Namespace) -> int:
 
 
 def _print_table(assessment: "Assessment") -> None:
+    """One row per ROI; each further reason for its verdict on a line of its own below it."""
     print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} reasons")
     for roi in assessment.rois:
-        reasons = [f"{s.name}: {s.detail}" for s in roi.screens if not s.passed]
-        if roi.outside_domain:
-            reasons.append(f"image outside the model's training domain (score {roi.domain.score:.1f} > "
-                           f"{roi.domain.threshold:.1f})")
-        failed = "; ".join(reasons) or "-"
         p = roi.prediction
         dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if roi.outside_domain else "-"
-        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {failed}")
+        reasons = [r.detail for r in roi.reasons] or ["-"]
+        print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {reasons[0]}")
+        for reason in reasons[1:]:
+            print(f"{'':<66} {reason}")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output that cannot be written before the work, not after it."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; --sr takes a file name")
+    if not folder.is_dir():
+        raise InputError(f"{path}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: not writable")
 
 
 def _safe_file_name(name: str) -> str:

@@ -234,6 +234,13 @@ class DicePredictor:
         """Feature vectors (inputs x features) the domain guard is fitted on and scores."""
         return self._encode(inputs, views=1)[1]
 
+    def _mc_draws(self, network: torch.nn.Module, features: torch.Tensor, mc_samples: int, seed: int) -> torch.Tensor:
+        """``mc_samples`` dropout passes of the head over one ROI's encoded views, from the ROI's own seed
+        (the global random state is left as it was)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return network.decode(features.repeat_interleave(mc_samples, dim=0)).reshape(-1, mc_samples)
+
     @torch.no_grad()
     def predict_batch(self, inputs: list[NetworkInput], mc_samples: int = 0,
                       roi_names: list[str | None] | None = None) -> list[Prediction]:
@@ -256,10 +263,11 @@ class DicePredictor:
         points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:
+            seeds = [content_seed(x) for x in inputs]
             for network, features in zip(self.networks, encoded):
                 _dropout_on(network, True)
-                repeated = features.repeat_interleave(mc_samples, dim=0)
-                draws = network.decode(repeated).reshape(views, batch, mc_samples)
+                draws = torch.stack([self._mc_draws(network, features[n::batch], mc_samples, seed)
+                                     for n, seed in enumerate(seeds)], dim=1)  # (views, batch, mc_samples)
                 samples.append(draws.permute(0, 2, 1).reshape(-1, batch))
                 _dropout_on(network, False)
         values = torch.cat(samples).float().cpu().numpy()
@@ -268,6 +276,11 @@ class DicePredictor:
             values, mean = self.card.calibration.apply(values), self.card.calibration.apply(mean)
         return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)),
                            scores[n]) for n in range(batch)]
+
+
+def content_seed(x: NetworkInput) -> int:
+    """A seed from an input's own content: the same image and mask always draw the same dropout masks."""
+    return int.from_bytes(hashlib.sha256(x[0].detach().cpu().numpy().tobytes()).digest()[:8], "little") >> 1
 
 
 def _dropout_on(network: torch.nn.Module, active: bool) -> None:

@@ -1,7 +1,8 @@
 """The ROI-name vocabulary: how a structure's free-text name maps to an organ, in one place.
 
 The volume screen takes its plausible range from here and the SR its coded finding site, so a name
-the screens recognise is also one the SR codes, and a new organ is added once.
+the screens recognise is also one the SR codes, and a new organ is added once. (Codes are named by
+their keyword: the node's configuration reads this module without importing pydicom.)
 """
 
 from __future__ import annotations
@@ -9,23 +10,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 
 
 @dataclass(frozen=True)
 class Organ:
     pattern: str      # regular expression searched in the normalised name
-    site: Code        # SNOMED CT code of the finding site
+    site: str         # keyword of the finding site's SNOMED CT code in pydicom's `codes.SCT`
     min_ml: float     # plausible volume range of an adult's organ
     max_ml: float
 
 
 ORGANS = (
-    Organ(r"prostate", codes.SCT.Prostate, 8, 200),
-    Organ(r"bladder", codes.SCT.Bladder, 20, 1200),
-    Organ(r"rectum", codes.SCT.Rectum, 5, 300),
-    Organ(r"femo|femur", codes.SCT.FemoralHead, 10, 600),
+    Organ(r"prostate", "Prostate", 8, 200),
+    Organ(r"bladder", "Bladder", 20, 1200),
+    Organ(r"rectum", "Rectum", 5, 300),
+    Organ(r"femo|femur", "FemoralHead", 10, 600),
 )
 
 _LEFT, _RIGHT = re.compile(r"(^|_)(l|left|lt)($|_)"), re.compile(r"(^|_)(r|right|rt)($|_)")
@@ -42,7 +41,7 @@ def organ_of(roi_name: str) -> Organ | None:
     return next((organ for organ in ORGANS if re.search(organ.pattern, name)), None)
 
 
-def laterality_of(roi_name: str) -> Code | None:
-    """SNOMED CT Left or Right when the name says so ('_l', 'left', 'rt' ...), else None."""
+def laterality_of(roi_name: str) -> str | None:
+    """"Left" or "Right" when the name says so ('_l', 'left', 'rt' ...), else None."""
     name = normalised_name(roi_name)
-    return codes.SCT.Left if _LEFT.search(name) else codes.SCT.Right if _RIGHT.search(name) else None
+    return "Left" if _LEFT.search(name) else "Right" if _RIGHT.search(name) else None

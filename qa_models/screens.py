@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 import numpy as np
-from pydantic import BaseModel, Field
 from scipy import ndimage
 
 from .geometry import Grid
-from .roi_names import ORGANS, normalised_name
+from .assess_config import ScreenConfig
+from .roi_names import normalised_name
 
 
 class Severity(str, Enum):
@@ -39,32 +39,6 @@ class ScreenResult:
         result = asdict(self)
         result["severity"] = self.severity.value
         return result
-
-
-class VolumeRange(BaseModel):
-    """Plausible volume of a ROI in ml; ``pattern`` is a regular expression matched against the normalised name."""
-
-    pattern: str
-    min_ml: float = Field(ge=0)
-    max_ml: float = Field(gt=0)
-
-
-DEFAULT_VOLUME_RANGES = [VolumeRange(pattern=o.pattern, min_ml=o.min_ml, max_ml=o.max_ml) for o in ORGANS]
-
-
-class ScreenConfig(BaseModel):
-    """Thresholds of the screens; every default is documented in the README."""
-
-    max_fov_fraction: float = Field(0.3, gt=0, le=1, description="largest share of the field of view a ROI may fill")
-    max_outside_body_fraction: float = Field(0.1, ge=0, le=1, description="largest share of a ROI outside the body")
-    max_components: int = Field(2, ge=1, description="most connected components (26-connected) before review")
-    noise_surface_fraction: float = Field(0.6, gt=0, le=1,
-                                          description="share of surface voxels above which a mask is noise")
-    noise_min_voxels: int = Field(100, ge=1, description="smallest mask the noise rule judges")
-    max_slice_gaps: int = Field(0, ge=0, description="empty slices allowed between contoured ones")
-    volume_ranges: list[VolumeRange] = Field(default_factory=lambda: list(DEFAULT_VOLUME_RANGES))
-    large_roi_types: list[str] = Field(default_factory=lambda: ["EXTERNAL", "BODY"],
-                                       description="RTROIInterpretedType values exempt from the size screens")
 
 
 def screen_empty(mask: np.ndarray) -> ScreenResult:
@@ -101,8 +75,10 @@ def screen_fragmentation(mask: np.ndarray, config: ScreenConfig) -> ScreenResult
     surface = int((mask & ~ndimage.binary_erosion(mask, in_plane)).sum())
     surface_fraction = surface / voxels
     values = {"components": int(components), "largest_fraction": largest / voxels, "surface_fraction": surface_fraction}
-    detail = (f"{components} component(s), largest {largest / voxels:.1%} of the volume, "
-              f"{surface_fraction:.0%} surface voxels")
+    # small pieces beside a whole organ round the largest share to 100 %: name them in voxels instead
+    others = f", {components - 1} more with {voxels - largest} voxels" if components > 1 else ""
+    detail = (f"{components} component{'s' if components != 1 else ''} (largest {largest} of {voxels} voxels"
+              f"{others}), {surface_fraction:.0%} surface voxels")
     if surface_fraction > config.noise_surface_fraction and voxels >= config.noise_min_voxels:
         return ScreenResult("fragmentation", False, "noise-like mask: " + detail, Severity.REJECT, values)
     return ScreenResult("fragmentation", components <= config.max_components, detail, Severity.REVIEW, values)

@@ -97,8 +97,11 @@ def read_dicom(path: Path, stop_before_pixels: bool = False) -> Dataset:
 def load_series(folder: str | Path, referenced_frames: set[tuple[str, int]] | None = None) -> ImageSeries:
     """Load every image instance under ``folder`` (recursively) as one volume."""
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"{folder}: a file, not the folder of an image series (the image folder comes first, "
+                         "then the RTSTRUCT or SEG file)")
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
+        raise InputError(f"{folder}: no such folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     return load_series_files(files, str(folder), referenced_frames)
 

@@ -46,6 +46,19 @@ SCREEN_CONCEPTS = {
     "slice_gaps": hd.sr.CodedConcept("S-GAPS", PRIVATE_SCHEME, "Slice gap screen passed"),
     "fov_edge": hd.sr.CodedConcept("S-FOVEDGE", PRIVATE_SCHEME, "Field of view edge screen passed"),
 }
+VERDICT_REASON = hd.sr.CodedConcept("VERDICT-WHY", PRIVATE_SCHEME, "Reason for the contour quality verdict")
+REASON_VALUES = {rule: hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning) for rule, code, meaning in (
+    ("empty", "R-EMPTY", "Mask is empty"),
+    ("fov_fraction", "R-FOVFRAC", "Mask fills too much of the field of view"),
+    ("outside_body", "R-OUTBODY", "Mask lies outside the body"),
+    ("fragmentation", "R-FRAG", "Mask is fragmented"),
+    ("volume_range", "R-VOLUME", "Volume outside the plausible range"),
+    ("slice_gaps", "R-GAPS", "Gaps between contoured slices"),
+    ("fov_edge", "R-FOVEDGE", "Mask cut off by the field of view"),
+    ("dice_reject", "R-DICEREJ", "Predicted Dice below the reject threshold"),
+    ("dice_review", "R-DICEREV", "Predicted Dice below the review threshold"),
+    ("outside_domain", "R-DOMAIN", "Image outside the model's training domain"),
+)}
 PREDICTED_WITHOUT_REFERENCE = hd.sr.CodedConcept("PRED-NOREF", PRIVATE_SCHEME,
                                                   "Predicted without reference segmentation")
 DICE_LOW = hd.sr.CodedConcept("DICE-P05", PRIVATE_SCHEME, "Predicted Dice 5th percentile")
@@ -79,7 +92,9 @@ def finding_site(roi_name: str) -> hd.sr.FindingSite | None:
     organ = organ_of(roi_name)
     if organ is None:
         return None
-    return hd.sr.FindingSite(anatomic_location=organ.site, laterality=laterality_of(roi_name))
+    side = laterality_of(roi_name)
+    return hd.sr.FindingSite(anatomic_location=getattr(codes.SCT, organ.site),
+                             laterality=getattr(codes.SCT, side) if side else None)
 
 
 def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | None) -> list[hd.sr.Measurement]:
@@ -114,6 +129,7 @@ def _measurement_group(roi: RoiAssessment, assessment: Assessment, identity: SrI
             # outside the domain this stands where the predicted Dice would: the number was withheld
             *([hd.sr.QualitativeEvaluation(INSIDE_DOMAIN, YES if roi.domain.inside else NO)] if roi.domain else []),
             hd.sr.QualitativeEvaluation(VERDICT, VERDICT_VALUES[roi.verdict.value]),
+            *(hd.sr.QualitativeEvaluation(VERDICT_REASON, REASON_VALUES[r.rule]) for r in roi.reasons),
         ],
     )
     structure = assessment.structure

@@ -24,4 +24,5 @@ def histogram(errors: np.ndarray, bins: int = 20) -> dict:
     bars = [{"x": PAD + n * width, "width": width - 1, "height": c / tallest * span, "y": SIZE - PAD - c / tallest * span,
              "title": f"{edges[n]:+.2f} to {edges[n + 1]:+.2f}: {c}"} for n, c in enumerate(counts)]
     ticks = [{"value": f"{v:+.1f}", "at": PAD + (v + 0.5) * span} for v in np.linspace(-0.5, 0.5, 5)]
-    return {"size": SIZE, "pad": PAD, "bars": bars, "ticks": ticks, "tallest": tallest}
+    y_ticks = [{"value": str(v), "at": SIZE - PAD - v / tallest * span} for v in sorted({0, tallest // 2, tallest})]
+    return {"size": SIZE, "pad": PAD, "bars": bars, "ticks": ticks, "y_ticks": y_ticks, "tallest": tallest}

@@ -112,14 +112,24 @@ def test_roi_name_not_found(phantom):
     assert_one_line_error(result, "ROI 'Liver' not found; the structure set has: Prostate, Bladder")
 
 
-def test_unwritable_sr_path(phantom, tmp_path):
-    result = run_cli("assess", phantom / "case001" / "image", phantom / "case001" / "reference.dcm",
-                     "--sr", tmp_path / "missing" / "sr.dcm")
-    assert_one_line_error(result, "cannot write the SR")
+def test_unwritable_sr_path_is_refused_before_the_work(phantom, tmp_path):
+    target = tmp_path / "missing" / "sr.dcm"
+    result = run_cli("assess", phantom / "case001" / "image", phantom / "case001" / "reference.dcm", "--sr", target)
+    assert_one_line_error(result, f"{target}: its folder {target.parent} does not exist")
+    # checked before loading anything: a bad structure file is not even read
+    result = run_cli("assess", phantom / "case001" / "image", tmp_path / "nothing.dcm", "--sr", target)
+    assert_one_line_error(result, "does not exist")
 
 
 def test_missing_image_folder(phantom, tmp_path):
-    assert_one_line_error(run_cli("assess", tmp_path / "nowhere", phantom / "case001" / "reference.dcm"), "not a folder")
+    assert_one_line_error(run_cli("assess", tmp_path / "nowhere", phantom / "case001" / "reference.dcm"),
+                          "no such folder")
+
+
+def test_swapped_arguments_say_which_is_which(phantom):
+    study = phantom / "case001"
+    result = run_cli("assess", study / "reference.dcm", study / "image")
+    assert_one_line_error(result, f"{study / 'image'}: a folder, not a structure set file (the image folder comes first")
 
 
 def test_phantom_objects_validate_with_dciodvfy(phantom):
@@ -153,3 +163,37 @@ def test_phantom_manifest_and_reproducibility(tmp_path):
 
 def test_phantom_refuses_zero_cases(tmp_path):
     assert_one_line_error(run_cli("phantom", tmp_path, "--cases", "0"), "--cases must be at least 1")
+
+
+def _reason_codes_in_sr(path) -> list[str]:
+    def items(dataset):
+        for item in dataset.get("ContentSequence", []):
+            yield item
+            yield from items(item)
+    return [item.ConceptCodeSequence[0].CodeValue for item in items(pydicom.dcmread(path))
+            if item.ConceptNameCodeSequence[0].CodeValue == "VERDICT-WHY"]
+
+
+def test_every_verdict_below_accept_names_its_reasons_in_json_table_and_sr(phantom, tmp_path):
+    study = phantom / "case001"
+    arguments = (study / "image", study / "candidates" / "failure_shifted.dcm")
+    result = run_cli("assess", *arguments, "--json", "--sr", tmp_path / "sr.dcm")
+    rois = json.loads(result.stdout)["rois"]
+    table = run_cli("assess", *arguments).stdout
+    for roi in rois:
+        rules = [r["rule"] for r in roi["verdict_reasons"]]
+        assert (roi["verdict"] == "accept") == (rules == [])
+        assert {s["name"] for s in roi["screens"] if not s["passed"]} <= set(rules)
+        dice = roi["predicted_dice"]
+        if dice is not None and dice < 0.75:
+            assert {"rule": "dice_reject", "detail": f"predicted Dice {dice:.3f} < 0.75"} in roi["verdict_reasons"]
+        for reason in roi["verdict_reasons"]:
+            assert reason["detail"] in table
+    assert any(r["verdict_reasons"] for r in rois)
+    assert len(_reason_codes_in_sr(tmp_path / "sr.dcm")) == sum(len(r["verdict_reasons"]) for r in rois)
+
+
+def test_long_commands_report_progress_on_stderr_without_a_terminal(tmp_path):
+    result = run_cli("phantom", tmp_path / "p", "--cases", "2", "--size", "64", "64", "8")
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == ["phantom studies (classic): 1/2", "phantom studies (classic): 2/2"]

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
+from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card
 
 
@@ -50,3 +53,21 @@ def test_no_model_gives_screens_only(phantom):
     result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--no-model")
     report = json.loads(result.stdout)
     assert report["model"] is None and all(roi["predicted_dice"] is None for roi in report["rois"])
+
+
+def test_the_interval_depends_on_the_input_only(phantom):
+    # MC dropout is seeded from each ROI's own input: the same ROI gets the same interval in another run
+    # and whether or not the other ROIs are assessed with it
+    study = phantom / "case001"
+    predictor = DicePredictor.from_model_folder(default_model_dir())
+    config = AssessConfig(mc_samples=10)
+    first = assess_files(study / "image", study / "candidates" / "auto02.dcm", config, predictor=predictor)
+    again = assess_files(study / "image", study / "candidates" / "auto02.dcm", config, predictor=predictor)
+    alone = assess_files(study / "image", study / "candidates" / "auto02.dcm", config, ["Rectum"], predictor)
+    intervals = [(r.prediction.low, r.prediction.high) for r in first.rois]
+    assert intervals == [(r.prediction.low, r.prediction.high) for r in again.rois]
+    rectum = next(r for r in first.rois if r.name == "Rectum")
+    # (approximately: a batch of one may take other floating-point paths through the encoder)
+    assert (alone.rois[0].prediction.low, alone.rois[0].prediction.high) == pytest.approx(
+        (rectum.prediction.low, rectum.prediction.high), abs=1e-5)
+    assert any(low < high for low, high in intervals)  # the passes did draw different dropout masks

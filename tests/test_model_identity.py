@@ -6,7 +6,6 @@ import logging
 import shutil
 
 import pydicom
-import pytest
 import torch
 
 from conftest import run_cli

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
+from contourqa.cli import build_parser
 from contourqa.daemon.config import Destination, ExportSettings, load_settings
+from contourqa.daemon.db import open_database
 from contourqa.qa_models.errors import InputError
 from conftest import run_cli
 
@@ -66,3 +70,36 @@ def test_status_of_a_home_without_a_database_is_one_line(tmp_path):
 def test_backoff_doubles_up_to_the_cap():
     export = ExportSettings(initial_delay_s=5, max_delay_s=60)
     assert [export.delay_after(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_a_port_already_in_use_is_named_in_one_line(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = run_cli("scp", "--home", tmp_path / "home", "--port", str(port), "--broker", "redis://127.0.0.1:9/0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"contourqa: error: cannot listen on 0.0.0.0:{port}: Address already in use"
+    assert "listening" not in result.stderr
+
+
+def test_status_of_a_node_that_is_not_running_exits_1(tmp_path):
+    open_database(f"sqlite:///{tmp_path / 'home' / 'contourqa.sqlite'}")
+    result = run_cli("status", "--home", tmp_path / "home")
+    assert result.returncode == 1, result.stderr
+    assert "unreachable" in result.stdout
+
+
+def test_docker_compose_starts_on_a_valid_configuration_with_commands_that_parse():
+    deploy = EXAMPLE.parent
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    mount = next(v for v in compose["x-node"]["volumes"] if ":/etc/contourqa/contourqa.yaml" in v)
+    settings = load_settings(deploy / mount.split(":")[0])
+    assert settings.scp.port == 11112 and settings.export.default_destination is None
+    assert "POSTGRES_PASSWORD=" in (deploy / ".env.example").read_text()
+    parser = build_parser()
+    for name in ("scp", "scheduler", "gpu-worker", "io-worker"):
+        command = [part.replace("${POSTGRES_PASSWORD}", "secret") for part in compose["services"][name]["command"]]
+        args = parser.parse_args(command)
+        assert args.config == Path("/etc/contourqa/contourqa.yaml") and args.database.startswith("postgresql+psycopg://")

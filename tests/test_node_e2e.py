@@ -101,13 +101,19 @@ def test_an_image_outside_the_models_domain_is_answered_without_a_number(thigh_n
     assert "contourqa_rois_outside_domain_total 1.0" in scraped
 
 
-def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destination, node_factory):
-    # many MC dropout passes make the case last a few seconds (200 with the v14 model: about 5 s on 2 idle
-    # cores; at 2000 the re-run after the kill outlasted the wait); the database is polled every 20 ms
+def node_running_a_case(phantom, destination, node_factory) -> Node:
+    """A node in the middle of assessing a case. Many MC dropout passes make the case last a few seconds
+    (200 with the v14 model: about 5 s on 2 idle cores; at 2000 the re-run after a kill outlasted the
+    wait); the database is polled every 20 ms."""
     node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 200}).start()
     case = phantom / "case001"
     assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
     wait_for(lambda: node.running_cases() == 1, 60, "the case to run", interval=0.02)
+    return node
+
+
+def test_a_worker_killed_mid_case_still_yields_exactly_one_sr(phantom, destination, node_factory):
+    node = node_running_a_case(phantom, destination, node_factory)
     children = node.worker_children()
     assert children
     for pid in children:
@@ -175,10 +181,7 @@ def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, t
 def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(phantom, destination, node_factory):
     # its pool process dies with it; the default heartbeat (5 s, released after three missed beats) decides
     # how soon another worker takes the case, not the broker's visibility timeout (2 x time_limit_s + 60 s)
-    node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 200}).start()
-    case = phantom / "case001"
-    assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
-    wait_for(lambda: node.running_cases() == 1, 60, "the case to run", interval=0.02)
+    node = node_running_a_case(phantom, destination, node_factory)
     mains = node.worker_mains()
     assert mains
     for pid in mains:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -62,6 +63,7 @@ def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path)
                      "--epochs", "2", "--steps-per-epoch", "1", "--learning-rate", "1e-12", "--lr-drop-epochs", "1",
                      "--input-shape", "16", "40", "40")
     assert result.returncode == 0, result.stderr
+    assert "fold 0 epoch 2/2: train loss" in result.stderr  # progress without a terminal
     source = DicePredictor.from_model_folder(quick_model, "cpu").networks[0]
     tuned = DicePredictor.from_model_folder(out, "cpu")
     assert tuned.card.input.shape == (16, 40, 40)
@@ -116,18 +118,21 @@ def test_weights_that_are_not_plain_tensors_are_refused(quick_model, phantom, tm
     assert "this would run on load" not in result.stdout
 
 
-def test_model_refuses_a_roi_it_was_not_trained_for(quick_model, realdata):
-    case = realdata / "ibsi_sts_008" / "MR_T1"
-    result = run_cli("assess", case / "image", case / "mask" / "RS.dcm", "--model", quick_model)
+def test_model_refuses_a_roi_it_was_not_trained_for(quick_model, case_copy):
+    structure = pydicom.dcmread(case_copy / "reference.dcm")
+    structure.StructureSetROISequence[0].ROIName = "Liver"
+    structure.save_as(case_copy / "reference.dcm")
+    result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--model", quick_model)
     assert result.returncode == 2
-    assert "is not valid for ROI 'GTV_Mass_MR_T1'" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "is not valid for ROI 'Liver'" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-def test_model_refuses_another_modality(quick_model, realdata, tmp_path):
-    source = realdata / "Dicom_RT_and_Images_to_Mask" / "AnonDICOM"
-    for path in source.glob("CT_*.dcm"):
-        shutil.copy(path, tmp_path / path.name)
-    result = run_cli("assess", tmp_path, source / "RS_Body_SpinalCord.dcm", "--model", quick_model)
+def test_model_refuses_another_modality(quick_model, case_copy):
+    for path in (case_copy / "image").iterdir():
+        image = pydicom.dcmread(path)
+        image.Modality = "CT"
+        image.save_as(path)
+    result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--model", quick_model)
     assert result.returncode == 2 and "valid for MR images, not CT" in result.stderr
 
 

@@ -22,6 +22,7 @@ from contourqa.qa_models.series import load_series
 from contourqa.reporting.overlap import dice
 
 from .manifest import ManifestRow
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,6 @@ def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None) -> list[C
     for row in rows:
         by_case.setdefault(row.case_id, []).append(row)
     cases = []
-    for number, (case_id, case_rows) in enumerate(by_case.items(), start=1):
-        log.info("case %s (%d/%d)", case_id, number, len(by_case))
+    for case_rows in progress(by_case.values(), "cases rasterised or read from the cache"):
         cases.append(load_case(case_rows, cache_dir))
     return cases

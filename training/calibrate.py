@@ -44,11 +44,12 @@ def calibrate(manifest: str | Path, model_dir: str | Path, cache_dir: Path | Non
     model_dir = Path(model_dir)
     predictor = DicePredictor.from_model_folder(model_dir)
     predictor.card.calibration = None  # fit on the network's raw output
-    cases = load_cases(read_manifest(manifest), cache_dir)
+    rows = read_manifest(manifest)  # one candidate per row: refuse too few before rasterising anything
+    if len(rows) < MIN_CANDIDATES:
+        raise InputError(f"calibration needs at least {MIN_CANDIDATES} candidates; {manifest} has {len(rows)}")
+    cases = load_cases(rows, cache_dir)
     pairs = np.array([(prediction.dice, candidate.dice)
                       for case in cases for candidate, prediction in candidate_predictions(predictor, case)]).reshape(-1, 2)
-    if len(pairs) < MIN_CANDIDATES:
-        raise InputError(f"calibration needs at least {MIN_CANDIDATES} candidates; {manifest} has {len(pairs)}")
     raw_values, true_values = pairs[:, 0], pairs[:, 1]
     knots_x, knots_y = fit_calibration(raw_values, true_values)
     calibration = Calibration(raw=knots_x, calibrated=knots_y, candidates=len(pairs), manifest=Path(manifest).name,

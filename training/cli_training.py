@@ -178,9 +178,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     else:
         m = report["realistic"]
         print(f"realistic candidates: n={m['n']} MAE={m['mae']:.4f} max={m['max_error']:.3f} "
-              f"Spearman={m['spearman']} global accuracy={m['global_accuracy']:.3%}")
+              f"Spearman={_rounded(m['spearman'])} global accuracy={m['global_accuracy']:.1%}")
         for name, (low, high) in report["realistic_interval_95"].items():
-            print(f"  95% interval by case bootstrap: {name} {low:.4f}-{high:.4f}")
+            interval = f"{low:.1%}-{high:.1%}" if name == "global_accuracy" else f"{low:.4f}-{high:.4f}"
+            print(f"  95% interval by case bootstrap: {name} {interval}")
         for roi, r in report["realistic_by_roi"].items():
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f}")
         if report["domain"]["guard"]:
@@ -189,8 +190,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():
-            print(f"baseline {name}: MAE={b['mae']:.4f} Spearman={b['spearman']}")
+            print(f"baseline {name}: MAE={b['mae']:.4f} Spearman={_rounded(b['spearman'])}")
     return EXIT_OK
+
+
+def _rounded(value: float | None) -> str:
+    """Three decimals; "n/a" where the figure is undefined (a constant prediction has no rank correlation)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _first_validation_message(error: "ValidationError") -> str:

@@ -23,6 +23,7 @@ from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
 from .manifest import ManifestRow, read_manifest
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     predictor = DicePredictor.from_model_folder(model_dir)
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside = [], [], [], [], []
-    for case in cases:
+    for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)

@@ -18,6 +18,7 @@ from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.geometry import Grid
 from contourqa.qa_models.polygon_fill import fill_polygons
 
+from .progress import progress
 from .phantom_anatomy import INTENSITY, ROI_NAMES, Body, Organ, pelvis
 from .phantom_dicom import StudyIdentity, mr_series_datasets, rtstruct_dataset, save, seg_dataset
 
@@ -50,7 +51,7 @@ def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in range(cases):
+    for case in progress(range(cases), f"phantom studies ({style})"):
         rng = np.random.default_rng([seed, case])
         case_id = f"case{case:03d}"
         if style == "synth":

@@ -147,7 +147,7 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         network.train()
         losses = []
         steps = tqdm(range(config.steps_per_epoch), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
-                     file=sys.stderr, disable=None, leave=False)
+                     file=sys.stderr, disable=None, leave=False)  # a bar on a terminal; else the epoch line below
         for _ in steps:
             inputs, targets = generator.batch(config.batch_size)
             inputs = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
@@ -159,7 +159,9 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
             steps.set_postfix(loss=f"{np.mean(losses):.4f}")
         history.append({"fold": fold, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                         "learning_rate": config.learning_rate_at(epoch)})
-        log.info("fold %d epoch %d: train loss %.5f", fold, epoch + 1, history[-1]["train_loss"])
+        if not sys.stderr.isatty():
+            print(f"fold {fold} epoch {epoch + 1}/{config.epochs}: train loss {history[-1]['train_loss']:.5f}",
+                  file=sys.stderr, flush=True)
         # atomic: --resume after a kill mid-save must find the previous epoch's whole checkpoint
         with atomic_path(checkpoint_dir / f"fold{fold}-epoch{epoch + 1:04d}.pt") as checkpoint:
             torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
