@@ -232,6 +232,9 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html
+    assert "predicted − true Dice" in html and "candidates</text>" in html  # the histogram's axes are named
+    # without a terminal every stage says how far it is
+    assert {"cases evaluated: 2/2", "CatBoost baseline folds (2 Optuna trials each): 2/2"} <= set(result.stderr.splitlines())
     assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False
     assert report["model"]["input_shapes"] == [[16, 32, 32]] and "input image+mask at 16x32x32)" in html
 

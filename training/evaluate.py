@@ -47,7 +47,7 @@ def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, s
     folds = np.array([fold_of[r.case_id] for r in rows])
     X = np.array(features, dtype=object)
     predicted = np.zeros(len(rows))
-    for fold in range(fold_count):
+    for fold in progress(range(fold_count), f"CatBoost baseline folds ({trials} Optuna trials each)"):
         train, test = folds != fold, folds == fold
 
         def regressor(params: dict) -> "CatBoostRegressor":
