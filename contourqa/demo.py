@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, MRImageStorage, RTStructureSetStorage
 
+from contourqa.daemon.config import Destination
 from contourqa.qa_models.errors import InputError
 
 EXIT_OK, EXIT_NO_REPORT = 0, 1  # 2: bad input or a node that cannot be reached (contourqa's InputError)
@@ -48,7 +49,11 @@ def run_demo(args: argparse.Namespace) -> int:
     node = None
     try:
         if args.node:
-            ae_title, host, node_port = _parse_address(args.node)
+            try:
+                node_address = Destination.parse(args.node)
+            except ValueError as error:  # pydantic's ValidationError is one too
+                raise InputError(f"--node: {str(error).splitlines()[0]}") from None
+            ae_title, host, node_port = node_address.ae_title, node_address.host, node_address.port
         else:
             node, node_port = _start_node(work / "node", port)
             ae_title, host = "CONTOURQA", "127.0.0.1"
@@ -66,24 +71,20 @@ def run_demo(args: argparse.Namespace) -> int:
             _stop_node(node)
     sr_path = work / "qa-report.dcm"
     sr.save_as(sr_path, enforce_file_format=True)
-    problem = _check_sr(sr_path, pydicom.dcmread(structure, stop_before_pixels=True))
+    try:
+        report = hd.sr.srread(sr_path)
+    except Exception as error:  # highdicom raises many types on a malformed report
+        print(f"demo: the SR is not valid: unreadable ({type(error).__name__}: {error})", file=sys.stderr)
+        return EXIT_NO_REPORT
+    problem = _check_sr(report, pydicom.dcmread(structure, stop_before_pixels=True))
     if problem:
         print(f"demo: the SR is not valid: {problem}", file=sys.stderr)
         return EXIT_NO_REPORT
-    _print_verdicts(sr_path)
+    _print_verdicts(report)
     print(f"\nSR: {sr_path}" + (f"\nnode home: {work / 'node'}" if node is not None else ""))
     if args.work is None and node is not None:
         shutil.rmtree(work / "node", ignore_errors=True)  # the SR and the study stay for the user to look at
     return EXIT_OK
-
-
-def _parse_address(text: str) -> tuple[str, str, int]:
-    try:
-        ae_title, rest = text.split("@", 1)
-        host, port = rest.rsplit(":", 1)
-        return ae_title, host, int(port)
-    except ValueError:
-        raise InputError(f"--node {text!r}: expected AET@HOST:PORT") from None
 
 
 def _start_receiver(port: int, received: queue.Queue):
@@ -146,13 +147,9 @@ def _send(host: str, port: int, ae_title: str, files: list[Path]) -> None:
         assoc.release()
 
 
-def _check_sr(path: Path, structure: pydicom.Dataset) -> str | None:
-    """What is wrong with the SR, or None: it must parse as a Comprehensive 3D SR (TID 1500) whose
-    evidence names the structure set that was sent."""
-    try:
-        sr = hd.sr.srread(path)
-    except Exception as error:  # highdicom raises many types on a malformed report
-        return f"unreadable ({type(error).__name__}: {error})"
+def _check_sr(sr: hd.sr.Comprehensive3DSR, structure: pydicom.Dataset) -> str | None:
+    """What is wrong with the SR, or None: a Comprehensive 3D SR (TID 1500) whose evidence names the
+    structure set that was sent, with measurement groups."""
     evidence = {item.ReferencedSOPInstanceUID for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
                 for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     if structure.SOPInstanceUID not in evidence:
@@ -167,8 +164,8 @@ def _groups(sr: hd.sr.Comprehensive3DSR) -> list:
     return sr.content.get_image_measurement_groups() + sr.content.get_volumetric_roi_measurement_groups()
 
 
-def _print_verdicts(path: Path) -> None:
-    groups = _groups(hd.sr.srread(path))
+def _print_verdicts(sr: hd.sr.Comprehensive3DSR) -> None:
+    groups = _groups(sr)
     print(f"{'ROI':<24} {'predicted Dice':>14}  {'verdict':<8} reasons")
     for group in groups:
         name = group.tracking_identifier.split(": ", 1)[-1]

@@ -58,14 +58,12 @@ def sr_identity(case_id: str) -> SrIdentity:
 
 def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOutcome:
     """Load, assess and report one case; record the result and queue the SR for export."""
-    state = ledger.case_state(sessions, case_id)
-    if state is None:
-        raise ContourQAError(f"case {case_id} is not in the database")
-    if state in (CaseState.DONE.value, CaseState.FAILED.value):
-        return CaseOutcome(case_id, state, skipped=True)
     case = ledger.start(sessions, case_id)
-    if case is None:  # finished by another attempt in the meantime
-        return CaseOutcome(case_id, ledger.case_state(sessions, case_id), skipped=True)
+    if case is None:  # done or failed already (a redelivered message), or unknown
+        state = ledger.case_state(sessions, case_id)
+        if state is None:
+            raise ContourQAError(f"case {case_id} is not in the database")
+        return CaseOutcome(case_id, state, skipped=True)
     if case.attempts > MAX_ATTEMPTS:  # its worker died or hit the hard time limit each time
         return fail_case(sessions, case_id, f"assessment did not finish in {MAX_ATTEMPTS} attempts")
     with sessions() as session:

@@ -8,7 +8,7 @@ it once, and a step repeated after a crash is a no-op that says so (False / None
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, func, select, update
@@ -19,6 +19,7 @@ from .db import Case, CaseReference, CaseState, Instance, OutboxItem, OutboxStat
 W, R, Q, RUN, D, F = (CaseState.WAITING, CaseState.READY, CaseState.QUEUED, CaseState.RUNNING, CaseState.DONE,
                       CaseState.FAILED)
 NEW = None  # a case not yet in the ledger
+UNFINISHED = (W, R, Q, RUN)  # the node still owes these cases an answer
 
 # target state: the states a case may reach it from
 TRANSITIONS: dict[CaseState, frozenset[CaseState | None]] = {
@@ -27,7 +28,7 @@ TRANSITIONS: dict[CaseState, frozenset[CaseState | None]] = {
     Q: frozenset({R}),                  # handed to the broker
     RUN: frozenset({R, Q, RUN}),        # a worker may start before the dispatcher marks it queued; a redelivery
     D: frozenset({RUN}),                # assessed, results and outbox row recorded
-    F: frozenset({NEW, W, R, Q, RUN}),  # cannot be assessed; not retried
+    F: frozenset({NEW, *UNFINISHED}),   # cannot be assessed; not retried
 }
 
 
@@ -158,9 +159,10 @@ def fail(sessions: sessionmaker, case_id: str, reason: str) -> bool:
 
 
 def release_lost(sessions: sessionmaker, ready_grace_s: float, queued_lease_s: float, heartbeat_lease_s: float,
-                 message_lost: Callable[[str], bool] = lambda case_id: False) -> list[str]:
+                 held: set[str] | None = None) -> list[str]:
     """Cases to hand to the broker again, back in ``ready``: ready ones nobody dispatched; queued ones whose
-    message is gone (``message_lost``) or older than the lease; running ones whose worker stopped beating."""
+    message the broker no longer holds (``held``: the case IDs it does; None: unknown) or older than the
+    lease; running ones whose worker stopped beating."""
     now = utcnow()
     with sessions() as session:
         candidates = session.execute(select(Case.case_id, Case.state, Case.ready_at, Case.dispatched_at,
@@ -173,7 +175,7 @@ def release_lost(sessions: sessionmaker, ready_grace_s: float, queued_lease_s: f
             elif state == Q.value:
                 age = now - (dispatched_at or now)
                 stale = age > timedelta(seconds=queued_lease_s) or (
-                    age > timedelta(seconds=ready_grace_s) and message_lost(case_id))
+                    age > timedelta(seconds=ready_grace_s) and held is not None and case_id not in held)
             else:
                 stale = (beat or started_at or now) < now - timedelta(seconds=heartbeat_lease_s)
             if stale and (state == R.value or _move(session, case_id, R, {CaseState(state)})):
@@ -189,7 +191,7 @@ def case_state(sessions: sessionmaker, case_id: str) -> str | None:
 
 def busy_studies(session: Session) -> set[str]:
     """Studies a case still needs (retention keeps them)."""
-    return set(session.scalars(select(Case.study_uid).where(Case.state.in_([W.value, R.value, Q.value, RUN.value]))))
+    return set(session.scalars(select(Case.study_uid).where(Case.state.in_([s.value for s in UNFINISHED]))))
 
 
 # ---- the outbox -----------------------------------------------------------------------------------------

@@ -46,11 +46,9 @@ def open_missed_cases(sessions: sessionmaker, assembler: Assembler) -> int:
 def redispatch_lost(settings: Settings, sessions: sessionmaker) -> list[str]:
     """Ready cases nobody handed over; queued ones whose message is gone; running ones whose worker stopped
     beating. The broker's own redelivery (after its visibility timeout) is the slow backstop."""
-    held = messages_held(settings.broker_url, INFERENCE_QUEUE)
     case_ids = ledger.release_lost(
         sessions, ready_grace_s=READY_GRACE_S, queued_lease_s=settings.worker.time_limit_s * 2 + 60,
-        heartbeat_lease_s=settings.worker.heartbeat_s * 3,
-        message_lost=(lambda case_id: case_id not in held) if held is not None else (lambda case_id: False))
+        heartbeat_lease_s=settings.worker.heartbeat_s * 3, held=messages_held(settings.broker_url, INFERENCE_QUEUE))
     for case_id in case_ids:
         log.warning("case %s: its message or worker was lost; dispatched again", case_id, extra={"case_id": case_id})
         dispatch_case(sessions, case_id)

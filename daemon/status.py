@@ -11,7 +11,6 @@ from sqlalchemy.orm import sessionmaker
 
 from . import ledger
 from .queues import INFERENCE_QUEUE, IO_QUEUE
-from .db import CaseState
 
 
 def redis_client(broker_url: str) -> redis.Redis:
@@ -66,7 +65,7 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
         outside = ledger.rois_outside_domain(session)
         dead = ledger.dead_letters(session)
         failed = ledger.recent_failures(session)
-    pending = sum(cases[s.value] for s in (CaseState.WAITING, CaseState.READY, CaseState.QUEUED, CaseState.RUNNING))
+    pending = sum(cases[s.value] for s in ledger.UNFINISHED)
     return {
         "queues": queue_depths(broker_url),
         "cases": cases,

@@ -35,32 +35,47 @@ class Verdict(str, Enum):
     REJECT = "reject"
 
 
+_ORDER = [Verdict.ACCEPT, Verdict.REVIEW, Verdict.REJECT]
+
+
 @dataclass(frozen=True)
 class VerdictReason:
     """Why a ROI did not get ``accept``: a failed screen (``rule`` is its name), the Dice rule
-    (``dice_reject``, ``dice_review``) or the domain guard (``outside_domain``)."""
+    (``dice_reject``, ``dice_review``) or the domain guard (``outside_domain``), and the verdict it implies."""
 
     rule: str
     detail: str
+    verdict: Verdict
 
     def as_dict(self) -> dict:
         return {"rule": self.rule, "detail": self.detail}
 
 
+def _screen_reason(screen: ScreenResult) -> VerdictReason:
+    verdict = Verdict.REJECT if screen.severity is Severity.REJECT else Verdict.REVIEW
+    return VerdictReason(screen.name, screen.detail, verdict)
+
+
 def verdict_reasons(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
                     domain: DomainScore | None = None) -> list[VerdictReason]:
-    """Every rule that pulled the verdict below accept, with the value and threshold behind it."""
-    reasons = [VerdictReason(s.name, s.detail) for s in screens if not s.passed]
+    """Every rule that pulls the verdict below accept, with the value and threshold behind it. Outside the
+    model's domain at least review, since nothing vouches for the contour."""
+    reasons = [_screen_reason(s) for s in screens if not s.passed]
     if domain is not None and not domain.inside:
         reasons.append(VerdictReason("outside_domain", f"image outside the model's training domain "
-                                                       f"(score {domain.score:.1f} > {domain.threshold:.1f})"))
+                                     f"(score {domain.score:.1f} > {domain.threshold:.1f})", Verdict.REVIEW))
     if predicted_dice is not None and predicted_dice < config.reject_below:
-        reasons.append(VerdictReason("dice_reject",
-                                     f"predicted Dice {predicted_dice:.3f} < {config.reject_below:.2f}"))
+        reasons.append(VerdictReason("dice_reject", f"predicted Dice {predicted_dice:.3f} < "
+                                     f"{config.reject_below:.2f}", Verdict.REJECT))
     elif predicted_dice is not None and predicted_dice < config.review_below:
-        reasons.append(VerdictReason("dice_review",
-                                     f"predicted Dice {predicted_dice:.3f} < {config.review_below:.2f}"))
+        reasons.append(VerdictReason("dice_review", f"predicted Dice {predicted_dice:.3f} < "
+                                     f"{config.review_below:.2f}", Verdict.REVIEW))
     return reasons
+
+
+def worst_verdict(reasons: list[VerdictReason]) -> Verdict:
+    """Accept without reasons, else the most severe one's verdict."""
+    return max((r.verdict for r in reasons), key=_ORDER.index, default=Verdict.ACCEPT)
 
 
 @dataclass
@@ -176,24 +191,14 @@ def structure_masks(structure: Dataset, series: ImageSeries, config: AssessConfi
 
 def verdict_of(screens: list[ScreenResult]) -> Verdict:
     """Reject when a reject-severity screen failed, review when any other failed, else accept."""
-    failed = [s for s in screens if not s.passed]
-    if any(s.severity is Severity.REJECT for s in failed):
-        return Verdict.REJECT
-    return Verdict.REVIEW if failed else Verdict.ACCEPT
+    return worst_verdict([_screen_reason(s) for s in screens if not s.passed])
 
 
 def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
-                     outside_domain: bool = False) -> Verdict:
-    """The worse of the screens' verdict and the predicted Dice's (below reject_below / review_below);
-    at least review when the image lies outside the model's domain, since nothing vouches for the contour."""
-    verdicts = [verdict_of(screens)]
-    if outside_domain:
-        verdicts.append(Verdict.REVIEW)
-    if predicted_dice is not None:
-        verdicts.append(Verdict.REJECT if predicted_dice < config.reject_below
-                        else Verdict.REVIEW if predicted_dice < config.review_below else Verdict.ACCEPT)
-    order = [Verdict.ACCEPT, Verdict.REVIEW, Verdict.REJECT]
-    return max(verdicts, key=order.index)
+                     domain: DomainScore | None = None) -> Verdict:
+    """The worse of the screens' verdict, the predicted Dice's (below reject_below / review_below) and
+    the domain guard's: the verdict of ``verdict_reasons``, so a verdict and its reasons never disagree."""
+    return worst_verdict(verdict_reasons(screens, predicted_dice, config, domain))
 
 
 def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
@@ -221,13 +226,14 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             prediction = None  # never a confident number on an image the model does not know
         voxels = int(roi_mask.mask.sum())
         dice = prediction.dice if prediction else None
+        reasons = verdict_reasons(screens, dice, config, domain)
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
             volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
-            verdict=combined_verdict(screens, dice, config, outside_domain=domain is not None and not domain.inside),
+            verdict=worst_verdict(reasons),
             warnings=warnings, segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
             uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
-            domain=domain, reasons=verdict_reasons(screens, dice, config, domain),
+            domain=domain, reasons=reasons,
         ))
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 

@@ -97,7 +97,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         for candidate, prediction in candidate_predictions(predictor, case):
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
-                                       outside_domain=not prediction.trusted)
+                                       prediction.domain)
             inside.append(prediction.trusted)
             ordered_rows.append(candidate.row)
             true.append(candidate.dice)
