@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,10 @@ class Grid:
         return bool(np.allclose(self.to_patient(corners), other.to_patient(corners), atol=tolerance_mm))
 
 
-def to_sitk(array: np.ndarray, grid: Grid) -> sitk.Image:
+def to_sitk(array: np.ndarray, grid: Grid) -> "SimpleITK.Image":
     """A SimpleITK image of ``array`` (indexed [k, j, i]) carrying the grid's geometry."""
+    import SimpleITK as sitk  # only the NIfTI export needs it; training and the guard run without it
+
     image = sitk.GetImageFromArray(array)
     image.SetOrigin(tuple(float(v) for v in grid.origin))
     image.SetSpacing(tuple(float(v) for v in grid.spacing))

@@ -60,6 +60,18 @@ def test_images_are_reproducible_and_their_contrast_differs_between_studies(synt
     assert len(spacings) == 3  # resolution drawn per study
 
 
+def test_studies_written_by_several_processes_equal_those_of_one(synth, tmp_path):
+    """`phantom --workers N`: study n comes from the seed (seed, n) alone, whichever process writes it."""
+    manifest = generate_phantom_studies(tmp_path, 2, 7, SPEC, style="synth", workers=2)
+    for case in ("case000", "case001"):
+        a, b = load_series(synth / case / "image"), load_series(tmp_path / case / "image")
+        assert np.array_equal(a.array, b.array)
+    rows = list(csv.DictReader(open(manifest)))
+    assert [r["case_id"] for r in rows] == sorted(r["case_id"] for r in rows)  # in study order
+    assert [r["kind"] for r in rows] == [r["kind"] for r in csv.DictReader(open(synth / "manifest.csv"))
+                                         if r["case_id"] in ("case000", "case001")]
+
+
 def test_reference_rtstruct_rasterises_back_to_its_label_map():
     rng = np.random.default_rng([11, 0])
     grid, sub = _acquisition(rng, 96, 96, 16)
@@ -97,9 +109,11 @@ def test_quick_training_on_the_synth_style_finishes(synth, tmp_path):
     assert (tmp_path / "model" / "weights.pt").exists()
 
 
-def test_an_unknown_style_or_a_tiny_size_is_refused(tmp_path):
+def test_an_unknown_style_a_tiny_size_or_no_workers_is_refused(tmp_path):
     result = run_cli("phantom", tmp_path, "--style", "cartoon")
     assert result.returncode == 2 and "invalid choice" in result.stderr
     result = run_cli("phantom", tmp_path, "--size", "8", "8", "2")
     assert result.returncode == 2 and result.stderr.startswith("contourqa: error: --size") and "Traceback" not in result.stderr
+    result = run_cli("phantom", tmp_path, "--workers", "0")
+    assert result.returncode == 2 and result.stderr.startswith("contourqa: error: --workers") and "Traceback" not in result.stderr
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +91,17 @@ def _key(rows: list[ManifestRow]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_case(rows: list[ManifestRow], cache_dir: Path | None = None) -> CachedCase:
-    """One case (all manifest rows of one case_id), from the cache when it is there and current."""
+def _cache_file(rows: list[ManifestRow], cache_dir: Path) -> Path:
+    return cache_dir / f"{rows[0].case_id}-{_key(rows)}.npz"
+
+
+def load_case(rows: list[ManifestRow], cache_dir: Path | None = None, keep: bool = True) -> CachedCase | None:
+    """One case (all manifest rows of one case_id), from the cache when it is there and current. With
+    ``keep`` False the case is only written to the cache (a pool's worker returns nothing to pickle)."""
     case_id = rows[0].case_id
-    cache_file = cache_dir / f"{case_id}-{_key(rows)}.npz" if cache_dir else None
+    cache_file = _cache_file(rows, cache_dir) if cache_dir else None
     if cache_file is not None and cache_file.exists():
-        return _read(cache_file, rows)
+        return _read(cache_file, rows) if keep else None
     series = load_series(rows[0].image)
     rois = {r.roi for r in rows}
     references = {name: roi.mask for name, roi in _masks_by_roi(rows[0].reference, series, rois).items()}
@@ -109,7 +115,7 @@ def load_case(rows: list[ManifestRow], cache_dir: Path | None = None) -> CachedC
     case = CachedCase(case_id, series.array, series.grid, series.modality, references, candidates)
     if cache_file is not None:
         _write(cache_file, case)
-    return case
+    return case if keep else None
 
 
 def _write(path: Path, case: CachedCase) -> None:
@@ -137,11 +143,18 @@ def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
         return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates)
 
 
-def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None) -> list[CachedCase]:
-    """Every case of a manifest, in order of first appearance."""
+def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None, workers: int = 1) -> list[CachedCase]:
+    """Every case of a manifest, in order of first appearance. With ``workers`` > 1 and a ``cache_dir``,
+    that many processes rasterise the cases the cache lacks first; then every case is read from it."""
     by_case: dict[str, list[ManifestRow]] = {}
     for row in rows:
         by_case.setdefault(row.case_id, []).append(row)
+    if workers > 1 and cache_dir is not None:
+        missing = [case_rows for case_rows in by_case.values() if not _cache_file(case_rows, cache_dir).exists()]
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in progress(pool.map(load_case, missing, [cache_dir] * len(missing), [False] * len(missing)),
+                              "cases rasterised", total=len(missing)):
+                pass
     cases = []
     for case_rows in progress(by_case.values(), "cases rasterised or read from the cache"):
         cases.append(load_case(case_rows, cache_dir))

@@ -25,6 +25,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--style", choices=("classic", "synth"), default="classic",
                          help="classic: fixed T2-like contrast; synth: a random contrast, texture, resolution and "
                               "noise per study, from label maps (default classic)")
+    phantom.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="processes writing studies at once (default 1); the studies are the same")
     phantom.set_defaults(run=_run_phantom)
 
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
@@ -49,6 +51,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--name", help="model name written in the card")
     train.add_argument("--model-version", dest="version", help="model version written in the card")
     train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="processes that draw training samples beside the network (default 0: the main process)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.add_argument("--test-time-flip", action="store_true",
                        help="the model averages each prediction with that of the left-right mirrored input")
@@ -99,8 +103,10 @@ def _run_phantom(args: argparse.Namespace) -> int:
     rows, columns, slices = args.size
     if min(rows, columns) < 32 or slices < 4:
         raise InputError("--size must be at least 32 32 4")
+    if args.workers < 1:
+        raise InputError("--workers must be at least 1")
     manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices),
-                                        style=args.style)
+                                        style=args.style, workers=args.workers)
     print(manifest)
     return EXIT_OK
 
@@ -116,7 +122,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed, "loss": args.loss,
         "learning_rate": args.learning_rate, "lr_drop_epochs": args.lr_drop_epochs,
         "candidate_share": args.candidate_share, "test_time_flip": args.test_time_flip or None,
-        "name": args.name, "version": args.version, "device": args.device}.items() if value is not None}
+        "name": args.name, "version": args.version, "device": args.device, "workers": args.workers}.items() if value is not None}
     try:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
         input_changes = {"shape": args.input_shape} if args.input_shape else {}

@@ -7,7 +7,9 @@ Everything is drawn from one seed, so a study set is reproducible from its comma
 from __future__ import annotations
 
 import csv
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,32 +42,41 @@ STYLES = ("classic", "synth")
 
 
 def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: PhantomSpec = PhantomSpec(),
-                             style: str = "classic") -> Path:
+                             style: str = "classic", workers: int = 1) -> Path:
     """Write ``cases`` studies under ``out_dir`` and return the path of their manifest.csv.
 
     ``classic``: the fixed-contrast T2-like phantom of this module; ``synth``: the randomised style of
     ``synth_style`` (images from label maps with a random appearance per study; ``spec`` gives the
-    matrix and the fewest slices, the spacings are drawn)."""
+    matrix and the fewest slices, the spacings are drawn). Study n is drawn from the seed (seed, n)
+    alone, so ``workers`` processes write the same studies as one (but for their random UIDs)."""
     if style not in STYLES:
         raise ValueError(f"unknown phantom style '{style}' (choose from {', '.join(STYLES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for case in progress(range(cases), f"phantom studies ({style})"):
-        rng = np.random.default_rng([seed, case])
-        case_id = f"case{case:03d}"
-        if style == "synth":
-            from .synth_style import generate_case
-
-            rows += generate_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
-        else:
-            rows += _generate_case(out_dir, case_id, rng, spec)
+    write = partial(_write_study, out_dir, seed, spec, style)
+    description = f"phantom studies ({style})"
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            studies = list(progress(pool.map(write, range(cases)), description, total=cases))
+    else:
+        studies = list(progress(map(write, range(cases)), description, total=cases))
     manifest = out_dir / "manifest.csv"
     with atomic_path(manifest) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(row for rows in studies for row in rows)
     return manifest
+
+
+def _write_study(out_dir: Path, seed: int, spec: PhantomSpec, style: str, case: int) -> list[dict]:
+    """Study number ``case``: its files under ``out_dir`` and its manifest rows."""
+    rng = np.random.default_rng([seed, case])
+    case_id = f"case{case:03d}"
+    if style == "synth":
+        from .synth_style import generate_case
+
+        return generate_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
+    return _generate_case(out_dir, case_id, rng, spec)
 
 
 def _case_grid(rng: np.random.Generator, spec: PhantomSpec) -> Grid:

@@ -54,6 +54,8 @@ class TrainConfig(BaseModel):
     name: str = "contourqa-dice"
     version: str = "1"
     device: str = "auto"
+    workers: int = Field(0, ge=0, description=(
+        "processes drawing samples while the network trains (a GPU waits on one process's ~25 samples/s)"))
 
     @classmethod
     def quick(cls, **overrides) -> "TrainConfig":
@@ -103,6 +105,32 @@ def predict_candidates(network: torch.nn.Module, cases: list[CachedCase], spec: 
     return np.array(true), np.array(predicted)
 
 
+class _EpochBatches(torch.utils.data.IterableDataset):
+    """One epoch's batches. In the main process they come from the seed of (seed, fold, epoch), as they
+    always did; worker w of N draws every N-th batch from the seed of (seed, fold, epoch, w), so a run is
+    reproducible for a given number of workers."""
+
+    def __init__(self, cases: list[CachedCase], config: TrainConfig, fold: int, epoch: int):
+        self.cases, self.config, self.fold, self.epoch = cases, config, fold, epoch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        seed = [self.config.seed, self.fold, self.epoch] + ([info.id] if info else [])
+        generator = SampleGenerator(self.cases, self.config.input, np.random.default_rng(seed),
+                                    candidate_share=self.config.candidate_share)
+        for _ in range(info.id if info else 0, self.config.steps_per_epoch, info.num_workers if info else 1):
+            yield generator.batch(self.config.batch_size)
+
+
+def _epoch_batches(cases: list[CachedCase], config: TrainConfig, fold: int, epoch: int):
+    if not config.workers:
+        return iter(_EpochBatches(cases, config, fold, epoch))
+    # Workers inherit the cases by fork; one thread each, or they fight over the cores.
+    return iter(torch.utils.data.DataLoader(_EpochBatches(cases, config, fold, epoch), batch_size=None,
+                                            num_workers=config.workers,
+                                            worker_init_fn=lambda _: torch.set_num_threads(1)))
+
+
 def _initial_state(init_from: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
     """(weights, "name version sha256:digest") of the first network of model folder ``init_from``, to fine-tune from; it
     must have the same architecture and input channels (the input shape may differ: the networks are
@@ -139,8 +167,7 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         log.info("fold %d: resuming after epoch %d", fold, start)
     for epoch in range(start, config.epochs):
         # Each epoch draws from its own seed, so a resumed run makes the same samples as an unbroken one.
-        generator = SampleGenerator(train_cases, config.input, np.random.default_rng([config.seed, fold, epoch]),
-                                    candidate_share=config.candidate_share)
+        batches = _epoch_batches(train_cases, config, fold, epoch)
         torch.manual_seed(config.seed * 100003 + fold * 1009 + epoch)
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(epoch)
@@ -149,7 +176,7 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         steps = tqdm(range(config.steps_per_epoch), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
                      file=sys.stderr, disable=None, leave=False)  # a bar on a terminal; else the epoch line below
         for _ in steps:
-            inputs, targets = generator.batch(config.batch_size)
+            inputs, targets = next(batches)
             inputs = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
             optimiser.zero_grad()
             loss = loss_function(network(inputs), targets.to(device))
@@ -179,7 +206,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)
-    cases = load_cases(rows, cache_dir or out_dir / "cache")
+    cases = load_cases(rows, cache_dir or out_dir / "cache", workers=config.workers)
     device = device_for(config.device)
     states, history, held_out_true, held_out_predicted = [], [], [], []
     for fold, (train_cases, validation_cases) in enumerate(_folds(cases, config.folds, config.seed)):
