@@ -38,6 +38,10 @@ class Assembler:
         if instance.sop_class_uid in STRUCTURE_KINDS:
             self._open_case(instance, header)
         elif instance.series_uid:
+            for case_id in ledger.failed_cases_awaiting(self.sessions, instance.sop_instance_uid):
+                if ledger.reopen(self.sessions, case_id):
+                    log.info("case %s re-opened: a referenced instance arrived after it failed", case_id,
+                             extra={"case_id": case_id})
             for case_id in ledger.waiting_cases_of_series(self.sessions, instance.series_uid):
                 self._dispatch_if_complete(case_id)
 

@@ -1,5 +1,5 @@
-"""The node's commands (`serve`, `scp`, `worker`, `scheduler`, `status`, `requeue-dead`): flags override
-the YAML configuration, which is validated once here and passed down."""
+"""The node's commands (`serve`, `scp`, `worker`, `scheduler`, `status`, `results`, `show`, `retry`,
+`requeue-dead`): flags override the YAML configuration, which is validated once here and passed down."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from contourqa.qa_models.errors import InputError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .config import Settings
 
 
@@ -45,6 +47,21 @@ def add_node_commands(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", parents=[common], help="queue depth, pending cases, outbox, dead letters")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_run_status)
+    results = commands.add_parser("results", parents=[common], help="finished cases and their ROIs, newest first")
+    results.add_argument("--since", help="finished after: YYYY-MM-DD, or an age such as 24h or 7d")
+    results.add_argument("--verdict", choices=("accept", "review", "reject", "failed"))
+    results.add_argument("--roi", help="only this ROI name (case-insensitive)")
+    results.add_argument("--limit", type=int, default=500, help="at most this many rows (default 500)")
+    results.add_argument("--json", action="store_true")
+    results.set_defaults(run=_run_results)
+    show = commands.add_parser("show", parents=[common], help="one case in full: state, references, ROIs, exports")
+    show.add_argument("case_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_run_show)
+    retry = commands.add_parser("retry", parents=[common],
+                                help="re-open a failed case; the node assesses it once its images are complete")
+    retry.add_argument("case_id")
+    retry.set_defaults(run=_run_retry)
     requeue = commands.add_parser("requeue-dead", parents=[common], help="send dead-lettered SRs again")
     requeue.add_argument("--id", type=int, help="only this outbox item (default: all dead letters)")
     requeue.set_defaults(run=_run_requeue)
@@ -123,6 +140,59 @@ def _run_requeue(args: argparse.Namespace) -> int:
     settings = node_settings(args)
     count = requeue_dead(open_database(settings.resolved_database_url(), create=False), args.id)
     print(f"{count} dead letter(s) back in the outbox")
+    return 0
+
+
+def parse_since(text: str, now: "datetime | None" = None) -> "datetime":
+    """A UTC moment from YYYY-MM-DD (midnight UTC) or an age: 90m, 24h, 7d."""
+    from datetime import datetime, timedelta, timezone
+
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].isdigit():
+        return now - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        return datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise InputError(f"--since {text!r}: expected YYYY-MM-DD or an age such as 24h or 7d") from None
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .results import format_results, list_results
+    since = parse_since(args.since) if args.since else None
+    if args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    sessions = open_database(node_settings(args).resolved_database_url(), create=False)
+    with sessions() as session:
+        rows = list_results(session, since, args.verdict, args.roi, args.limit)
+    print(json.dumps(rows, indent=2) if args.json else format_results(rows))
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .results import case_detail, format_case
+    sessions = open_database(node_settings(args).resolved_database_url(), create=False)
+    with sessions() as session:
+        detail = case_detail(session, args.case_id)
+    if detail is None:
+        raise InputError(f"no case {args.case_id}")
+    print(json.dumps(detail, indent=2) if args.json else format_case(detail))
+    return 0
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .ledger import case_state, mark_ready_if_complete, reopen
+    sessions = open_database(node_settings(args).resolved_database_url(), create=False)
+    if not reopen(sessions, args.case_id):
+        state = case_state(sessions, args.case_id)
+        raise InputError(f"no case {args.case_id}" if state is None
+                         else f"case {args.case_id} is {state}; only a failed case can be retried")
+    ready = mark_ready_if_complete(sessions, args.case_id)
+    print(f"case {args.case_id} re-opened: " + ("its images are complete; the node's next sweep assesses it" if ready
+                                                 else "waiting for its images (or the stable age) as a new case would"))
     return 0
 
 

@@ -116,6 +116,7 @@ class RoiResult(Base):
     volume_ml: Mapped[float] = mapped_column(Float)
     screens: Mapped[list] = mapped_column(JSON)
     warnings: Mapped[list] = mapped_column(JSON)
+    reasons: Mapped[list | None] = mapped_column(JSON)  # why the verdict is not accept: [{"rule", "detail"}]
     # the model's domain guard: None where the model has none or made no prediction
     domain_score: Mapped[float | None] = mapped_column(Float)
     domain_inside: Mapped[bool | None] = mapped_column(Boolean)

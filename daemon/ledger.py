@@ -23,7 +23,7 @@ UNFINISHED = (W, R, Q, RUN)  # the node still owes these cases an answer
 
 # target state: the states a case may reach it from
 TRANSITIONS: dict[CaseState, frozenset[CaseState | None]] = {
-    W: frozenset({NEW}),                # a structure set arrived; its images are awaited
+    W: frozenset({NEW, F}),             # a structure set arrived, its images awaited; or a failed case re-opened
     R: frozenset({W, Q, RUN}),          # complete (or quiet past the stable age); or its message/worker was lost
     Q: frozenset({R}),                  # handed to the broker
     RUN: frozenset({R, Q, RUN}),        # a worker may start before the dispatcher marks it queued; a redelivery
@@ -87,6 +87,21 @@ def mark_ready_if_complete(sessions: sessionmaker, case_id: str) -> bool:
         moved = _move(session, case_id, R, {W}, ready_at=utcnow())
         session.commit()
     return moved
+
+
+def reopen(sessions: sessionmaker, case_id: str) -> bool:
+    """Failed -> waiting (`contourqa retry`, or a late instance that completes it); its results start afresh."""
+    with sessions() as session:
+        moved = _move(session, case_id, W, {F}, reason=None, finished_at=None, ready_at=None, partial=False)
+        session.commit()
+    return moved
+
+
+def failed_cases_awaiting(sessions: sessionmaker, sop_instance_uid: str) -> list[str]:
+    """Failed cases that list this instance among their references: a late arrival may complete them."""
+    with sessions() as session:
+        return list(session.scalars(select(Case.case_id).join(CaseReference, CaseReference.case_id == Case.case_id)
+                                    .where(Case.state == F.value, CaseReference.sop_instance_uid == sop_instance_uid)))
 
 
 def waiting_cases_of_series(sessions: sessionmaker, series_uid: str) -> list[str]:

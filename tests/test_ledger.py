@@ -44,8 +44,9 @@ def force(sessions, target: CaseState, case_id="c1", **values) -> None:
 def test_the_transition_table_is_the_lifecycle():
     assert ledger.allowed(None, W) and ledger.allowed(W, R) and ledger.allowed(R, Q) and ledger.allowed(Q, RUN)
     assert ledger.allowed(RUN, D) and ledger.allowed(RUN, R) and ledger.allowed(RUN, F)
-    for source in (D, F):  # finished cases never move again
-        assert not any(ledger.allowed(source, target) for target in CaseState)
+    assert not any(ledger.allowed(D, target) for target in CaseState)  # a done case never moves again
+    # a failed case only goes back to waiting (`retry`, or a late referenced instance)
+    assert [target for target in CaseState if ledger.allowed(F, target)] == [W]
     assert not ledger.allowed(W, D) and not ledger.allowed(W, Q) and not ledger.allowed(Q, D)
 
 
@@ -90,7 +91,21 @@ def test_every_unfinished_state_may_fail_and_a_finished_one_may_not(sessions, so
     assert not ledger.fail(sessions, "c1", "late") and state(sessions) == "done"
 
 
-@pytest.mark.parametrize("source,target", [(W, Q), (W, D), (Q, D), (R, D), (D, R), (F, R), (F, RUN)])
+def test_a_failed_case_reopens_to_waiting_and_forgets_why_it_failed(sessions):
+    new_case(sessions, references=("1.10", "1.11"))
+    assert ledger.fail(sessions, "c1", "unreadable series") and state(sessions) == "failed"
+    with sessions() as session:
+        assert session.get(Case, "c1").finished_at is not None
+    assert ledger.failed_cases_awaiting(sessions, "1.11") == ["c1"] and ledger.failed_cases_awaiting(sessions, "9") == []
+    assert ledger.reopen(sessions, "c1") and state(sessions) == "waiting"
+    assert not ledger.reopen(sessions, "c1")  # only a failed case reopens
+    with sessions() as session:
+        case = session.get(Case, "c1")
+        assert case.reason is None and case.finished_at is None and not case.partial
+    assert ledger.failed_cases_awaiting(sessions, "1.11") == []
+
+
+@pytest.mark.parametrize("source,target", [(W, Q), (W, D), (Q, D), (R, D), (D, R), (D, W), (F, R), (F, RUN)])
 def test_forbidden_moves_are_refused(sessions, source, target):
     new_case(sessions)
     force(sessions, source)

@@ -6,6 +6,7 @@ started again with work pending, a structure set whose images never arrive, eigh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import highdicom as hd
 import pytest
 
 from node_harness import Destination, Node, clone_study, dcmtk, free_port, send, wait_for
-from conftest import THIGH, require_tool
+from conftest import THIGH, require_tool, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +161,17 @@ def test_a_structure_set_whose_images_never_arrive_fails_with_a_reason(phantom, 
     assert "referenced images never arrived" in failed[0]["reason"]
     assert destination.received() == []
     assert len(list((node.home / "store").rglob("*.dcm"))) == 1  # the structure set is kept
+    listed = json.loads(run_cli("results", "--home", node.home, "--verdict", "failed", "--json").stdout)
+    assert [r["reason"] for r in listed] == [f"not assessed: {failed[0]['reason']}"]
+
+    # the images arrive late: the failed case re-opens by itself and is answered like any other
+    assert send(node.port, *sorted(study.iterdir())[:-1]).returncode == 0
+    wait_for(lambda: destination.received(), 90, "the SR of the re-opened case")
+    case_id = listed[0]["case_id"]
+    shown = json.loads(run_cli("show", case_id, "--home", node.home, "--json").stdout)
+    assert shown["state"] == "done" and shown["reason"] is None and shown["references"]["stored"] > 0
+    assert {r["roi"] for r in shown["rois"]} == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
+    assert json.loads(run_cli("results", "--home", node.home, "--verdict", "failed", "--json").stdout) == []
 
 
 def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, tmp_path, destination,
