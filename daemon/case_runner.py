@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.assessment import Assessment, assess, load_structure
 from contourqa.qa_models.errors import ContourQAError
 from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
 from contourqa.qa_models.series import load_series_files
-from contourqa.qa_models.sr_report import SrIdentity, write_sr
+from contourqa.qa_models.sr_report import SrIdentity, build_not_assessed_sr, save_sr, write_sr
 
 from . import ledger
 from .config import Settings
@@ -155,3 +156,35 @@ def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessm
     verdicts = ", ".join(f"{r.name}={r.verdict.value}" for r in assessment.rois)
     log.info("case %s done: %s", case_id, verdicts, extra={"case_id": case_id})
     return CaseOutcome(case_id, CaseState.DONE.value, outbox.id if outbox else None)
+
+
+def answer_failed_cases(settings: Settings, sessions: sessionmaker) -> list[str]:
+    """Tell each failed case's sender that no assessment was made and why: a not-assessed SR, queued for
+    export like any other (`export.answer_failed`). A re-opened case that fails again is answered again."""
+    if not settings.export.answer_failed:
+        return []
+    answered = []
+    for case in ledger.unanswered_failures(sessions):
+        with sessions() as session:
+            structure_path = session.get(Instance, case.structure_instance_id).path
+            modality = session.scalar(select(Instance.modality).where(
+                Instance.series_uid == case.image_series_uid,
+                Instance.sop_class_uid.not_in(list(STRUCTURE_KINDS))).limit(1)) if case.image_series_uid else None
+        identity = sr_identity(f"{case.case_id}/not-assessed/{case.attempts}")
+        sr_path = settings.reports_dir / case.study_uid / f"{case.case_id}-not-assessed-{case.attempts}.dcm"
+        try:
+            sr_path.parent.mkdir(parents=True, exist_ok=True)
+            save_sr(build_not_assessed_sr(load_structure(structure_path), case.reason or "not assessed", identity,
+                                          modality or "MR"), sr_path)
+        except (ContourQAError, OSError) as error:  # recorded as answered without an SR: not retried every sweep
+            log.error("case %s: cannot write its not-assessed SR: %s", case.case_id, error, extra={"case_id": case.case_id})
+            ledger.answer_failure(sessions, case.case_id, "", None)
+            continue
+        destination = settings.export.destination_for(case.calling_ae)
+        outbox = None if destination is None else OutboxItem(
+            case_id=case.case_id, sr_path=str(sr_path), sr_sop_instance_uid=identity.sop_instance_uid,
+            destination=str(destination))
+        if ledger.answer_failure(sessions, case.case_id, str(sr_path), outbox):
+            log.info("case %s: answered as not assessed", case.case_id, extra={"case_id": case.case_id})
+            answered.append(case.case_id)
+    return answered

@@ -107,6 +107,8 @@ class ExportSettings(_Strict):
     initial_delay_s: float = Field(5, gt=0)
     max_delay_s: float = Field(600, gt=0)
     timeout_s: float = Field(30, gt=0)
+    answer_failed: bool = Field(True, description=(
+        "a case that cannot be assessed is answered with an SR saying so and why (false: only listed)"))
 
     _ae = field_validator("calling_ae_title")(_check_ae_title)
 

@@ -89,10 +89,45 @@ def mark_ready_if_complete(sessions: sessionmaker, case_id: str) -> bool:
     return moved
 
 
+def _queue_answer(session: Session, outbox: OutboxItem) -> None:
+    """Queue a case's SR for a destination. A case has one outbox row per destination: its latest answer
+    (a failed case's not-assessed SR is followed by the assessment once it re-opens and completes)."""
+    earlier = session.scalar(select(OutboxItem).where(OutboxItem.case_id == outbox.case_id,
+                                                      OutboxItem.destination == outbox.destination))
+    if earlier is None:
+        session.add(outbox)
+        return
+    for field in ("sr_path", "sr_sop_instance_uid"):
+        setattr(earlier, field, getattr(outbox, field))
+    earlier.state, earlier.attempts, earlier.failures, earlier.last_error = OutboxState.PENDING.value, 0, 0, None
+    earlier.next_attempt_at, earlier.claimed_at, earlier.sent_at = utcnow(), None, None
+    outbox.id = earlier.id  # the caller dispatches the export by this ID; the transient row itself is not stored
+
+
+def unanswered_failures(sessions: sessionmaker) -> list[Case]:
+    """Failed cases whose sender has not been told yet (no not-assessed SR written)."""
+    with sessions() as session:
+        cases = list(session.scalars(select(Case).where(Case.state == F.value, Case.sr_path.is_(None))))
+        session.expunge_all()
+    return cases
+
+
+def answer_failure(sessions: sessionmaker, case_id: str, sr_path: str, outbox: OutboxItem | None) -> bool:
+    """Record a failed case's not-assessed SR and its outbox row, once (False if already answered or re-opened)."""
+    with sessions() as session:
+        answered = session.execute(update(Case).where(Case.case_id == case_id, Case.state == F.value,
+                                                      Case.sr_path.is_(None)).values(sr_path=sr_path)).rowcount
+        if answered and outbox is not None:
+            _queue_answer(session, outbox)
+        session.commit()
+    return bool(answered)
+
+
 def reopen(sessions: sessionmaker, case_id: str) -> bool:
     """Failed -> waiting (`contourqa retry`, or a late instance that completes it); its results start afresh."""
     with sessions() as session:
-        moved = _move(session, case_id, W, {F}, reason=None, finished_at=None, ready_at=None, partial=False)
+        moved = _move(session, case_id, W, {F}, reason=None, finished_at=None, ready_at=None, partial=False,
+                      sr_path=None)
         session.commit()
     return moved
 
@@ -161,7 +196,7 @@ def finish(sessions: sessionmaker, case_id: str, results: list[RoiResult], outbo
             return False
         session.add_all(results)
         if outbox is not None:
-            session.add(outbox)
+            _queue_answer(session, outbox)
         session.commit()
     return True
 

@@ -21,6 +21,7 @@ from contourqa.qa_models.references import STRUCTURE_KINDS
 
 from . import ledger
 from .assembler import Assembler
+from .case_runner import answer_failed_cases
 from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
 from .config import Settings
 from .db import Case, Instance, utcnow
@@ -60,6 +61,7 @@ def sweep(settings: Settings, sessions: sessionmaker) -> None:
     open_missed_cases(sessions, assembler)
     assembler.expire_stale(settings.assembly.stable_age_s)
     redispatch_lost(settings, sessions)
+    answer_failed_cases(settings, sessions)
     for outbox_id in ledger.due_outbox(sessions, settings.export.sending_lease_s):
         dispatch_export(outbox_id)
 

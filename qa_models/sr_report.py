@@ -46,6 +46,7 @@ SCREEN_CONCEPTS = {
     "slice_gaps": hd.sr.CodedConcept("S-GAPS", PRIVATE_SCHEME, "Slice gap screen passed"),
     "fov_edge": hd.sr.CodedConcept("S-FOVEDGE", PRIVATE_SCHEME, "Field of view edge screen passed"),
 }
+NOT_ASSESSED = hd.sr.CodedConcept("NOT-ASSESSED", PRIVATE_SCHEME, "Structure set not assessed")
 VERDICT_REASON = hd.sr.CodedConcept("VERDICT-WHY", PRIVATE_SCHEME, "Reason for the contour quality verdict")
 REASON_VALUES = {rule: hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning) for rule, code, meaning in (
     ("empty", "R-EMPTY", "Mask is empty"),
@@ -150,20 +151,39 @@ def build_sr(assessment: Assessment, identity: SrIdentity) -> hd.sr.Comprehensiv
                                            parameters=[assessment.model.architecture,
                                                        f"sha256:{assessment.model.sha256}"])
              if assessment.model else None)
+    groups = [_measurement_group(roi, assessment, identity, algorithm, model) for roi in assessment.rois]
+    return _report(groups, [assessment.structure, *assessment.series.datasets], assessment.series.modality, identity)
+
+
+def build_not_assessed_sr(structure: Dataset, reason: str, identity: SrIdentity,
+                          modality: str = "MR") -> hd.sr.Comprehensive3DSR:
+    """The answer for a structure set that could not be assessed: one group with the verdict NOT-ASSESSED
+    and the reason as text, so the sender learns that no QA was made and why (not silence)."""
+    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[identity.sop_instance_uid, "not-assessed"]),
+                                        identifier="Structure set: not assessed")
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, algorithm_id=hd.sr.AlgorithmIdentification(name=NAME, version=__version__),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(VERDICT, NOT_ASSESSED)])
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=VERDICT_REASON, value=reason[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return _report([group], [structure], modality, identity)
+
+
+def _report(groups: list, evidence: list[Dataset], modality: str, identity: SrIdentity) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 measurement report of ``groups``; patient and study identity come from the evidence."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=identity.sop_instance_uid, name=NAME, manufacturer_name=NAME, model_name=__version__),
     )
-    procedure = (codes.LN.CTUnspecifiedBodyRegion if assessment.series.modality == "CT"
-                 else codes.LN.MRIUnspecifiedBodyRegion)
+    procedure = codes.LN.CTUnspecifiedBodyRegion if modality == "CT" else codes.LN.MRIUnspecifiedBodyRegion
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure,
-        imaging_measurements=[_measurement_group(roi, assessment, identity, algorithm, model) for roi in assessment.rois],
+        imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[assessment.structure, *assessment.series.datasets],
+        evidence=evidence,
         content=report,
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
@@ -194,8 +214,11 @@ def _fit_copied_strings(sr: Dataset) -> None:
 
 def write_sr(assessment: Assessment, path: str | Path, identity: SrIdentity | None = None) -> Path:
     """Write the SR atomically: a temporary file renamed into place, so no partial file is left behind."""
+    return save_sr(build_sr(assessment, identity or SrIdentity.new()), path)
+
+
+def save_sr(sr: Dataset, path: str | Path) -> Path:
     path = Path(path)
-    sr = build_sr(assessment, identity or SrIdentity.new())
     try:
         with atomic_path(path) as temporary:
             sr.save_as(temporary, enforce_file_format=True)

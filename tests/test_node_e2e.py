@@ -151,7 +151,7 @@ def test_a_destination_down_and_a_restart_lose_and_duplicate_nothing(phantom, tm
         destination.stop()
 
 
-def test_a_structure_set_whose_images_never_arrive_fails_with_a_reason(phantom, tmp_path, destination,
+def test_a_structure_set_whose_images_never_arrive_is_answered_and_reopens_when_they_do(phantom, tmp_path, destination,
                                                                        node_factory):
     node = node_factory(export={"default_destination": destination.address}).start()
     study = clone_study(phantom / "case001", tmp_path / "study")
@@ -159,14 +159,22 @@ def test_a_structure_set_whose_images_never_arrive_fails_with_a_reason(phantom, 
     assert send(node.port, structure).returncode == 0
     failed = wait_for(lambda: node.status()["recent_failed_cases"], 60, "the case to fail")
     assert "referenced images never arrived" in failed[0]["reason"]
-    assert destination.received() == []
     assert len(list((node.home / "store").rglob("*.dcm"))) == 1  # the structure set is kept
+    # the sender is told: an SR with the verdict NOT-ASSESSED and the reason, valid by dciodvfy
+    answer = wait_for(lambda: destination.received(), 60, "the not-assessed SR")[0]
+    content = subprocess.run([dcmtk("dsrdump"), "+Pl", str(answer)], capture_output=True, text=True).stdout
+    assert "NOT-ASSESSED,99CQA" in content and "referenced images never arrived" in content
+    check = subprocess.run([require_tool("dciodvfy"), str(answer)], capture_output=True, text=True)
+    assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
     listed = json.loads(run_cli("results", "--home", node.home, "--verdict", "failed", "--json").stdout)
     assert [r["reason"] for r in listed] == [f"not assessed: {failed[0]['reason']}"]
 
     # the images arrive late: the failed case re-opens by itself and is answered like any other
     assert send(node.port, *sorted(study.iterdir())[:-1]).returncode == 0
-    wait_for(lambda: destination.received(), 90, "the SR of the re-opened case")
+    received = wait_for(lambda: len(destination.received()) == 2 and destination.received(), 90,
+                        "the SR of the re-opened case")
+    assessed = next(path for path in received if path != answer)
+    assert set(sr_verdicts(assessed).values()) <= {"ACCEPT", "REVIEW", "REJECT"}
     case_id = listed[0]["case_id"]
     shown = json.loads(run_cli("show", case_id, "--home", node.home, "--json").stdout)
     assert shown["state"] == "done" and shown["reason"] is None and shown["references"]["stored"] > 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import pydicom
 import pytest
+from sqlalchemy import select
 
 from conftest import run_cli
 from contourqa.daemon import ledger
@@ -159,3 +162,53 @@ def test_since_reads_dates_and_ages():
     assert parse_since("90m", now) == datetime(2026, 11, 30, 10, 30)
     with pytest.raises(InputError):
         parse_since("yesterday", now)
+
+
+def test_a_failed_case_is_answered_once_with_a_not_assessed_sr_and_again_after_a_new_failure(phantom, tmp_path):
+    from contourqa.daemon.case_runner import answer_failed_cases
+    from contourqa.daemon.config import load_settings
+
+    settings = load_settings(None, {"home": str(tmp_path), "export.default_destination": "QA@127.0.0.1:11113"})
+    sessions = open_database(settings.resolved_database_url())
+    structure = _instance(sessions, "9.1")
+    with sessions() as session:
+        session.get(Instance, structure.id).path = str(phantom / "case000" / "candidates" / "auto01.dcm")
+        session.commit()
+    case = Case(case_id="c1", structure_instance_id=structure.id, kind="RTSTRUCT", study_uid="1",
+                image_series_uid="2.1", calling_ae="TPS")
+    assert ledger.open_case(sessions, case, ["1.10"])
+    assert ledger.fail(sessions, "c1", "series 2.1: slice spacing varies")
+    assert answer_failed_cases(settings, sessions) == ["c1"]
+    assert answer_failed_cases(settings, sessions) == []  # answered once
+    with sessions() as session:
+        first = session.scalars(select(OutboxItem)).one()
+        assert Path(first.sr_path).is_file() and first.destination == "QA@127.0.0.1:11113"
+        first_uid = first.sr_sop_instance_uid
+        ledger_case = session.get(Case, "c1")
+        assert ledger_case.sr_path == first.sr_path
+        first.state = "sent"
+        session.commit()
+    sr = pydicom.dcmread(first.sr_path)
+    assert sr.SOPInstanceUID == first_uid and sr.PatientID == pydicom.dcmread(
+        phantom / "case000" / "candidates" / "auto01.dcm").PatientID
+    # re-opened, started and failed again: a new answer replaces the sent one in the case's outbox row
+    assert ledger.reopen(sessions, "c1")
+    with sessions() as session:
+        session.get(Case, "c1").attempts = 1
+        session.commit()
+    assert ledger.fail(sessions, "c1", "assessment did not finish in 3 attempts")
+    assert answer_failed_cases(settings, sessions) == ["c1"]
+    with sessions() as session:
+        row = session.scalars(select(OutboxItem)).one()
+        assert row.state == "pending" and row.sr_sop_instance_uid != first_uid and row.attempts == 0
+
+
+def test_no_answer_for_failed_cases_when_the_site_turns_it_off(tmp_path):
+    from contourqa.daemon.case_runner import answer_failed_cases
+    from contourqa.daemon.config import load_settings
+
+    settings = load_settings(None, {"home": str(tmp_path), "export.answer_failed": False})
+    sessions = open_database(settings.resolved_database_url())
+    _open(sessions, "c1")
+    assert ledger.fail(sessions, "c1", "why")
+    assert answer_failed_cases(settings, sessions) == [] and ledger.unanswered_failures(sessions)
