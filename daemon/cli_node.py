@@ -1,5 +1,5 @@
 """The node's commands (`serve`, `scp`, `worker`, `scheduler`, `status`, `results`, `show`, `retry`,
-`requeue-dead`): flags override the YAML configuration, which is validated once here and passed down."""
+`report daily`, `requeue-dead`): flags override the YAML configuration, which is validated once here and passed down."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def add_node_commands(commands: argparse._SubParsersAction) -> None:
                                 help="re-open a failed case; the node assesses it once its images are complete")
     retry.add_argument("case_id")
     retry.set_defaults(run=_run_retry)
+    report = commands.add_parser("report", help="write a report: daily (the physicists' QA summary of one day)")
+    report_kinds = report.add_subparsers(dest="kind", required=True, metavar="daily")
+    daily = report_kinds.add_parser("daily", parents=[common], help="one day's summary as a self-contained HTML file")
+    daily.add_argument("--date", help="the day (UTC), YYYY-MM-DD (default today)")
+    daily.add_argument("--out", type=Path, help="file to write (default HOME/reports/daily/DATE.html)")
+    daily.set_defaults(run=_run_report_daily)
     requeue = commands.add_parser("requeue-dead", parents=[common], help="send dead-lettered SRs again")
     requeue.add_argument("--id", type=int, help="only this outbox item (default: all dead letters)")
     requeue.set_defaults(run=_run_requeue)
@@ -193,6 +199,20 @@ def _run_retry(args: argparse.Namespace) -> int:
     ready = mark_ready_if_complete(sessions, args.case_id)
     print(f"case {args.case_id} re-opened: " + ("its images are complete; the node's next sweep assesses it" if ready
                                                  else "waiting for its images (or the stable age) as a new case would"))
+    return 0
+
+
+def _run_report_daily(args: argparse.Namespace) -> int:
+    from datetime import date, datetime, timezone
+
+    from .daily_summary import write_daily_summary
+    from .db import open_database
+    try:
+        day = date.fromisoformat(args.date) if args.date else datetime.now(timezone.utc).date()
+    except ValueError:
+        raise InputError(f"--date {args.date!r}: expected YYYY-MM-DD") from None
+    settings = node_settings(args)
+    print(write_daily_summary(settings, open_database(settings.resolved_database_url(), create=False), day, args.out))
     return 0
 
 

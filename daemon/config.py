@@ -140,6 +140,8 @@ class ExportSettings(_Strict):
 class SchedulerSettings(_Strict):
     sweep_interval_s: float = Field(5, gt=0, description="how often stale cases and due exports are picked up")
     retention_days: float | None = Field(None, gt=0, description="delete stored studies older than this; none = keep")
+    daily_summary_at: str = Field("06:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                                  description="UTC time (HH:MM) the previous days' summaries are written")
 
 
 class Settings(_Strict):

@@ -150,6 +150,22 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class JobRun(Base):
+    """One run of a scheduled job for one key (the daily summary: its day). The unique key is the lock:
+    of two schedulers started by mistake only one inserts it, and a restarted one sees what was done."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, done, failed
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")  # first: several processes share the file, even while it is made

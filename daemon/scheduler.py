@@ -24,6 +24,7 @@ from .assembler import Assembler
 from .case_runner import answer_failed_cases
 from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
 from .config import Settings
+from .daily_summary import write_due_summaries
 from .db import Case, Instance, utcnow
 from .status import messages_held
 from .store import read_header
@@ -86,7 +87,8 @@ def apply_retention(settings: Settings, sessions: sessionmaker) -> int:
 
 
 def start_scheduler(settings: Settings, sessions: sessionmaker, blocking: bool = False) -> BaseScheduler:
-    """The sweep every few seconds and retention hourly; one scheduler per deployment."""
+    """The sweep every few seconds, retention hourly, the daily summaries each morning; one scheduler per
+    deployment (a second one started by mistake writes no summary twice: `job_runs`)."""
     if blocking:
         from apscheduler.schedulers.blocking import BlockingScheduler
         scheduler: BaseScheduler = BlockingScheduler()
@@ -96,5 +98,10 @@ def start_scheduler(settings: Settings, sessions: sessionmaker, blocking: bool =
                       id="sweep", max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
     scheduler.add_job(apply_retention, "interval", hours=1, args=[settings, sessions], id="retention",
                       max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
+    # every morning, and once at start: the days a stopped scheduler missed are written, none twice
+    hour, minute = map(int, settings.scheduler.daily_summary_at.split(":"))
+    scheduler.add_job(write_due_summaries, "cron", hour=hour, minute=minute, timezone="UTC", args=[settings, sessions],
+                      id="daily-summary", max_instances=1, coalesce=True)
+    scheduler.add_job(write_due_summaries, "date", args=[settings, sessions], id="daily-summary-catch-up")
     scheduler.start()
     return scheduler

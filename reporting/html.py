@@ -21,4 +21,5 @@ def _environment() -> jinja2.Environment:
 def render_page(template: str, path: str | Path, **context) -> Path:
     """Render ``template`` (a file in templates/) with ``context`` plus ``created`` to ``path``."""
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomically(path, _environment().get_template(template).render(created=created, **context))
