@@ -91,7 +91,7 @@ def _trend(session: Session, day: date, name_of: str, value: str) -> dict[str, A
 def _distribution(values: list[float], label: str) -> dict[str, Any]:
     array = np.array(values)
     return {"n": len(values), "median": float(np.median(array)), "p05": float(np.percentile(array, 5)),
-            "p95": float(np.percentile(array, 95)), "chart": bars(array, 0.0, 1.0, 20),
+            "p95": float(np.percentile(array, 95)), "chart": bars(array, 0.0, 1.0, 20, "{:.2f}"),
             "text": f"histogram of {len(values)} predicted Dice values of {label}, median {np.median(array):.3f}"}
 
 
