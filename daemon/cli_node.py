@@ -1,4 +1,4 @@
-"""The node's commands (`serve`, `scp`, `worker`, `scheduler`, `status`, `results`, `show`, `retry`,
+"""The node's commands (`serve`, `scp`, `worker`, `scheduler`, `web`, `status`, `results`, `show`, `retry`,
 `report daily`, `requeue-dead`): flags override the YAML configuration, which is validated once here and passed down."""
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def add_node_commands(commands: argparse._SubParsersAction) -> None:
     worker.set_defaults(run=_run_worker)
     scheduler = commands.add_parser("scheduler", parents=[common], help="run the periodic sweeps (split mode)")
     scheduler.set_defaults(run=_run_scheduler)
+    web = commands.add_parser("web", parents=[common], help="run only the read-only web page (split mode)")
+    web.add_argument("--web-port", type=int, help="port (default web.port, else 8480)")
+    web.set_defaults(run=_run_web)
     status = commands.add_parser("status", parents=[common], help="queue depth, pending cases, outbox, dead letters")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_run_status)
@@ -126,6 +129,15 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     from .node import run_scheduler
     settings = split_mode_settings(args)
     run_scheduler(settings)
+    return 0
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    from .node import run_web
+    settings = node_settings(args)
+    if args.web_port is not None:
+        settings = settings.model_copy(update={"web": settings.web.model_copy(update={"port": args.web_port})})
+    run_web(settings)
     return 0
 
 

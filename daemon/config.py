@@ -144,6 +144,23 @@ class SchedulerSettings(_Strict):
                                   description="UTC time (HH:MM) the previous days' summaries are written")
 
 
+class WebSettings(_Strict):
+    bind: str = Field("127.0.0.1", description="address of the read-only web page; loopback by default")
+    port: int | None = Field(None, ge=0, le=65535, description="none = no web page; 0 = any free port")
+    user: str | None = Field(None, description="basic auth when user and password are both set")
+    password: str | None = None
+    tls_cert: Path | None = Field(None, description="PEM certificate (with tls_key): HTTPS")
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "WebSettings":
+        if bool(self.user) != bool(self.password):
+            raise ValueError("web.user and web.password go together")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("web.tls_cert and web.tls_key go together")
+        return self
+
+
 class Settings(_Strict):
     home: Path = Field(Path("contourqa-home"), description="store, database, reports and embedded Redis live here")
     database_url: str | None = Field(None, description="SQLAlchemy URL; none = SQLite in home")
@@ -156,6 +173,7 @@ class Settings(_Strict):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     assess: AssessConfig = Field(default_factory=AssessConfig)
 
     @property

@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .scheduler import start_scheduler
 from .scp import Ingest, start_scp
 from .store import Store
+from .web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
     (settings.home / "run" / "scp.port").write_text(f"{port}\n")  # the port actually bound (0 = any free one)
     scheduler = start_scheduler(settings, sessions) if with_scheduler else None
     http = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
+    web = start_web(settings, sessions) if settings.web.port is not None else None
     print(f"contourqa: SCP {settings.scp.ae_title} listening on port {port}", flush=True)
     try:
         _wait_for_signal(tick)
@@ -79,6 +81,20 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
             scheduler.shutdown(wait=True)
         if http is not None:
             http[0].shutdown()
+        if web is not None:
+            web.shutdown()
+
+
+def run_web(settings: Settings) -> None:
+    """Only the web page (split mode), until SIGINT/SIGTERM."""
+    if settings.web.port is None:
+        settings = settings.model_copy(update={"web": settings.web.model_copy(update={"port": 8480})})
+    server = start_web(settings, open_database(settings.resolved_database_url(), create=False))
+    print(f"contourqa: web page on port {server.server_address[1]}", flush=True)
+    try:
+        _wait_for_signal(None)
+    finally:
+        server.shutdown()
 
 
 def run_worker(settings: Settings, queues: list[str], concurrency: int, name: str) -> None:

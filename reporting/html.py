@@ -18,8 +18,13 @@ def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
 
 
+def render_text(template: str, **context) -> str:
+    """``template`` (a file in templates/) rendered with ``context`` plus ``created``."""
+    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _environment().get_template(template).render(created=created, **context)
+
+
 def render_page(template: str, path: str | Path, **context) -> Path:
     """Render ``template`` (a file in templates/) with ``context`` plus ``created`` to ``path``."""
-    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomically(path, _environment().get_template(template).render(created=created, **context))
+    return write_text_atomically(path, render_text(template, **context))
