@@ -88,6 +88,7 @@ def test_report_daily_writes_a_valid_self_contained_page(home, phantom):
     assert "Flagged ROIs (2)" in flagged and patient_id in flagged and "TPS" in flagged
     assert "0.610 (0.57–0.64)" in flagged and "predicted Dice 0.610 &lt; 0.75" in flagged
     assert "2 gaps between contoured slices" in flagged
+    assert flagged.count('href="../case/today-1"') == 2  # the case's page, where the node serves the summary
     assert "series 2: slice spacing varies" in html  # the failed case
     assert html.count("<svg") == 8  # a histogram and a 90-day control chart per ROI and per source
     assert html.count('role="img" aria-label="') == 8 and "daily mean predicted Dice of Prostate" in html
