@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
@@ -23,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 from contourqa.qa_models.assessment import Assessment, assess, load_structure
 from contourqa.qa_models.errors import ContourQAError
 from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
-from contourqa.qa_models.series import load_series_files
+from contourqa.qa_models.series import ImageSeries, load_series_files
 from contourqa.qa_models.sr_report import SrIdentity, build_not_assessed_sr, save_sr, write_sr
 
 from . import ledger
@@ -109,13 +110,19 @@ def _beating(sessions: sessionmaker, case_id: str, interval_s: float) -> Iterato
         thread.join()
 
 
+def load_case_images(sessions: sessionmaker, case: Case, structure: Dataset) -> ImageSeries:
+    """The stored images of the case's series (newest versions) as one volume, with the frames the
+    structure names; a ContourQAError when they do not make one."""
+    images = [Path(i.path) for i in current_versions(sessions, case.image_series_uid)
+              if i.sop_class_uid not in STRUCTURE_KINDS]
+    return load_series_files(images, f"series {case.image_series_uid}", structure_references(structure).frames)
+
+
 def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_path: str,
             timings: dict[str, float]) -> Assessment:
     started = time.perf_counter()
-    images = [Path(i.path) for i in current_versions(sessions, case.image_series_uid)
-              if i.sop_class_uid not in STRUCTURE_KINDS]
     structure = load_structure(structure_path)
-    series = load_series_files(images, f"series {case.image_series_uid}", structure_references(structure).frames)
+    series = load_case_images(sessions, case, structure)
     timings["load_s"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     predictor = (load_predictor(str(settings.worker.model_dir) if settings.worker.model_dir else None,

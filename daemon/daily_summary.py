@@ -23,6 +23,7 @@ from contourqa.reporting.html import render_page
 from . import ledger
 from .config import Settings
 from .db import Case, CaseState, Instance, JobRun, RoiResult, utcnow
+from .results import reason_text
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def summary_data(session: Session, day: date) -> dict[str, Any]:
             flagged.append({"case_id": case.case_id, "patient_id": patient_id, "study_date": study_date,
                             "sender": case.calling_ae, "roi": roi.name, "verdict": roi.verdict,
                             "dice": roi.predicted_dice, "low": roi.dice_low, "high": roi.dice_high,
-                            "reason": "; ".join(r["detail"] for r in roi.reasons or []) or "-"})
+                            "reason": reason_text(roi.reasons) or "-"})
     by_roi: dict[str, list[float]] = defaultdict(list)
     by_source: dict[str, list[float]] = defaultdict(list)
     for case, roi in rows:

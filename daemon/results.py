@@ -18,7 +18,7 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") + "Z" if moment else None
 
 
-def _reason_text(reasons: list[dict] | None) -> str:
+def reason_text(reasons: list[dict] | None) -> str:
     """The ROI's reasons, one clause each; rows stored before reasons were recorded have none."""
     return "; ".join(r["detail"] for r in reasons or [])
 
@@ -31,7 +31,7 @@ def _roi_row(case: Case, roi: RoiResult | None) -> dict[str, Any]:
         return {**row, "roi": None, "verdict": None, "predicted_dice": None, "interval": None,
                 "reason": f"not assessed: {case.reason}"}
     interval = [roi.dice_low, roi.dice_high] if roi.dice_low is not None else None
-    reason = _reason_text(roi.reasons)
+    reason = reason_text(roi.reasons)
     if roi.domain_inside is False and "domain" not in reason:
         reason = "; ".join(filter(None, [reason, "outside the model's domain"]))
     return {**row, "roi": roi.name, "verdict": roi.verdict, "predicted_dice": roi.predicted_dice,

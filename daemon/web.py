@@ -14,7 +14,6 @@ import threading
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
@@ -23,14 +22,12 @@ from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
 from contourqa.qa_models.errors import ContourQAError
-from contourqa.qa_models.references import STRUCTURE_KINDS, structure_references
-from contourqa.qa_models.series import load_series_files
 from contourqa.reporting.html import render_text
 
+from .case_runner import load_case_images
 from .config import Settings
 from .db import Case, Instance
 from .results import case_detail, list_results
-from .store import current_versions
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +47,7 @@ def contour_picture(sessions: sessionmaker, case_id: str, roi_number: int) -> by
         return None
     try:
         dataset = load_structure(structure.path)
-        images = [Path(i.path) for i in current_versions(sessions, case.image_series_uid)
-                  if i.sop_class_uid not in STRUCTURE_KINDS]
-        series = load_series_files(images, f"series {case.image_series_uid}", structure_references(dataset).frames)
+        series = load_case_images(sessions, case, dataset)
         masks = {mask.number: mask.mask for mask, _ in structure_masks(dataset, series, AssessConfig())}
     except ContourQAError:
         return None
