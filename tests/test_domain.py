@@ -110,6 +110,7 @@ def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thi
     assert result.returncode == 0, result.stderr
     predictor = DicePredictor.from_model_folder(model)
     assert predictor.card.domain.fitted_on["cases"] == 1 and predictor.card.domain.threshold_from["cases"] == 1
+    assert predictor.card.domain.quantile == 0.99  # one far held-out study must not set the threshold
     assessment = assess_files(THIGH / "image", thigh_named_prostate, predictor=predictor)
     assert assessment.rois[0].outside_domain and assessment.rois[0].prediction is None
 

@@ -12,8 +12,9 @@ from contourqa.reporting.overlap import dice
 from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
-from contourqa.training.synth_anatomy import LABEL, ROI_LABELS, pelvis_labels
-from contourqa.training.synth_style import _acquisition, _fine_coordinates, trace
+from contourqa.training.synth_anatomy import LABEL, LABELS, ROI_LABELS, pelvis_labels
+from contourqa.training.synth_style import (VISIBLE_SHARE, _acquisition, _fine_coordinates, boundary_visibility,
+                                            label_intensities, trace, visible_intensities)
 
 SPEC = PhantomSpec(rows=96, columns=96, slices=16)
 
@@ -70,6 +71,28 @@ def test_studies_written_by_several_processes_equal_those_of_one(synth, tmp_path
     assert [r["case_id"] for r in rows] == sorted(r["case_id"] for r in rows)  # in study order
     assert [r["kind"] for r in rows] == [r["kind"] for r in csv.DictReader(open(synth / "manifest.csv"))
                                          if r["case_id"] in ("case000", "case001")]
+
+
+def test_boundary_visibility_measures_the_contrast_across_each_roi_surface():
+    labels = np.full((12, 12, 12), LABEL["visceral_fat"])
+    labels[4:8, 4:8, 4:8] = LABEL["prostate_tz"]
+    means, spreads = np.full(len(LABELS), 0.5), np.full(len(LABELS), 0.01)
+    assert boundary_visibility(labels, means, spreads)["Prostate"] == 0  # the same grey as around it
+    means[LABEL["prostate_tz"]] = 0.8
+    assert boundary_visibility(labels, means, spreads)["Prostate"] == 1
+    spreads[LABEL["prostate_tz"]] = 0.2  # a texture that drowns the step
+    assert boundary_visibility(labels, means, spreads)["Prostate"] == 0
+
+
+def test_every_structure_is_visible_in_the_drawn_contrast():
+    """Random contrast draws must not hide an organ (its Dice target would follow from nothing in the
+    image), and T2-like contrast shows every organ, femoral heads included, at the first draw."""
+    labels = _labels(5)
+    for seed in range(3):
+        shares = boundary_visibility(labels, *visible_intensities("random", labels, np.random.default_rng(seed)))
+        assert min(shares.values()) >= VISIBLE_SHARE, shares
+    shares = boundary_visibility(labels, *label_intensities("t2", np.random.default_rng(0)))
+    assert min(shares.values()) >= VISIBLE_SHARE, shares
 
 
 def test_reference_rtstruct_rasterises_back_to_its_label_map():

@@ -72,8 +72,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     guard.add_argument("--threshold", type=Path, required=True, metavar="MANIFEST",
                        help="in-domain studies neither trained nor fitted on: the threshold")
     guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
-    guard.add_argument("--quantile", type=float, default=1.0,
-                       help="quantile of the held-out distances taken as threshold (default 1: the largest)")
+    guard.add_argument("--quantile", type=float, default=0.99,
+                       help="quantile of the held-out distances taken as threshold (default 0.99; 1: the largest)")
     guard.set_defaults(run=_run_guard)
 
     combine = commands.add_parser("combine", help="several trained models (e.g. of different input shapes) into one ensemble")

@@ -90,7 +90,8 @@ def pelvis_labels(c: Coordinates, rng: np.random.Generator) -> np.ndarray:
                               (rng.uniform(35, 45), rng.uniform(25, 35), rng.uniform(6, 10)), 2)
     labels[inner & (levator < 1)] = LABEL["levator"]
 
-    # femoral heads in the acetabulum: marrow in a cortical shell, on both sides of a bony pelvis
+    # femoral heads in the acetabulum: marrow in a cortical shell, on both sides of a bony pelvis; the
+    # head has its own 2.5 mm cortex (joint surface), without which it would merge into the acetabulum's marrow
     head_radius = rng.uniform(21, 26)
     head_z = rng.uniform(-5, 15)
     for side, name in ((1, "femoral_head_l"), (-1, "femoral_head_r")):  # patient left is +x
@@ -99,6 +100,7 @@ def pelvis_labels(c: Coordinates, rng: np.random.Generator) -> np.ndarray:
         labels[acetabulum < 1] = LABEL["bone_cortex"]
         labels[acetabulum < 0.8] = LABEL["bone_marrow"]
         head = _superellipsoid(c, centre, (head_radius,) * 3, 2)
+        labels[head < (1 + 2.5 / head_radius) ** 2] = LABEL["bone_cortex"]
         labels[head < 1] = LABEL[name]
     for side in (-1, 1):  # external iliac vessels
         vessel = (c.x - side * rng.uniform(55, 70)) ** 2 + (c.y + rng.uniform(30, 45)) ** 2

@@ -1,0 +1,30 @@
+"""The training-set diagnosis: an organ that stands out has a high CNR, and a contour on its edge fits."""
+
+import numpy as np
+
+from contourqa.training.diagnose import contrast_to_noise, edge_fit
+from scipy import ndimage
+
+SPACING = np.array([2.0, 1.0, 1.0])
+
+
+def _organ():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((20, 40, 40), dtype=bool)
+    mask[6:14, 12:28, 12:28] = True
+    image = np.where(mask, 300.0, 100.0) + rng.normal(0, 10, mask.shape)
+    return image, mask
+
+
+def test_a_visible_organ_has_a_high_contrast_to_noise_and_a_hidden_one_none():
+    image, mask = _organ()
+    assert contrast_to_noise(image, mask, SPACING) > 10
+    flat = np.random.default_rng(1).normal(100, 10, mask.shape)
+    assert contrast_to_noise(flat, mask, SPACING) < 1
+
+
+def test_a_contour_on_the_edges_fits_better_than_a_shifted_one():
+    image, mask = _organ()
+    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(image, 0.7), *SPACING)))
+    shifted = np.roll(mask, 5, axis=2)
+    assert edge_fit(gradient, mask, SPACING) > 1.5 * edge_fit(gradient, shifted, SPACING)
