@@ -30,6 +30,7 @@ from contourqa.qa_models.sr_report import SrIdentity, build_not_assessed_sr, sav
 from . import ledger
 from .config import Settings
 from .db import Case, CaseState, Instance, OutboxItem, RoiResult
+from .image_profile import image_profile
 from .store import current_versions
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessm
         destination=str(destination))
     if not ledger.finish(sessions, case_id, results, outbox, sr_path=str(sr_path), timings=timings, reason=reason,
                          model_name=model.name if model else None, model_version=model.version if model else None,
-                         model_sha256=model.sha256 if model else None):
+                         model_sha256=model.sha256 if model else None,
+                         image_profile=image_profile(assessment.series)):
         return CaseOutcome(case_id, CaseState.DONE.value, skipped=True)  # a concurrent redelivery finished first
     verdicts = ", ".join(f"{r.name}={r.verdict.value}" for r in assessment.rois)
     log.info("case %s done: %s", case_id, verdicts, extra={"case_id": case_id})

@@ -74,6 +74,8 @@ def add_node_commands(commands: argparse._SubParsersAction) -> None:
     requeue = commands.add_parser("requeue-dead", parents=[common], help="send dead-lettered SRs again")
     requeue.add_argument("--id", type=int, help="only this outbox item (default: all dead letters)")
     requeue.set_defaults(run=_run_requeue)
+    from .cli_monitoring import add_monitoring_commands
+    add_monitoring_commands(commands, common)
 
 
 def node_settings(args: argparse.Namespace) -> "Settings":

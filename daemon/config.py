@@ -142,6 +142,20 @@ class SchedulerSettings(_Strict):
     retention_days: float | None = Field(None, gt=0, description="delete stored studies older than this; none = keep")
     daily_summary_at: str = Field("06:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
                                   description="UTC time (HH:MM) the previous days' summaries are written")
+    retention_cron: str = Field("17 * * * *", description="crontab (UTC) of the retention job")
+
+
+class NotifySettings(_Strict):
+    """How audits tell an admin about drift: e-mail through this SMTP server (an audit's --email names the
+    recipient) and/or a webhook (an audit's --webhook URL receives a JSON POST)."""
+
+    smtp_host: str | None = Field(None, description="none = no e-mail")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    sender: str = Field("contourqa@localhost", description="From: of the notices")
+    timeout_s: float = Field(10, gt=0, description="a notice that takes longer is given up (and logged)")
 
 
 class WebSettings(_Strict):
@@ -174,6 +188,7 @@ class Settings(_Strict):
     export: ExportSettings = Field(default_factory=ExportSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     assess: AssessConfig = Field(default_factory=AssessConfig)
 
     @property

@@ -145,16 +145,21 @@ def summary_data(session: Session, day: date) -> dict[str, Any]:
 
 def write_daily_summary(settings: Settings, sessions: sessionmaker, day: date, out: Path | None = None) -> Path:
     """The day's page (default: ``reports/daily/YYYY-MM-DD.html``) and the index of all days."""
+    from .audits import latest_audit_results
     with sessions() as session:
         data = summary_data(session, day)
-    path = render_page("daily.html.j2", out or summary_path(settings.reports_dir, day), **data)
+    path = render_page("daily.html.j2", out or summary_path(settings.reports_dir, day), **data,
+                       audits=latest_audit_results(sessions))
     write_index(settings.reports_dir)
     return path
 
 
 def write_index(reports_dir: Path) -> Path:
+    """The list of every day's summary and every audit report, newest first."""
     days = sorted((p.stem for p in (reports_dir / "daily").glob("????-??-??.html")), reverse=True)
-    return render_page("index.html.j2", reports_dir / "daily" / "index.html", days=days)
+    audits = sorted(((p.parent.name, p.name) for p in (reports_dir / "audits").glob("*/*.html")),
+                    key=lambda item: item[1], reverse=True)
+    return render_page("index.html.j2", reports_dir / "daily" / "index.html", days=days, audits=audits)
 
 
 def write_due_summaries(settings: Settings, sessions: sessionmaker, today: date | None = None) -> list[date]:

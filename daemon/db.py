@@ -89,6 +89,8 @@ class Case(Base):
     model_sha256: Mapped[str | None] = mapped_column(String(64))  # the exact weights and card that judged it
     sr_path: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict | None] = mapped_column(JSON)
+    # what the drift audits watch for input drift: scanner, field strength, spacing, intensities in the body
+    image_profile: Mapped[dict | None] = mapped_column(JSON)
 
 
 class CaseReference(Base):
@@ -164,6 +166,38 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(16), default="running")  # running, done, failed
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Audit(Base):
+    """A drift audit an admin declared (`contourqa audit add`); the scheduler runs it on its cron."""
+
+    __tablename__ = "audits"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(120))
+    window_days: Mapped[float] = mapped_column(Float)
+    reference_days: Mapped[float] = mapped_column(Float)
+    roi: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(200))
+    metrics: Mapped[list] = mapped_column(JSON)
+    alpha: Mapped[float] = mapped_column(Float)
+    notify_email: Mapped[str | None] = mapped_column(String(200))
+    notify_webhook: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AuditRun(Base):
+    """One run of an audit: its verdict and where its report is."""
+
+    __tablename__ = "audit_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit: Mapped[str] = mapped_column(String(64), index=True)
+    ran_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    drift: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text)
+    report_path: Mapped[str] = mapped_column(Text)
+    json_path: Mapped[str] = mapped_column(Text)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

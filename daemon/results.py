@@ -93,7 +93,7 @@ def case_detail(session: Session, case_id: str) -> dict[str, Any] | None:
         "times": {"opened": _iso(case.created_at), "ready": _iso(case.ready_at), "started": _iso(case.started_at),
                   "finished": _iso(case.finished_at)},
         "model": {"name": case.model_name, "version": case.model_version, "sha256": case.model_sha256},
-        "sr_path": case.sr_path, "timings": case.timings,
+        "sr_path": case.sr_path, "timings": case.timings, "image_profile": case.image_profile,
         "rois": [{**_roi_row(case, roi), "number": roi.roi_number, "volume_ml": roi.volume_ml,
                   "screens": roi.screens, "warnings": roi.warnings,
                   "domain": None if roi.domain_inside is None else {"score": roi.domain_score,

@@ -2,7 +2,8 @@
 
 The sweep opens cases for structure sets stored without one, assesses waiting cases past the
 stable age, re-dispatches cases whose message or worker was lost, and sends due exports.
-Retention removes old studies from the store.
+Retention removes old studies from the store; it, the daily summaries and the drift audits are declared
+jobs on cron triggers (``jobs``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.references import STRUCTURE_KINDS
 
-from . import ledger
+from . import jobs, ledger
 from .assembler import Assembler
 from .case_runner import answer_failed_cases
 from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
@@ -87,21 +88,17 @@ def apply_retention(settings: Settings, sessions: sessionmaker) -> int:
 
 
 def start_scheduler(settings: Settings, sessions: sessionmaker, blocking: bool = False) -> BaseScheduler:
-    """The sweep every few seconds, retention hourly, the daily summaries each morning; one scheduler per
-    deployment (a second one started by mistake writes no summary twice: `job_runs`)."""
+    """The sweep every few seconds (in memory: it is the node's pulse, not a job an admin declares), and the
+    declared jobs (daily summaries, retention, drift audits) from the job store in the database (``jobs``).
+    The daily summaries also catch up once at start, so the days a stopped scheduler missed are written."""
     if blocking:
         from apscheduler.schedulers.blocking import BlockingScheduler
-        scheduler: BaseScheduler = BlockingScheduler()
+        scheduler: BaseScheduler = BlockingScheduler(timezone="UTC")
     else:
-        scheduler = BackgroundScheduler()
+        scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(sweep, "interval", seconds=settings.scheduler.sweep_interval_s, args=[settings, sessions],
                       id="sweep", max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
-    scheduler.add_job(apply_retention, "interval", hours=1, args=[settings, sessions], id="retention",
-                      max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
-    # every morning, and once at start: the days a stopped scheduler missed are written, none twice
-    hour, minute = map(int, settings.scheduler.daily_summary_at.split(":"))
-    scheduler.add_job(write_due_summaries, "cron", hour=hour, minute=minute, timezone="UTC", args=[settings, sessions],
-                      id="daily-summary", max_instances=1, coalesce=True)
+    jobs.attach(scheduler, settings, sessions)
     scheduler.add_job(write_due_summaries, "date", args=[settings, sessions], id="daily-summary-catch-up")
     scheduler.start()
     return scheduler

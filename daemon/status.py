@@ -1,4 +1,5 @@
-"""What an admin asks first: queue depth, pending cases, outbox and dead letters (`contourqa status`)."""
+"""What an admin asks first: queue depth, pending cases, outbox, dead letters and the scheduled jobs' last
+runs (`contourqa status`)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
         outside = ledger.rois_outside_domain(session)
         dead = ledger.dead_letters(session)
         failed = ledger.recent_failures(session)
+    from .jobs import last_runs  # the scheduler's modules only when asked
+    jobs = last_runs(sessions)
     pending = sum(cases[s.value] for s in ledger.UNFINISHED)
     return {
         "queues": queue_depths(broker_url),
@@ -75,6 +78,7 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
         "dead_letters": [{"id": d.id, "case_id": d.case_id, "destination": d.destination, "attempts": d.attempts,
                           "last_error": d.last_error} for d in dead],
         "recent_failed_cases": [{"case_id": c.case_id, "reason": c.reason} for c in failed],
+        "last_job_runs": jobs,
     }
 
 
@@ -90,4 +94,6 @@ def format_status(report: dict) -> str:
                      f"{item['attempts']} attempts: {item['last_error']}")
     for case in report["recent_failed_cases"]:
         lines.append(f"failed case {case['case_id']}: {case['reason']}")
+    for job, run in sorted(report["last_job_runs"].items()):
+        lines.append(f"last run of {job}: {run['key']} {run['status']}" + (f" ({run['detail']})" if run["detail"] else ""))
     return "\n".join(lines)

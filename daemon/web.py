@@ -26,6 +26,7 @@ from contourqa.reporting.html import render_text
 
 from .case_runner import load_case_images
 from .config import Settings
+from .audits import NAME as AUDIT_NAME
 from .db import Case, Instance
 from .results import case_detail, list_results
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("accept", "review", "reject", "failed")
 DAILY_FILE = re.compile(r"^(index|\d{4}-\d{2}-\d{2})\.html$")
+AUDIT_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{4}\.html$")
 
 
 def contour_picture(sessions: sessionmaker, case_id: str, roi_number: int) -> bytes | None:
@@ -92,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._picture(parts[1], parts[3][:-4])
             elif parts[0] == "daily" and len(parts) <= 2:
                 self._daily(parts[1] if len(parts) == 2 else "index.html")
+            elif parts[0] == "audits" and len(parts) == 3:
+                self._audit(parts[1], parts[2])
             else:
                 self._send_text(HTTPStatus.NOT_FOUND, "not found")
         except BrokenPipeError:
@@ -135,6 +139,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.settings.reports_dir / "daily" / name
         if not DAILY_FILE.match(name) or not path.is_file():  # the pattern keeps requests inside the folder
             self._send_text(HTTPStatus.NOT_FOUND, "no such summary")
+            return
+        self._send(HTTPStatus.OK, "text/html; charset=utf-8", path.read_bytes())
+
+    def _audit(self, name: str, report: str) -> None:
+        path = self.settings.reports_dir / "audits" / name / report
+        if not (AUDIT_NAME.match(name) and AUDIT_FILE.match(report)) or not path.is_file():
+            self._send_text(HTTPStatus.NOT_FOUND, "no such audit report")
             return
         self._send(HTTPStatus.OK, "text/html; charset=utf-8", path.read_bytes())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from datetime import date, datetime, timedelta
 
 import html5lib
@@ -174,12 +175,15 @@ def test_two_schedulers_started_by_mistake_write_each_day_once(phantom, tmp_path
 
 
 def test_the_scheduler_registers_the_morning_job_at_the_configured_time(tmp_path):
+    from contourqa.daemon.jobs import JOBSTORE
     from contourqa.daemon.scheduler import start_scheduler
 
     settings = load_settings(None, {"home": str(tmp_path), "scheduler.daily_summary_at": "05:30"})
     scheduler = start_scheduler(settings, open_database(settings.resolved_database_url()))
     try:
-        job = scheduler.get_job("daily-summary")
+        deadline = time.monotonic() + 10
+        while (job := scheduler.get_job("daily-summaries", jobstore=JOBSTORE)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the declared jobs are synchronised into the job store by the scheduler's thread
         fields = {f.name: str(f) for f in job.trigger.fields}
         assert (fields["hour"], fields["minute"], str(job.trigger.timezone)) == ("5", "30", "UTC")
     finally:

@@ -81,6 +81,11 @@ def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom
         assert set(verdicts) == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
         assert set(verdicts.values()) <= {"ACCEPT", "REVIEW", "REJECT"}
     assert first[0] in received
+    listed = json.loads(run_cli("results", "--json", "--home", node.home).stdout)
+    shown = json.loads(run_cli("show", listed[0]["case_id"], "--json", "--home", node.home).stdout)
+    profile = shown["image_profile"]  # what the drift audits watch: scanner, spacing, intensities in the body
+    assert profile["scanner"] != "unknown" and profile["pixel_spacing_mm"] > 0
+    assert 0 < profile["intensity_p5"] < profile["intensity_p50"] < profile["intensity_p95"]
 
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert 'contourqa_cases{state="done"} 2.0' in scraped
