@@ -31,6 +31,7 @@ from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.atomic import write_text_atomically
 from contourqa.qa_models.errors import InputError
+from contourqa.reporting.agreement import site_calibration
 from contourqa.reporting.charts import control_chart
 from contourqa.reporting.drift import (Finding, compare_categories, compare_distributions, compare_rate, cusum,
                                        decide)
@@ -139,6 +140,7 @@ class Observation:
     volume_ml: float
     case_id: str
     profile: dict | None
+    real_dice: float | None = None  # once the approved version came back
 
 
 def observations(sessions: sessionmaker, start: datetime, end: datetime, audit: Audit) -> list[Observation]:
@@ -147,7 +149,7 @@ def observations(sessions: sessionmaker, start: datetime, end: datetime, audit: 
     with sessions() as session:
         rows = session.execute(query).all()
     result = [Observation(c.finished_at, r.name, c.source_software or "unknown", r.verdict, r.predicted_dice,
-                          r.domain_inside, r.volume_ml, c.case_id, c.image_profile) for c, r in rows]
+                          r.domain_inside, r.volume_ml, c.case_id, c.image_profile, r.real_dice) for c, r in rows]
     return [o for o in result if (audit.roi is None or o.roi.lower() == audit.roi.lower())
             and (audit.source is None or o.source == audit.source)]
 
@@ -171,6 +173,11 @@ def _roi_findings(group: str, old: list[Observation], new: list[Observation], me
         old_days, new_days = _by_day(old), _by_day(new)
         found, limits = cusum(group, "predicted Dice", list(old_days.values()), list(new_days.values()))
         findings += found
+        # the model's own error where the approved contour came back: does it grow?
+        old_error, new_error = (np.array([abs(o.dice - o.real_dice) for o in items
+                                          if o.dice is not None and o.real_dice is not None]) for items in (old, new))
+        findings += compare_distributions(group, "error against the real Dice", old_error, new_error,
+                                          only_larger=True)[:1]
         if limits:
             days = {**old_days, **new_days}
             chart = control_chart([d.strftime("%m-%d") for d in days], [float(v.mean()) for v in days.values()],
@@ -237,6 +244,11 @@ def run_audit(settings: Settings, sessions: sessionmaker, name: str, now: dateti
     items = observations(sessions, start, now, audit)
     old, new = [o for o in items if o.finished_at < split], [o for o in items if o.finished_at >= split]
     findings, charts, drift = audit_findings(audit, old, new)
+    limits = (settings.assess.reject_below, settings.assess.review_below)
+    calibration = {label: site_calibration([o.real_dice for o in items if o.real_dice is not None and o.dice is not None],
+                                           [o.dice for o in items if o.real_dice is not None and o.dice is not None],
+                                           *limits, f"approved ROIs of the {label} window")
+                   for label, items in (("reference", old), ("recent", new))}
     flagged = [f for f in findings if f.drift]
     if not findings:
         summary = (f"not enough results to compare ({len(new)} ROIs in the window, {len(old)} in the reference; "
@@ -252,13 +264,15 @@ def run_audit(settings: Settings, sessions: sessionmaker, name: str, now: dateti
                           "rois": len(old)},
             "definition": {"cron": audit.cron, "window_days": audit.window_days, "reference_days": audit.reference_days,
                            "roi": audit.roi, "source": audit.source, "metrics": audit.metrics, "alpha": audit.alpha},
-            "tests": len(findings), "findings": [f.as_dict() for f in findings]}
+            "tests": len(findings), "findings": [f.as_dict() for f in findings],
+            "calibration": {k: None if v is None else {"n": v["n"], "mae": v["mae"], "wrong_share": v["wrong_share"]}
+                            for k, v in calibration.items()}}
     folder = settings.reports_dir / "audits" / name
     folder.mkdir(parents=True, exist_ok=True)
     stem = now.strftime("%Y-%m-%dT%H%M")
     json_path = write_text_atomically(folder / f"{stem}.json", json.dumps(data, indent=2))
-    report = render_page("audit.html.j2", folder / f"{stem}.html", **data, charts=charts,
-                         flagged=[f.as_dict() for f in flagged])
+    report = render_page("audit.html.j2", folder / f"{stem}.html", **{**data, "calibration": calibration},
+                         charts=charts, flagged=[f.as_dict() for f in flagged])
     write_index(settings.reports_dir)
     run = AuditRun(audit=name, ran_at=now, drift=drift, summary=summary, report_path=str(report),
                    json_path=str(json_path))

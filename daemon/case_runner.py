@@ -28,6 +28,7 @@ from contourqa.qa_models.series import ImageSeries, load_series_files
 from contourqa.qa_models.sr_report import SrIdentity, build_not_assessed_sr, save_sr, write_sr
 
 from . import ledger
+from .approved import approval_reason, compare_with_auto, latest_auto_case
 from .config import Settings
 from .db import Case, CaseState, Instance, OutboxItem, RoiResult
 from .image_profile import image_profile
@@ -76,7 +77,14 @@ def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOu
     timings: dict[str, float] = {}
     try:
         with _beating(sessions, case_id, settings.worker.heartbeat_s):
-            assessment = _assess(settings, sessions, case, structure_path, timings)
+            started = time.perf_counter()
+            structure = load_structure(structure_path)
+            timings["load_s"] = round(time.perf_counter() - started, 3)
+            why = approval_reason(structure, case.calling_ae, settings.approval)
+            auto = latest_auto_case(sessions, case) if why else None
+            if auto is not None:  # the approved version of an auto-contour: the reference, not a case to judge
+                return _record_approved(settings, sessions, case, auto, structure, why)
+            assessment = _assess(settings, sessions, case, structure, timings)
             started = time.perf_counter()
             sr_path = settings.reports_dir / case.study_uid / f"{case_id}.dcm"
             sr_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +127,29 @@ def load_case_images(sessions: sessionmaker, case: Case, structure: Dataset) -> 
     return load_series_files(images, f"series {case.image_series_uid}", structure_references(structure).frames)
 
 
-def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure_path: str,
+def _assess(settings: Settings, sessions: sessionmaker, case: Case, structure: Dataset,
             timings: dict[str, float]) -> Assessment:
     started = time.perf_counter()
-    structure = load_structure(structure_path)
     series = load_case_images(sessions, case, structure)
-    timings["load_s"] = round(time.perf_counter() - started, 3)
+    timings["load_s"] = round(timings.get("load_s", 0) + time.perf_counter() - started, 3)
     started = time.perf_counter()
     predictor = (load_predictor(str(settings.worker.model_dir) if settings.worker.model_dir else None,
                                 settings.worker.device) if settings.worker.use_model else None)
     assessment = assess(series, structure, settings.assess, predictor=predictor)
     timings["assess_s"] = round(time.perf_counter() - started, 3)
     return assessment
+
+
+def _record_approved(settings: Settings, sessions: sessionmaker, case: Case, auto: Case, structure: Dataset,
+                     why: str) -> CaseOutcome:
+    """Compare an approved structure set with the latest auto-contour of its series; it is not assessed or
+    answered. (An approved structure set with no auto-contour before it is assessed like any other.)"""
+    series = load_case_images(sessions, case, structure)
+    matched = compare_with_auto(sessions, auto, structure, case.case_id, series, settings.approval)
+    reason = f"approved contours ({why}): real Dice of {matched} ROI(s) stored on case {auto.case_id}"
+    ledger.finish(sessions, case.case_id, [], None, reason=reason, approval=why, approves_case_id=auto.case_id)
+    log.info("case %s: %s", case.case_id, reason, extra={"case_id": case.case_id})
+    return CaseOutcome(case.case_id, CaseState.DONE.value)
 
 
 def fail_case(sessions: sessionmaker, case_id: str, reason: str) -> CaseOutcome:

@@ -1,11 +1,15 @@
-"""The admins' commands: `audit add|list|remove|run` (drift audits) and `schedule list` (declared jobs)."""
+"""The admins' commands: `audit add|list|remove|run` (drift audits), `schedule list` (declared jobs) and
+`export-training` (this site's auto-contours with their approved versions, as a training manifest)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from .cli_node import node_settings
+from contourqa.qa_models.errors import InputError
+
+from .cli_node import node_settings, parse_since
 
 
 def add_monitoring_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -40,6 +44,12 @@ def add_monitoring_commands(commands: argparse._SubParsersAction, common: argpar
     schedule_list = schedule_kinds.add_parser("list", parents=[common], help="jobs, cron, next and last run")
     schedule_list.add_argument("--json", action="store_true")
     schedule_list.set_defaults(run=_run_schedule_list)
+    export = commands.add_parser("export-training", parents=[common],
+                                 help="write each auto-contour ROI whose approved version came back as a training "
+                                      "manifest for `contourqa train --init-from`")
+    export.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    export.add_argument("--since", help="only cases finished after: YYYY-MM-DD, or an age such as 90d")
+    export.set_defaults(run=_run_export_training)
 
 
 def _sessions(args: argparse.Namespace):
@@ -99,4 +109,18 @@ def _run_schedule_list(args: argparse.Namespace) -> int:
         last = f"{row['last_run']} {row['last_status']}" if row["last_run"] else "never"
         print(f"{row['job']:<24} cron '{row['cron']}'  next {row['next_run'] or '(when a scheduler runs)'}  "
               f"last {last}  - {row['what']}")
+    return 0
+
+
+def _run_export_training(args: argparse.Namespace) -> int:
+    from .approved import training_pairs, write_manifest
+    since = parse_since(args.since) if args.since else None
+    _, sessions = _sessions(args)
+    rows = training_pairs(sessions, since)
+    if not rows:
+        raise InputError("no auto-contour has an approved version yet: nothing to export (see `approval` in the "
+                         "configuration)")
+    write_manifest(rows, args.out)
+    print(f"{len(rows)} ROI pairs from {len({r['case_id'] for r in rows})} cases written to {args.out}; "
+          f"train with: contourqa train --manifest {args.out} --init-from MODEL_DIR --out NEW_MODEL_DIR")
     return 0

@@ -145,6 +145,30 @@ class SchedulerSettings(_Strict):
     retention_cron: str = Field("17 * * * *", description="crontab (UTC) of the retention job")
 
 
+class ApprovalSettings(_Strict):
+    """How the node recognises the approved version of an auto-contour when the planning system sends it
+    back: any one of these marks a structure set as approved. Its ROIs are then compared with the latest
+    assessed auto-contour of the same image series (real Dice, HD95) instead of being assessed; with no
+    auto-contour of that series before it, it is assessed like any other."""
+
+    statuses: list[str] = Field(["APPROVED"], description="RT Structure Set ApprovalStatus values")
+    label_pattern: str | None = Field(None, description="regular expression searched in StructureSetLabel, "
+                                                        "ContentLabel or SeriesDescription")
+    calling_aes: list[str] = Field(default_factory=list, description="senders whose structure sets are approved ones")
+    roi_names: dict[str, str] = Field(default_factory=dict,
+                                      description="approved ROI name -> the auto-contour's, where they differ")
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"not a regular expression ({error})") from None
+        return pattern
+
+
 class NotifySettings(_Strict):
     """How audits tell an admin about drift: e-mail through this SMTP server (an audit's --email names the
     recipient) and/or a webhook (an audit's --webhook URL receives a JSON POST)."""
@@ -189,6 +213,7 @@ class Settings(_Strict):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     assess: AssessConfig = Field(default_factory=AssessConfig)
 
     @property

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from contourqa.reporting.agreement import site_calibration
 from contourqa.reporting.charts import bars, control_chart
 from contourqa.reporting.html import render_page
 
@@ -96,13 +97,25 @@ def _distribution(values: list[float], label: str) -> dict[str, Any]:
             "text": f"histogram of {len(values)} predicted Dice values of {label}, median {np.median(array):.3f}"}
 
 
-def summary_data(session: Session, day: date) -> dict[str, Any]:
-    """Everything the day's page shows."""
+def _calibration(session: Session, day: date, thresholds: tuple[float, float]) -> dict[str, Any] | None:
+    """Predicted against real Dice over the 90 days up to ``day``: the ROIs whose approved version came back."""
+    start, end = _bounds(day - timedelta(days=TREND_DAYS - 1))[0], _bounds(day)[1]
+    pairs = session.execute(select(RoiResult.real_dice, RoiResult.predicted_dice)
+                            .join(Case, RoiResult.case_id == Case.case_id)
+                            .where(Case.finished_at >= start, Case.finished_at < end, RoiResult.real_dice.is_not(None),
+                                   RoiResult.predicted_dice.is_not(None))).all()
+    return site_calibration([r for r, _ in pairs], [p for _, p in pairs], *thresholds,
+                            f"ROIs approved in the {TREND_DAYS} days up to {day.isoformat()}")
+
+
+def summary_data(session: Session, day: date, thresholds: tuple[float, float] = (0.75, 0.8)) -> dict[str, Any]:
+    """Everything the day's page shows; ``thresholds``: the reject and review limits of predicted Dice."""
     start, end = _bounds(day)
     rows = _rows_of_day(session, start, end)
     received = int(session.scalar(select(func.count()).select_from(Case)
                                   .where(Case.created_at >= start, Case.created_at < end)))
-    finished = list(session.scalars(select(Case).where(Case.finished_at >= start, Case.finished_at < end)))
+    finished = list(session.scalars(select(Case).where(Case.finished_at >= start, Case.finished_at < end,
+                                                       Case.approval.is_(None))))
     failed = [c for c in finished if c.state == CaseState.FAILED.value]
     structures = {c.case_id: session.get(Instance, c.structure_instance_id) for c in finished}
     flagged, identities = [], {}
@@ -140,6 +153,7 @@ def summary_data(session: Session, day: date) -> dict[str, Any]:
         "export_failures": ledger.export_failures(session),
         "dead_letters": len(ledger.dead_letters(session)),
         "failed": [{"case_id": c.case_id, "sender": c.calling_ae, "reason": c.reason} for c in failed],
+        "calibration": _calibration(session, day, thresholds),
     }
 
 
@@ -147,7 +161,7 @@ def write_daily_summary(settings: Settings, sessions: sessionmaker, day: date, o
     """The day's page (default: ``reports/daily/YYYY-MM-DD.html``) and the index of all days."""
     from .audits import latest_audit_results
     with sessions() as session:
-        data = summary_data(session, day)
+        data = summary_data(session, day, (settings.assess.reject_below, settings.assess.review_below))
     path = render_page("daily.html.j2", out or summary_path(settings.reports_dir, day), **data,
                        audits=latest_audit_results(sessions))
     write_index(settings.reports_dir)

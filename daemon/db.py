@@ -91,6 +91,10 @@ class Case(Base):
     timings: Mapped[dict | None] = mapped_column(JSON)
     # what the drift audits watch for input drift: scanner, field strength, spacing, intensities in the body
     image_profile: Mapped[dict | None] = mapped_column(JSON)
+    # set on an approved structure set (it is not assessed): why it counts as approved, and the
+    # auto-contour case it was compared with
+    approval: Mapped[str | None] = mapped_column(String(200))
+    approves_case_id: Mapped[str | None] = mapped_column(String(80))
 
 
 class CaseReference(Base):
@@ -122,6 +126,10 @@ class RoiResult(Base):
     # the model's domain guard: None where the model has none or made no prediction
     domain_score: Mapped[float | None] = mapped_column(Float)
     domain_inside: Mapped[bool | None] = mapped_column(Boolean)
+    # when the approved version of this auto-contour came back: agreement with it
+    real_dice: Mapped[float | None] = mapped_column(Float)
+    hd95_mm: Mapped[float | None] = mapped_column(Float)
+    approved_case_id: Mapped[str | None] = mapped_column(String(80))
 
 
 class OutboxState(str, enum.Enum):

@@ -27,6 +27,9 @@ def _roi_row(case: Case, roi: RoiResult | None) -> dict[str, Any]:
     row = {"case_id": case.case_id, "state": case.state, "finished": _iso(case.finished_at),
            "sender": case.calling_ae, "source": case.source_software, "kind": case.kind,
            "model_sha256": case.model_sha256}
+    if roi is None and case.approval:  # an approved structure set: compared, not assessed
+        return {**row, "roi": None, "verdict": "approved", "predicted_dice": None, "interval": None,
+                "reason": case.reason}
     if roi is None:  # a failed case: no ROI was assessed, and the case says why
         return {**row, "roi": None, "verdict": None, "predicted_dice": None, "interval": None,
                 "reason": f"not assessed: {case.reason}"}
@@ -35,7 +38,8 @@ def _roi_row(case: Case, roi: RoiResult | None) -> dict[str, Any]:
     if roi.domain_inside is False and "domain" not in reason:
         reason = "; ".join(filter(None, [reason, "outside the model's domain"]))
     return {**row, "roi": roi.name, "verdict": roi.verdict, "predicted_dice": roi.predicted_dice,
-            "interval": interval, "reason": reason}
+            "interval": interval, "reason": reason, "real_dice": roi.real_dice, "hd95_mm": roi.hd95_mm,
+            "approved_case_id": roi.approved_case_id}
 
 
 def list_results(session: Session, since: datetime | None = None, verdict: str | None = None,
@@ -93,6 +97,7 @@ def case_detail(session: Session, case_id: str) -> dict[str, Any] | None:
         "times": {"opened": _iso(case.created_at), "ready": _iso(case.ready_at), "started": _iso(case.started_at),
                   "finished": _iso(case.finished_at)},
         "model": {"name": case.model_name, "version": case.model_version, "sha256": case.model_sha256},
+        "approval": case.approval, "approves_case_id": case.approves_case_id,
         "sr_path": case.sr_path, "timings": case.timings, "image_profile": case.image_profile,
         "rois": [{**_roi_row(case, roi), "number": roi.roi_number, "volume_ml": roi.volume_ml,
                   "screens": roi.screens, "warnings": roi.warnings,
@@ -122,6 +127,10 @@ def format_case(detail: dict[str, Any]) -> str:
             dice += f" ({roi['interval'][0]:.2f}-{roi['interval'][1]:.2f})"
         lines.append(f"  ROI {roi['number']} {roi['roi']}: {roi['verdict']}, predicted Dice {dice}, "
                      f"{roi['volume_ml']:.1f} ml" + (f" - {roi['reason']}" if roi["reason"] else ""))
+        if roi["real_dice"] is not None:
+            hd95 = f", HD95 {roi['hd95_mm']:.1f} mm" if roi["hd95_mm"] is not None else ""
+            lines.append(f"    real Dice {roi['real_dice']:.3f}{hd95} against the approved version "
+                         f"(case {roi['approved_case_id']})")
         failed = [s["name"] for s in roi["screens"] if not s.get("passed", True)]
         if failed:
             lines.append(f"    failed screens: {', '.join(failed)}")

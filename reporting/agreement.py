@@ -75,3 +75,18 @@ def case_bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, cases: lis
         if np.ptp(t) > 0 and np.ptp(p) > 0:
             draws["spearman"].append(stats.spearmanr(t, p).statistic)
     return {name: [float(v) for v in np.percentile(values, [2.5, 97.5])] for name, values in draws.items() if values}
+
+
+def site_calibration(real: list[float], predicted: list[float], flag_below: float, accept_above: float,
+                     label: str) -> dict | None:
+    """Predicted against real Dice on a site's own approved contours: MAE, the share of verdicts the real
+    Dice would have changed (the global accuracy rule), and the scatter chart; None without pairs."""
+    from .charts import scatter
+    if not real:
+        return None
+    metrics = regression_metrics(np.array(real), np.array(predicted), flag_below, accept_above)
+    wrong = 1 - metrics["global_accuracy"]
+    return {"n": metrics["n"], "mae": metrics["mae"], "wrong_share": wrong,
+            "chart": scatter(np.array(real), np.array(predicted)),
+            "text": f"predicted against real Dice of {metrics['n']} {label}: MAE {metrics['mae']:.3f}, "
+                    f"{wrong:.0%} of verdicts wrong"}

@@ -56,11 +56,14 @@ def psi(reference: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
     return value, p
 
 
-def compare_distributions(group: str, metric: str, reference: np.ndarray, recent: np.ndarray) -> list[Finding]:
-    """Two-sample Kolmogorov-Smirnov and the PSI of a numeric metric."""
+def compare_distributions(group: str, metric: str, reference: np.ndarray, recent: np.ndarray,
+                          only_larger: bool = False) -> list[Finding]:
+    """Two-sample Kolmogorov-Smirnov and the PSI of a numeric metric; ``only_larger``: the KS test asks only
+    whether the recent values are larger (an error that shrinks is no alarm)."""
     if len(recent) < MIN_RECENT or len(reference) < MIN_REFERENCE:
         return []
-    ks = stats.ks_2samp(reference, recent)
+    # scipy's "greater": the reference's distribution function lies above the recent one's somewhere
+    ks = stats.ks_2samp(reference, recent, alternative="greater" if only_larger else "two-sided")
     index, p_psi = psi(reference, recent)
     shift = f"median {np.median(reference):.3g} -> {np.median(recent):.3g}"
     return [Finding(group, metric, "Kolmogorov-Smirnov", float(ks.statistic), float(ks.pvalue), len(recent),

@@ -29,6 +29,7 @@ def _feed(sessions, start: datetime, seed: int = 0) -> None:
     """The simulated site's results written as the worker leaves them: a case row per structure set, a row
     per ROI, the image profile on the case."""
     rows = simulate(seed, start, days=120, change_day=CHANGE)
+    rng = np.random.default_rng(seed)
     with sessions() as session:
         structure = Instance(sop_instance_uid="1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.481.3", study_uid="1",
                              series_uid="3", modality="RTSTRUCT", path="/nonexistent", sha256="0" * 64, size=1)
@@ -43,9 +44,11 @@ def _feed(sessions, start: datetime, seed: int = 0) -> None:
                              image_series_uid="2", calling_ae="TPS", source_software=first.source, state="done",
                              created_at=first.finished_at, finished_at=first.finished_at, image_profile=first.profile))
             for number, r in enumerate(rois, start=1):
+                approved = rng.random() < 0.3  # the approved version came back for some
                 session.add(RoiResult(case_id=case_id, roi_number=number, name=r.roi, verdict=r.verdict,
                                       predicted_dice=r.dice, volume_ml=r.volume_ml, screens=[], warnings=[],
-                                      domain_inside=r.inside, domain_score=1.0))
+                                      domain_inside=r.inside, domain_score=1.0,
+                                      real_dice=float(np.clip(r.dice + rng.normal(0, 0.03), 0, 1)) if approved else None))
         session.commit()
 
 
@@ -131,12 +134,17 @@ def test_admin_commands_add_list_run_remove(site):
     html = report.read_text()
     html5lib.HTMLParser(strict=True).parse(html)
     assert "<svg" in html and "Kolmogorov-Smirnov" in html
-    assert json.loads(report.with_suffix(".json").read_text())["drift"] is True
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["drift"] is True
+    calibration = data["calibration"]["recent"]  # predicted against the real Dice of approved contours
+    assert calibration["n"] > 20 and 0.01 < calibration["mae"] < 0.05
+    assert html.count("real Dice") >= 2
     # the daily summary shows each audit's latest status and links its report
     day = utcnow().date()
     write_daily_summary(settings, open_database(settings.resolved_database_url()), day)
     summary = summary_path(settings.reports_dir, day).read_text()
     assert f'href="../audits/all-sources/{rows["all-sources"]["report"]}"' in summary and "source-c" in summary
+    assert "ROIs whose approved version came back: MAE 0.0" in summary
     index = (settings.reports_dir / "daily" / "index.html").read_text()
     assert "all-sources" in index
     assert run_cli("audit", "remove", "source-c", "--home", home).returncode == 0

@@ -15,10 +15,14 @@ import urllib.request
 from collections import Counter
 
 import highdicom as hd
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from node_harness import Destination, Node, clone_study, dcmtk, free_port, send, wait_for
 from conftest import THIGH, require_tool, run_cli
+from contourqa.training.cache import load_cases
+from contourqa.training.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +222,52 @@ def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(p
     wait_for(lambda: destination.received(), 180, "the SR of the redone case")
     wait_for(lambda: node.status()["outbox"]["sent"] == 1, 30, "the outbox to record delivery")
     assert len(destination.received()) == 1
+
+
+def _approved_copy(source, target):
+    """The structure set as the planning system sends it back after the physician approved it."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.ApprovalStatus, ds.StructureSetLabel = "APPROVED", "Approved"
+    ds.save_as(target)
+    return target
+
+
+def test_the_approved_version_of_an_auto_contour_gives_its_real_dice(phantom, destination, node_factory, tmp_path):
+    node = node_factory(export={"default_destination": destination.address}).start()
+    case = phantom / "case001"
+    auto = case / "candidates" / "auto01.dcm"
+    assert send(node.port, case / "image", auto).returncode == 0
+    wait_for(lambda: destination.received(), 60, "the auto-contour's SR")
+    auto_id = str(pydicom.dcmread(auto, stop_before_pixels=True).SOPInstanceUID)
+
+    def rois():
+        return json.loads(run_cli("show", auto_id, "--json", "--home", node.home).stdout)["rois"]
+
+    # approved unchanged: every ROI agrees perfectly with its approved version
+    assert send(node.port, _approved_copy(auto, tmp_path / "same.dcm")).returncode == 0
+    unchanged = wait_for(lambda: all(r["real_dice"] is not None for r in rois()) and rois(), 60, "the real Dice")
+    assert {r["roi"]: (r["real_dice"], r["hd95_mm"]) for r in unchanged} == {r["roi"]: (1.0, 0.0) for r in unchanged}
+    # approved after editing (the phantom's reference): the Dice the training pipeline computes for this pair
+    edited = _approved_copy(case / "reference.dcm", tmp_path / "edited.dcm")
+    assert send(node.port, edited).returncode == 0
+    changed = wait_for(lambda: all(r["real_dice"] < 1 for r in rois()) and rois(), 60, "the edited version's Dice")
+    rows = [r for r in read_manifest(phantom / "manifest.csv") if r.candidate == auto.resolve()]
+    expected = {c.row.roi: c.dice for c in load_cases(rows)[0].candidates}
+    assert {r["roi"]: r["real_dice"] for r in changed} == pytest.approx(expected, abs=1e-9)
+    assert all(r["hd95_mm"] > 0 for r in changed)
+    time.sleep(2)
+    assert len(destination.received()) == 1  # the approved versions are compared, not answered
+
+    listed = json.loads(run_cli("results", "--json", "--home", node.home).stdout)
+    assert sum(r["verdict"] == "approved" for r in listed) == 2
+    summary = run_cli("report", "daily", "--home", node.home)
+    page = open(summary.stdout.strip()).read()
+    assert "5 ROIs whose approved version came back" in page
+    exported = run_cli("export-training", "--out", tmp_path / "site.csv", "--home", node.home)
+    assert exported.returncode == 0, exported.stderr
+    pairs = read_manifest(tmp_path / "site.csv")
+    assert len(pairs) == 5 and {p.reference for p in pairs} == {pairs[0].reference}
+    again = {c.row.roi: c.dice for c in load_cases(pairs)[0].candidates}  # ready for `contourqa train`
+    assert again == pytest.approx(expected, abs=1e-9)

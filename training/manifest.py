@@ -9,8 +9,9 @@ from pathlib import Path
 from contourqa.qa_models.errors import InputError
 
 REQUIRED_COLUMNS = ("case_id", "image", "reference", "candidate", "roi")
-# Columns the phantom writes that describe how a candidate was made; never features for a baseline.
-DESCRIPTIVE_COLUMNS = ("kind",)
+# Columns that describe how a candidate was made or scored (the phantom's kind; `export-training`'s Dice
+# values); never features for a baseline.
+DESCRIPTIVE_COLUMNS = ("kind", "real_dice", "predicted_dice")
 
 
 @dataclass(frozen=True)
