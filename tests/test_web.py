@@ -147,3 +147,32 @@ def test_tls_serves_the_page_over_https_only(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
     finally:
         server.shutdown()
+
+
+def test_the_real_dice_and_the_audit_reports_are_on_the_page(served, phantom):
+    """Last in this module: it adds an approved structure set to the node the other tests read."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    node, base = served
+    auto = node.home.parent / "approved.dcm"
+    ds = pydicom.dcmread(phantom / "case001" / "candidates" / "auto01.dcm")
+    auto_id = str(ds.SOPInstanceUID)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.ApprovalStatus = generate_uid(), "APPROVED"
+    ds.save_as(auto)
+    assert send(node.port, auto).returncode == 0
+    page = wait_for(lambda: (text := fetch(base + f"/case/{auto_id}")[2].decode()).count("real Dice") == 5 and text,
+                    60, "the real Dice on the case page")
+    assert page.count("1.000, HD95 0.0 mm") == 5 and f'href="/case/{ds.SOPInstanceUID}"' in page
+
+    config = node.home / "config.yaml"
+    assert run_cli("audit", "add", "weekly", "--cron", "0 7 * * 1", "--config", config).returncode == 0
+    ran = run_cli("audit", "run", "weekly", "--config", config)  # one day of data: nothing to compare yet
+    assert ran.returncode == 0 and "not enough results" in ran.stdout
+    report = ran.stdout.strip().rsplit("/", 1)[1]
+    index = fetch(base + "/daily/")[2].decode()
+    assert f'href="../audits/weekly/{report}"' in index
+    status, kind, body = fetch(base + f"/audits/weekly/{report}")
+    assert status == 200 and "Drift audit weekly" in body.decode()
+    assert fetch(base + "/audits/weekly/..%2F..%2Fcontourqa.sqlite")[0] == 404  # nothing outside the reports
