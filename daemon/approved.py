@@ -5,7 +5,8 @@ approved structure set for the same image series later. contourqa recognises it 
 ApprovalStatus, a label pattern or the sender), finds the latest assessed auto-contour of that series,
 and stores beside each of its ROIs the Dice and the 95th-percentile surface distance to the approved ROI
 of the same name (after the configured renaming). The approved structure set is not assessed and not
-answered; its case records which case it approved. The pairs are this site's calibration data
+answered; its case records which case it approved. (An approved structure set with no auto-contour of
+its series before it is assessed like any other.) The pairs are this site's calibration data
 (summary, audits) and its training data (`contourqa export-training`).
 """
 
@@ -17,11 +18,13 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from contourqa.qa_models.assessment import AssessConfig, structure_masks
+from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.series import ImageSeries
 from contourqa.reporting.overlap import dice, surface_distances
 
@@ -65,7 +68,6 @@ def _masks(structure: Dataset, series: ImageSeries) -> dict[str, object]:
 def compare_with_auto(sessions: sessionmaker, auto: Case, approved: Dataset, approved_case_id: str,
                       series: ImageSeries, config: ApprovalSettings) -> int:
     """Store real Dice and HD95 on the auto case's ROIs that the approved structure set also has; how many."""
-    from contourqa.qa_models.assessment import load_structure
     with sessions() as session:
         auto_path = session.get(Instance, auto.structure_instance_id).path
     auto_masks = _masks(load_structure(auto_path), series)
@@ -112,7 +114,6 @@ def training_pairs(sessions: sessionmaker, since: datetime | None = None) -> lis
 
 
 def _has_roi(path: Path, name: str) -> bool:
-    import pydicom
     header = pydicom.dcmread(path, stop_before_pixels=True)
     names = [str(r.get("ROIName", "")) for r in header.get("StructureSetROISequence", [])]
     names += [str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])]
@@ -120,7 +121,6 @@ def _has_roi(path: Path, name: str) -> bool:
 
 
 def write_manifest(rows: list[dict[str, str]], out: Path) -> Path:
-    from contourqa.qa_models.atomic import atomic_path
     with atomic_path(out) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["case_id", "image", "reference", "candidate", "roi", "real_dice",
                                                     "predicted_dice"])

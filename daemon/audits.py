@@ -163,36 +163,42 @@ def _by_day(items: list[Observation]) -> dict[date, np.ndarray]:
     return {d: np.array(v) for d, v in sorted(days.items())}
 
 
+def _dice_findings(group: str, old: list[Observation], new: list[Observation]) -> tuple[list[Finding], dict]:
+    """Predicted Dice (KS, PSI, CUSUM of the daily mean, its control chart) and, where approved contours
+    came back, whether the model's error against the real Dice grew."""
+    findings = compare_distributions(group, "predicted Dice", np.array([o.dice for o in old if o.dice is not None]),
+                                     np.array([o.dice for o in new if o.dice is not None]), with_psi=True)
+    old_days, new_days = _by_day(old), _by_day(new)
+    found, limits = cusum(group, "predicted Dice", list(old_days.values()), list(new_days.values()))
+    findings += found
+    old_error, new_error = (np.array([abs(o.dice - o.real_dice) for o in items
+                                      if o.dice is not None and o.real_dice is not None]) for items in (old, new))
+    findings += compare_distributions(group, "error against the real Dice", old_error, new_error, only_larger=True)
+    if not limits:
+        return findings, {}
+    days = {**old_days, **new_days}
+    return findings, control_chart([d.strftime("%m-%d") for d in days], [float(v.mean()) for v in days.values()],
+                                   limits["centre"], limits["low"], limits["high"])
+
+
+def _rate_findings(group: str, metric: str, old: list[bool], new: list[bool]) -> list[Finding]:
+    return compare_rate(group, metric, sum(old), len(old), sum(new), len(new))
+
+
 def _roi_findings(group: str, old: list[Observation], new: list[Observation], metrics: list[str]) -> tuple[list[Finding], dict]:
     findings: list[Finding] = []
     chart: dict = {}
     if "dice" in metrics:
-        old_dice = np.array([o.dice for o in old if o.dice is not None])
-        new_dice = np.array([o.dice for o in new if o.dice is not None])
-        findings += compare_distributions(group, "predicted Dice", old_dice, new_dice)
-        old_days, new_days = _by_day(old), _by_day(new)
-        found, limits = cusum(group, "predicted Dice", list(old_days.values()), list(new_days.values()))
-        findings += found
-        # the model's own error where the approved contour came back: does it grow?
-        old_error, new_error = (np.array([abs(o.dice - o.real_dice) for o in items
-                                          if o.dice is not None and o.real_dice is not None]) for items in (old, new))
-        findings += compare_distributions(group, "error against the real Dice", old_error, new_error,
-                                          only_larger=True)[:1]
-        if limits:
-            days = {**old_days, **new_days}
-            chart = control_chart([d.strftime("%m-%d") for d in days], [float(v.mean()) for v in days.values()],
-                                  limits["centre"], limits["low"], limits["high"])
+        findings, chart = _dice_findings(group, old, new)
     if "flags" in metrics:
-        findings += compare_rate(group, "flagged (review or reject)", sum(o.verdict in FLAGGED for o in old), len(old),
-                                 sum(o.verdict in FLAGGED for o in new), len(new))
-    if "domain" in metrics:
-        old_g, new_g = [o for o in old if o.inside is not None], [o for o in new if o.inside is not None]
-        if old_g or new_g:
-            findings += compare_rate(group, "outside the model's domain", sum(not o.inside for o in old_g), len(old_g),
-                                     sum(not o.inside for o in new_g), len(new_g))
+        findings += _rate_findings(group, "flagged (review or reject)", [o.verdict in FLAGGED for o in old],
+                                   [o.verdict in FLAGGED for o in new])
+    if "domain" in metrics and any(o.inside is not None for o in old + new):
+        findings += _rate_findings(group, "outside the model's domain", [not o.inside for o in old if o.inside is not None],
+                                   [not o.inside for o in new if o.inside is not None])
     if "volume" in metrics:
         findings += compare_distributions(group, "ROI volume (ml)", np.array([o.volume_ml for o in old]),
-                                          np.array([o.volume_ml for o in new]))[:1]
+                                          np.array([o.volume_ml for o in new]))
     return findings, chart
 
 
@@ -204,13 +210,13 @@ def _case_profiles(items: list[Observation]) -> list[dict]:
 def _input_findings(group: str, old: list[Observation], new: list[Observation]) -> list[Finding]:
     old_p, new_p = _case_profiles(old), _case_profiles(new)
     findings: list[Finding] = []
-    for key in CATEGORICAL + ("field_strength_t",):
+    for key in CATEGORICAL:
         findings += compare_categories(group, f"input: {key}", [str(p.get(key)) for p in old_p],
                                        [str(p.get(key)) for p in new_p])
-    for key in NUMERIC[1:]:
+    for key in NUMERIC:
         old_v = np.array([p[key] for p in old_p if p.get(key) is not None], dtype=float)
         new_v = np.array([p[key] for p in new_p if p.get(key) is not None], dtype=float)
-        findings += compare_distributions(group, f"input: {key}", old_v, new_v)[:1]
+        findings += compare_distributions(group, f"input: {key}", old_v, new_v)
     return findings
 
 

@@ -9,9 +9,9 @@ from skimage.filters import threshold_otsu
 
 from contourqa.qa_models.series import ImageSeries
 
-NUMERIC = ("field_strength_t", "pixel_spacing_mm", "slice_thickness_mm", "intensity_p5", "intensity_p50",
-           "intensity_p95")
-CATEGORICAL = ("scanner",)
+# how the audits compare them: a field strength is one of a few values, like a scanner model
+CATEGORICAL = ("scanner", "field_strength_t")
+NUMERIC = ("pixel_spacing_mm", "slice_thickness_mm", "intensity_p5", "intensity_p50", "intensity_p95")
 
 
 def _number(value) -> float | None:

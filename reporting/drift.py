@@ -57,19 +57,21 @@ def psi(reference: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
 
 
 def compare_distributions(group: str, metric: str, reference: np.ndarray, recent: np.ndarray,
-                          only_larger: bool = False) -> list[Finding]:
-    """Two-sample Kolmogorov-Smirnov and the PSI of a numeric metric; ``only_larger``: the KS test asks only
-    whether the recent values are larger (an error that shrinks is no alarm)."""
+                          with_psi: bool = False, only_larger: bool = False) -> list[Finding]:
+    """Two-sample Kolmogorov-Smirnov of a numeric metric, and ``with_psi`` its PSI; ``only_larger``: the KS
+    test asks only whether the recent values are larger (an error that shrinks is no alarm)."""
     if len(recent) < MIN_RECENT or len(reference) < MIN_REFERENCE:
         return []
     # scipy's "greater": the reference's distribution function lies above the recent one's somewhere
     ks = stats.ks_2samp(reference, recent, alternative="greater" if only_larger else "two-sided")
-    index, p_psi = psi(reference, recent)
     shift = f"median {np.median(reference):.3g} -> {np.median(recent):.3g}"
-    return [Finding(group, metric, "Kolmogorov-Smirnov", float(ks.statistic), float(ks.pvalue), len(recent),
-                    len(reference), f"D = {ks.statistic:.2f}; {shift}"),
-            Finding(group, metric, "population stability index", index, p_psi, len(recent), len(reference),
-                    f"PSI = {index:.2f}; {shift}")]
+    findings = [Finding(group, metric, "Kolmogorov-Smirnov", float(ks.statistic), float(ks.pvalue), len(recent),
+                        len(reference), f"D = {ks.statistic:.2f}; {shift}")]
+    if with_psi:
+        index, p_psi = psi(reference, recent)
+        findings.append(Finding(group, metric, "population stability index", index, p_psi, len(recent),
+                                len(reference), f"PSI = {index:.2f}; {shift}"))
+    return findings
 
 
 def compare_rate(group: str, metric: str, reference_hits: int, reference_n: int, recent_hits: int,
