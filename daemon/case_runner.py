@@ -62,8 +62,8 @@ def sr_identity(case_id: str) -> SrIdentity:
 
 def run_case(settings: Settings, sessions: sessionmaker, case_id: str) -> CaseOutcome:
     """Load, assess and report one case; record the result and queue the SR for export."""
-    case = ledger.start(sessions, case_id)
-    if case is None:  # done or failed already (a redelivered message), or unknown
+    case = ledger.start(sessions, case_id, heartbeat_lease_s=settings.worker.heartbeat_s * 3)
+    if case is None:  # done or failed already (a redelivered message), running under a live worker, or unknown
         state = ledger.case_state(sessions, case_id)
         if state is None:
             raise ContourQAError(f"case {case_id} is not in the database")

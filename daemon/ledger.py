@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Case, CaseReference, CaseState, Instance, OutboxItem, OutboxState, RoiResult, utcnow
@@ -26,7 +26,8 @@ TRANSITIONS: dict[CaseState, frozenset[CaseState | None]] = {
     W: frozenset({NEW, F}),             # a structure set arrived, its images awaited; or a failed case re-opened
     R: frozenset({W, Q, RUN}),          # complete (or quiet past the stable age); or its message/worker was lost
     Q: frozenset({R}),                  # handed to the broker
-    RUN: frozenset({R, Q, RUN}),        # a worker may start before the dispatcher marks it queued; a redelivery
+    RUN: frozenset({R, Q, RUN}),        # a worker may start before the dispatcher marks it queued; or take over
+                                        # a running case whose worker stopped beating (ledger.start)
     D: frozenset({RUN}),                # assessed, results and outbox row recorded
     F: frozenset({NEW, *UNFINISHED}),   # cannot be assessed; not retried
 }
@@ -168,11 +169,19 @@ def mark_queued(sessions: sessionmaker, case_id: str) -> bool:
     return moved
 
 
-def start(sessions: sessionmaker, case_id: str) -> Case | None:
-    """A worker takes the case: running, one attempt more, its heartbeat fresh. None when it is finished."""
+def start(sessions: sessionmaker, case_id: str, heartbeat_lease_s: float = 15.0) -> Case | None:
+    """A worker takes the case: running, one attempt more, its heartbeat fresh. None when it is finished,
+    or running under another worker that beat within ``heartbeat_lease_s``: of two workers handed one case
+    (a redelivery racing the first worker, two machines), one runs it. A running case whose worker stopped
+    beating is taken over."""
     now = utcnow()
+    alive = now - timedelta(seconds=heartbeat_lease_s)
     with sessions() as session:
-        moved = _move(session, case_id, RUN, started_at=now, heartbeat_at=now, attempts=Case.attempts + 1)
+        moved = session.execute(
+            update(Case).where(Case.case_id == case_id, or_(
+                Case.state.in_([R.value, Q.value]),
+                and_(Case.state == RUN.value, or_(Case.heartbeat_at.is_(None), Case.heartbeat_at < alive))))
+            .values(state=RUN.value, started_at=now, heartbeat_at=now, attempts=Case.attempts + 1)).rowcount
         session.commit()
         return session.get(Case, case_id) if moved else None
 

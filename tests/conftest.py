@@ -35,6 +35,27 @@ def thigh_named_prostate(realdata, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server per test process (Debian's binaries, a throw-away cluster)."""
+    from postgres import PostgresServer
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+_databases = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The node's database, once on SQLite (a file in the test's folder) and once on a new PostgreSQL
+    database: the node's suites run on both, as sites run both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contourqa.sqlite'}"
+    return request.getfixturevalue("postgres").create_database(f"node{next(_databases)}")
+
+
+@pytest.fixture(scope="session")
 def phantom(tmp_path_factory) -> Path:
     """Two small phantom studies; seed 1 makes case000 oblique and case001 axial."""
     out = tmp_path_factory.mktemp("phantom")

@@ -14,8 +14,9 @@ W, R, Q, RUN, D, F = (CaseState.WAITING, CaseState.READY, CaseState.QUEUED, Case
 
 
 @pytest.fixture
-def sessions(tmp_path):
-    sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def sessions(database_url):
+    """On SQLite and on PostgreSQL (conftest's database_url)."""
+    sessions = open_database(database_url)
     with sessions() as session:
         session.add(Instance(id=1, sop_instance_uid="1.9", sop_class_uid="1.2", study_uid="1", series_uid="2",
                              path="x", sha256="0", size=0))
@@ -170,3 +171,28 @@ def test_an_outbox_row_is_claimed_once_and_dead_lettered_for_an_admin(sessions):
     ledger.claim_outbox(sessions, 1, 120)
     assert ledger.outbox_sent(sessions, 1).state == "sent"
     assert ledger.outbox_sent(sessions, 1).sent_at is not None and ledger.due_outbox(sessions, 120) == []
+
+
+def test_of_two_workers_claiming_one_case_at_once_exactly_one_wins(sessions, database_url):
+    """Each worker with its own engine, as on two machines; repeated, as a race is not decided once."""
+    import threading
+
+    for n in range(10):
+        case_id = f"race{n}"
+        new_case(sessions, case_id)
+        force(sessions, CaseState.QUEUED, case_id)
+        workers = [open_database(database_url) for _ in range(2)]
+        started: list = []
+        barrier = threading.Barrier(2)
+
+        def claim(worker_sessions):
+            barrier.wait()
+            started.append(ledger.start(worker_sessions, case_id))
+
+        threads = [threading.Thread(target=claim, args=(w,)) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(case is not None for case in started) == 1, started
+        assert state(sessions, case_id) == "running"

@@ -11,7 +11,6 @@ import yaml
 
 from contourqa.daemon.embedded_redis import EmbeddedRedis
 from node_harness import wait_for
-from postgres import PostgresServer
 
 STARTS = 10
 
@@ -85,13 +84,6 @@ def test_a_partial_file_of_a_transfer_cut_off_before_a_restart_is_removed_at_sta
 
 
 OPEN_DATABASE = "from contourqa.daemon.db import open_database; open_database({url!r})"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
