@@ -137,8 +137,8 @@ def test_report_daily_bad_date_is_one_line(tmp_path, arguments, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def _small_home(phantom, tmp_path, days: int = 4):
-    settings = load_settings(None, {"home": str(tmp_path)})
+def _small_home(phantom, tmp_path, days: int = 4, database_url: str | None = None):
+    settings = load_settings(None, {"home": str(tmp_path), "database_url": database_url})
     sessions = open_database(settings.resolved_database_url())
     structure = _structure(sessions, phantom / "case000" / "candidates" / "auto01.dcm")
     for back in range(days, 0, -1):
@@ -159,8 +159,8 @@ def test_each_missed_day_is_written_once_and_a_restart_repeats_none(phantom, tmp
         assert len(runs) == 6 and {r.status for r in runs} == {"done"} and all(r.finished_at for r in runs)
 
 
-def test_two_schedulers_started_by_mistake_write_each_day_once(phantom, tmp_path):
-    settings, _ = _small_home(phantom, tmp_path, days=6)
+def test_two_schedulers_started_by_mistake_write_each_day_once(phantom, tmp_path, database_url):
+    settings, _ = _small_home(phantom, tmp_path, days=6, database_url=database_url)
     results: list[list[date]] = []
 
     def scheduler() -> None:  # each with its own engine, as two processes would have

@@ -25,12 +25,14 @@ def sr_file(phantom, tmp_path_factory):
                     tmp_path_factory.mktemp("sr") / "sr.dcm")
 
 
-def _outbox(tmp_path, sr_file, destination: str):
-    sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def _outbox(database_url, sr_file, destination: str):
+    sessions = open_database(database_url)
     with sessions() as session:
         session.add(Instance(id=1, sop_instance_uid="1.2", sop_class_uid="1.2", study_uid="1", series_uid="2",
                              path="x", sha256="0", size=0))
+        session.flush()  # rows in the order the foreign keys need (PostgreSQL enforces them)
         session.add(Case(case_id="c1", structure_instance_id=1, kind="RTSTRUCT", study_uid="1"))
+        session.flush()
         session.add(OutboxItem(id=1, case_id="c1", sr_path=str(sr_file), sr_sop_instance_uid="9",
                                destination=destination))
         session.commit()
@@ -42,10 +44,10 @@ def _item(sessions) -> OutboxItem:
         return session.get(OutboxItem, 1)
 
 
-def test_delivered_once_to_storescp(tmp_path, sr_file):
+def test_delivered_once_to_storescp(tmp_path, database_url, sr_file):
     destination = Destination(tmp_path / "in").start()
     try:
-        sessions = _outbox(tmp_path, sr_file, destination.address)
+        sessions = _outbox(database_url, sr_file, destination.address)
         assert deliver(ExportSettings(), sessions, 1) == "sent"
         assert deliver(ExportSettings(), sessions, 1) == "skipped"  # a redelivered message sends nothing
         assert len(destination.received()) == 1
@@ -53,8 +55,8 @@ def test_delivered_once_to_storescp(tmp_path, sr_file):
         destination.stop()
 
 
-def test_an_unreachable_destination_is_retried_with_backoff_then_dead_lettered(tmp_path, sr_file):
-    sessions = _outbox(tmp_path, sr_file, f"DEST@127.0.0.1:{free_port()}")
+def test_an_unreachable_destination_is_retried_with_backoff_then_dead_lettered(database_url, sr_file):
+    sessions = _outbox(database_url, sr_file, f"DEST@127.0.0.1:{free_port()}")
     settings = ExportSettings(initial_delay_s=10, max_delay_s=15, max_attempts=3, timeout_s=2)
     assert deliver(settings, sessions, 1) == "pending"
     item = _item(sessions)
@@ -69,14 +71,14 @@ def test_an_unreachable_destination_is_retried_with_backoff_then_dead_lettered(t
     assert requeue_dead(sessions) == 1 and _item(sessions).state == "pending" and due_outbox(sessions, 8) == [1]
 
 
-def test_a_permanent_association_rejection_is_not_retried(tmp_path, sr_file):
+def test_a_permanent_association_rejection_is_not_retried(database_url, sr_file):
     ae = AE(ae_title="PICKY")
     ae.add_supported_context(Comprehensive3DSRStorage)
     ae.require_calling_aet = ["SOMEONE"]  # rejects CONTOURQA: permanent, calling AE not recognised
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False)
     try:
-        sessions = _outbox(tmp_path, sr_file, f"PICKY@127.0.0.1:{port}")
+        sessions = _outbox(database_url, sr_file, f"PICKY@127.0.0.1:{port}")
         assert deliver(ExportSettings(), sessions, 1) == "dead"
         item = _item(sessions)
         assert item.attempts == 1 and "permanent" in item.last_error

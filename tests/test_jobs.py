@@ -16,8 +16,8 @@ from contourqa.daemon.config import load_settings
 from contourqa.daemon.db import AuditRun, JobRun, open_database
 
 
-def _home(tmp_path):
-    settings = load_settings(None, {"home": str(tmp_path)})
+def _home(tmp_path, database_url: str | None = None):
+    settings = load_settings(None, {"home": str(tmp_path), "database_url": database_url})
     return settings, open_database(settings.resolved_database_url())
 
 
@@ -30,8 +30,8 @@ def test_a_run_is_keyed_by_the_cron_firing_it_belongs_to():
     assert jobs.last_fire_time("0 0 1 1 *", now) == datetime(2026, 1, 1, 0, 0)
 
 
-def test_each_firing_runs_once_whoever_fires_it(tmp_path):
-    settings, sessions = _home(tmp_path)
+def test_each_firing_runs_once_whoever_fires_it(tmp_path, database_url):
+    settings, sessions = _home(tmp_path, database_url)
     add_audit(sessions, "weekly", "0 7 * * 1", "7d", "90d")
     monday = datetime(2026, 11, 30, 7, 0, 5)
     assert jobs.run_declared(settings, sessions, "audit:weekly", now=monday) is not None
@@ -60,8 +60,8 @@ def _wait_for(condition, seconds: float = 15) -> bool:
     return False
 
 
-def test_a_firing_missed_while_stopped_runs_once_when_two_schedulers_start(tmp_path):
-    settings, sessions = _home(tmp_path)
+def test_a_firing_missed_while_stopped_runs_once_when_two_schedulers_start(tmp_path, database_url):
+    settings, sessions = _home(tmp_path, database_url)
     add_audit(sessions, "daily", "0 6 * * *", "7d", "90d")
     first = _scheduler(settings, sessions)
     first.start(paused=True)  # runs nothing

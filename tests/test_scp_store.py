@@ -25,9 +25,9 @@ from node_harness import clone_study, dcmtk, send
 
 
 class Scp:
-    def __init__(self, home: Path, **settings):
+    def __init__(self, home: Path, database_url: str | None = None, **settings):
         self.home = home
-        self.sessions = open_database(f"sqlite:///{home / 'db.sqlite'}")
+        self.sessions = open_database(database_url or f"sqlite:///{home / 'db.sqlite'}")
         self.dispatched: list[str] = []
         self.settings = ScpSettings(port=0, **settings)
         self.store = Store(home / "store", self.sessions, self.settings.min_free_disk_mb)
@@ -50,10 +50,20 @@ class Scp:
 
 @pytest.fixture
 def scp(tmp_path):
+    yield from _servers(tmp_path, None)
+
+
+@pytest.fixture
+def scp_on_each_database(tmp_path, database_url):
+    """The SCP on SQLite and on PostgreSQL (conftest's database_url)."""
+    yield from _servers(tmp_path, database_url)
+
+
+def _servers(tmp_path, database_url):
     servers = []
 
     def make(**settings) -> Scp:
-        server = Scp(tmp_path, **settings)
+        server = Scp(tmp_path, database_url, **settings)
         servers.append(server)
         return server
     yield make
@@ -71,8 +81,8 @@ def _store_with_pynetdicom(port: int, dataset: Dataset, calling_ae: str = "PACS"
     return int(status.Status)
 
 
-def test_a_series_and_structure_set_are_stored_once_and_the_case_dispatched_once(phantom, scp):
-    server = scp()
+def test_a_series_and_structure_set_are_stored_once_and_the_case_dispatched_once(phantom, scp_on_each_database):
+    server = scp_on_each_database()
     case = phantom / "case001"
     assert send(server.port, case / "candidates" / "auto01.dcm").returncode == 0
     assert server.dispatched == []  # the structure set waits for its images
@@ -84,8 +94,8 @@ def test_a_series_and_structure_set_are_stored_once_and_the_case_dispatched_once
     assert not list((server.home / "store").rglob(".*partial"))
 
 
-def test_same_uid_with_other_content_is_kept_as_a_new_version(phantom, scp, tmp_path):
-    server = scp()
+def test_same_uid_with_other_content_is_kept_as_a_new_version(phantom, scp_on_each_database, tmp_path):
+    server = scp_on_each_database()
     original = sorted((phantom / "case001" / "image").iterdir())[0]
     changed = pydicom.dcmread(original)
     changed.SeriesDescription = "corrected"
@@ -145,8 +155,8 @@ def test_callers_outside_the_allow_list_or_from_another_host_are_rejected(scp):
         assert result.returncode != 0 and "Calling AE Title Not Recognized" in result.stderr
 
 
-def test_eight_concurrent_associations_store_every_instance_once(phantom, scp, tmp_path):
-    server = scp()
+def test_eight_concurrent_associations_store_every_instance_once(phantom, scp_on_each_database, tmp_path):
+    server = scp_on_each_database()
     studies = [clone_study(phantom / "case001", tmp_path / f"s{n}") for n in range(8)]
     senders = [subprocess.Popen([dcmtk("storescu"), "-R", "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
                                  str(server.port), str(s)]) for s in studies]
@@ -217,16 +227,15 @@ def test_tls_requires_a_client_certificate_signed_by_the_configured_ca(scp, cert
     assert not echo(with_client_certificate=False)
 
 
-def test_retention_removes_old_studies_but_not_those_a_case_still_needs(phantom, scp, tmp_path):
+def test_retention_removes_old_studies_but_not_those_a_case_still_needs(phantom, scp_on_each_database, tmp_path):
     from contourqa.daemon.config import Settings
     from contourqa.daemon.scheduler import apply_retention
-    server = scp()
+    server = scp_on_each_database()
     case = phantom / "case001"
     assert send(server.port, case / "candidates" / "auto01.dcm").returncode == 0  # a waiting case
     other = clone_study(case, tmp_path / "other")
     assert send(server.port, *sorted(other.iterdir())[:-1]).returncode == 0  # images only
-    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                        scheduler={"retention_days": 1e-9})
+    settings = Settings(home=tmp_path, scheduler={"retention_days": 1e-9})
     assert apply_retention(settings, server.sessions) == 1
     remaining = {p.parent.parent.name for p in server.stored_files()}
     assert remaining == {str(pydicom.dcmread(case / "candidates" / "auto01.dcm").StudyInstanceUID)}
