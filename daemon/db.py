@@ -268,7 +268,11 @@ def open_database(url: str, create: bool = True) -> sessionmaker:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        try:
+            engine = create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as error:
+            raise InputError(f"the database driver of {make_url(url).drivername} is not installed ({error.name}); "
+                             f"for PostgreSQL: pip install 'contourqa[postgresql]'") from None
     try:
         _create_schema(engine)
     except SQLAlchemyError as error:

@@ -27,6 +27,7 @@ from contourqa.reporting.html import render_text
 from .case_runner import load_case_images
 from .config import Settings
 from .audits import NAME as AUDIT_NAME
+from .audits import latest_audit_results
 from .db import Case, Instance
 from .results import case_detail, list_results
 
@@ -118,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.sessions() as session:
             rows = list_results(session, since, verdict, roi)
         self._send_html(render_text("web_cases.html.j2", rows=rows, verdict=verdict, roi=roi or "",
-                                    verdicts=VERDICTS, all_days=since is None, quote=quote))
+                                    verdicts=VERDICTS, all_days=since is None, quote=quote,
+                                    audits=latest_audit_results(self.sessions)))
 
     def _case(self, case_id: str) -> None:
         with self.sessions() as session:

@@ -103,3 +103,9 @@ def test_docker_compose_starts_on_a_valid_configuration_with_commands_that_parse
         command = [part.replace("${POSTGRES_PASSWORD}", "secret") for part in compose["services"][name]["command"]]
         args = parser.parse_args(command)
         assert args.config == Path("/etc/contourqa/contourqa.yaml") and args.database.startswith("postgresql+psycopg://")
+
+
+def test_a_database_whose_driver_is_not_installed_is_one_line(tmp_path):
+    result = run_cli("status", "--home", tmp_path, "--database", "postgresql+pg8000://contourqa@localhost/contourqa")
+    assert result.returncode == 2 and "driver of postgresql+pg8000 is not installed" in result.stderr
+    assert "contourqa[postgresql]" in result.stderr and "Traceback" not in result.stderr

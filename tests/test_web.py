@@ -175,4 +175,6 @@ def test_the_real_dice_and_the_audit_reports_are_on_the_page(served, phantom):
     assert f'href="../audits/weekly/{report}"' in index
     status, kind, body = fetch(base + f"/audits/weekly/{report}")
     assert status == 200 and "Drift audit weekly" in body.decode()
+    front = fetch(base + "/")[2].decode()  # each audit's latest result on the front page, linked
+    assert f'href="/audits/weekly/{report}">not enough results' in front
     assert fetch(base + "/audits/weekly/..%2F..%2Fcontourqa.sqlite")[0] == 404  # nothing outside the reports
