@@ -3,19 +3,22 @@
     python bench/bench_node.py [--repeat 3] [--cases 8] [--part all|ingest|cases]
 
 1. Ingest: a 300-instance 320x320 MR series over one association (dcmtk storescu), into contourqa's
-   SCP (store + index + assembler), a bare pynetdicom SCP that only writes files (the ceiling of a
+   SCP (store + index + assembler) with its index on SQLite and on PostgreSQL (a throw-away local
+   cluster, as the tests start it), a bare pynetdicom SCP that only writes files (the ceiling of a
    Python SCP), dcmtk storescp and Orthanc (which also stores and indexes). dcmtk runs with
    TCP_NODELAY=1 (without it Nagle's algorithm halves its rate). Instances per second, and each one's
    ratio to the bare SCP.
 2. Latency: last C-STORE of a 28-slice series with one RTSTRUCT -> SR at a dcmtk storescp, through
    `contourqa serve` on the CPU, with MC dropout (10 passes, the default) and without.
-3. Throughput: cases per minute through `serve` with 1 and 2 inference processes.
+3. Throughput: cases per minute through `serve` with 1, 2 and 4 inference processes (the machine's
+   cores are printed: processes beyond them cannot add speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -100,17 +103,37 @@ def start_orthanc(folder: Path) -> tuple[subprocess.Popen, int] | None:
     return process, port
 
 
+def contourqa_rate(home: Path, database_url: str, series: Path) -> float:
+    home.mkdir()
+    sessions = open_database(database_url)
+    ingest = Ingest(Store(home / "store", sessions), Assembler(sessions, lambda _: None), Metrics())
+    server = start_scp(ScpSettings(port=0, min_free_disk_mb=0), ingest, home / "incoming")
+    try:
+        return 300 / send_seconds(server.server_address[1], series, "CONTOURQA")
+    finally:
+        server.shutdown()
+
+
+def start_postgres():
+    """A throw-away PostgreSQL cluster (tests/postgres.py); None when PostgreSQL is not installed."""
+    from postgres import PostgresServer
+    try:
+        return PostgresServer().start()
+    except RuntimeError:
+        return None
+
+
 def bench_ingest(work: Path, repeat: int) -> None:
     series = write_series(work / "series300")
-    rates: dict[str, list[float]] = {"contourqa": [], "bare pynetdicom": [], "dcmtk storescp": [], "Orthanc": []}
+    rates: dict[str, list[float]] = {"contourqa (SQLite)": [], "contourqa (PostgreSQL)": [], "bare pynetdicom": [],
+                                     "dcmtk storescp": [], "Orthanc": []}
+    postgres = start_postgres()
     for n in range(repeat):
-        home = work / f"cqa{n}"
-        home.mkdir()
-        sessions = open_database(f"sqlite:///{home / 'db.sqlite'}")
-        ingest = Ingest(Store(home / "store", sessions), Assembler(sessions, lambda _: None), Metrics())
-        server = start_scp(ScpSettings(port=0, min_free_disk_mb=0), ingest, home / "incoming")
-        rates["contourqa"].append(300 / send_seconds(server.server_address[1], series, "CONTOURQA"))
-        server.shutdown()
+        rates["contourqa (SQLite)"].append(contourqa_rate(work / f"cqa{n}", f"sqlite:///{work / f'cqa{n}.sqlite'}",
+                                                          series))
+        if postgres is not None:
+            rates["contourqa (PostgreSQL)"].append(
+                contourqa_rate(work / f"cqa-pg{n}", postgres.create_database(f"bench{n}"), series))
         (work / f"bare{n}").mkdir()
         server, port = bare_pynetdicom_scp(work / f"bare{n}")
         rates["bare pynetdicom"].append(300 / send_seconds(port, series, "BARE"))
@@ -123,14 +146,16 @@ def bench_ingest(work: Path, repeat: int) -> None:
             rates["Orthanc"].append(300 / send_seconds(orthanc[1], series, "ORTHANC"))
             orthanc[0].terminate()
             orthanc[0].wait(timeout=30)
+    if postgres is not None:
+        postgres.stop()
     bare = statistics.median(rates["bare pynetdicom"])
     print("\ningest, 300 x 320x320 MR over one association (instances/s, median of", repeat, "runs)")
     for name, values in rates.items():
         if not values:
-            print(f"  {name:<16} not installed")
+            print(f"  {name:<24} not installed")
             continue
         rate = statistics.median(values)
-        print(f"  {name:<16} {rate:8.1f}   ratio to bare pynetdicom {rate / bare:5.2f}")
+        print(f"  {name:<24} {rate:8.1f}   ratio to bare pynetdicom {rate / bare:5.2f}")
 
 
 def bench_latency_and_throughput(work: Path, repeat: int, cases: int) -> None:
@@ -155,7 +180,9 @@ def bench_latency_and_throughput(work: Path, repeat: int, cases: int) -> None:
         print(f"\nlatency last C-STORE -> SR at destination, 320x320x28 + RTSTRUCT (5 ROIs), MC passes {mc}: "
               f"median {statistics.median(latencies):.2f} s (runs: {', '.join(f'{v:.2f}' for v in latencies)})")
     studies = [clone_study(case, work / f"tp{n}") for n in range(cases)]
-    for concurrency in (1, 2):
+    print(f"\nthroughput on {os.cpu_count()} CPU cores, {cases} studies sent at once (320x320x28 + RTSTRUCT, "
+          f"MC dropout 10 passes)")
+    for concurrency in (1, 2, 4):
         destination = Destination(work / f"dest-tp{concurrency}").start()
         node = Node(work / f"home-tp{concurrency}", export={"default_destination": destination.address},
                     worker={"concurrency": concurrency}, assess={"mc_samples": 10}).start()

@@ -86,14 +86,14 @@ def test_the_audit_flags_both_changes_within_a_week_and_nothing_before(site):
 
 
 def test_the_false_alarm_rate_over_many_seeds_stays_below_the_level():
-    """The per-run false-alarm rate on stable data, over 8 seeds of 40 daily runs (bench/bench_drift.py
-    runs 50 seeds): at most the audit's family-wise level of 0.001 allows, with room for chance (3 of 320)."""
+    """The per-run false-alarm rate on stable data, over 5 seeds of 40 daily runs (bench/bench_drift.py
+    runs 50 seeds): at most the audit's family-wise level of 0.001 allows, with room for chance (2 of 200)."""
     from contourqa.daemon.audits import METRICS, Observation, audit_findings
     from contourqa.daemon.db import Audit
 
     audit = Audit(name="s", cron="0 0 * * *", window_days=7, reference_days=90, metrics=list(METRICS), alpha=0.001)
     start, alarms, runs = datetime(2026, 1, 1), 0, 0
-    for seed in range(100, 108):
+    for seed in range(100, 105):
         items = [Observation(r.finished_at, r.roi, r.source, r.verdict, r.dice, r.inside, r.volume_ml, r.case_id,
                              r.profile) for r in simulate(seed, start, days=CHANGE, change_day=CHANGE)]
         for day in range(50, CHANGE, 1):
@@ -102,7 +102,7 @@ def test_the_false_alarm_rate_over_many_seeds_stays_below_the_level():
             new = [o for o in items if now - timedelta(days=7) <= o.finished_at < now]
             alarms += audit_findings(audit, old, new)[2]
             runs += 1
-    assert alarms <= 3, f"{alarms} false alarms in {runs} runs"
+    assert alarms <= 2, f"{alarms} false alarms in {runs} runs"
 
 
 def test_psi_and_rates_read_small_windows_without_false_drift():
