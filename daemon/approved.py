@@ -99,13 +99,16 @@ def training_pairs(sessions: sessionmaker, since: datetime | None = None) -> lis
     if since is not None:
         query = query.where(Case.finished_at >= since)
     rows = []
+    names: dict[Path, set[str]] = {}  # ROI names of each approved structure set, read once
     with sessions() as session:
         for case, roi in session.execute(query.order_by(Case.finished_at, RoiResult.roi_number)).all():
             approved = session.get(Case, roi.approved_case_id)
             auto_path = Path(session.get(Instance, case.structure_instance_id).path)
             approved_path = Path(session.get(Instance, approved.structure_instance_id).path)
             image = session.scalar(select(Instance.path).where(Instance.series_uid == case.image_series_uid).limit(1))
-            if image is None or not _has_roi(approved_path, roi.name):
+            if approved_path not in names:
+                names[approved_path] = _roi_names(approved_path)
+            if image is None or roi.name.strip().lower() not in names[approved_path]:
                 continue
             rows.append({"case_id": case.case_id, "image": str(Path(image).parent), "reference": str(approved_path),
                          "candidate": str(auto_path), "roi": roi.name, "real_dice": f"{roi.real_dice:.4f}",
@@ -113,11 +116,12 @@ def training_pairs(sessions: sessionmaker, since: datetime | None = None) -> lis
     return rows
 
 
-def _has_roi(path: Path, name: str) -> bool:
+def _roi_names(path: Path) -> set[str]:
+    """The ROI (RTSTRUCT) or segment (SEG) names of a structure set, normalised as ROI matching does."""
     header = pydicom.dcmread(path, stop_before_pixels=True)
     names = [str(r.get("ROIName", "")) for r in header.get("StructureSetROISequence", [])]
     names += [str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])]
-    return name.strip().lower() in {n.strip().lower() for n in names}
+    return {n.strip().lower() for n in names}
 
 
 def write_manifest(rows: list[dict[str, str]], out: Path) -> Path:

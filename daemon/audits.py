@@ -163,6 +163,11 @@ def _by_day(items: list[Observation]) -> dict[date, np.ndarray]:
     return {d: np.array(v) for d, v in sorted(days.items())}
 
 
+def _with_real_dice(items: list[Observation]) -> list[Observation]:
+    """The ROIs with both a prediction and, their approved version having come back, a real Dice."""
+    return [o for o in items if o.dice is not None and o.real_dice is not None]
+
+
 def _dice_findings(group: str, old: list[Observation], new: list[Observation]) -> tuple[list[Finding], dict]:
     """Predicted Dice (KS, PSI, CUSUM of the daily mean, its control chart) and, where approved contours
     came back, whether the model's error against the real Dice grew."""
@@ -171,8 +176,8 @@ def _dice_findings(group: str, old: list[Observation], new: list[Observation]) -
     old_days, new_days = _by_day(old), _by_day(new)
     found, limits = cusum(group, "predicted Dice", list(old_days.values()), list(new_days.values()))
     findings += found
-    old_error, new_error = (np.array([abs(o.dice - o.real_dice) for o in items
-                                      if o.dice is not None and o.real_dice is not None]) for items in (old, new))
+    old_error, new_error = (np.array([abs(o.dice - o.real_dice) for o in _with_real_dice(items)])
+                            for items in (old, new))
     findings += compare_distributions(group, "error against the real Dice", old_error, new_error, only_larger=True)
     if not limits:
         return findings, {}
@@ -251,10 +256,9 @@ def run_audit(settings: Settings, sessions: sessionmaker, name: str, now: dateti
     old, new = [o for o in items if o.finished_at < split], [o for o in items if o.finished_at >= split]
     findings, charts, drift = audit_findings(audit, old, new)
     limits = (settings.assess.reject_below, settings.assess.review_below)
-    calibration = {label: site_calibration([o.real_dice for o in items if o.real_dice is not None and o.dice is not None],
-                                           [o.dice for o in items if o.real_dice is not None and o.dice is not None],
-                                           *limits, f"approved ROIs of the {label} window")
-                   for label, items in (("reference", old), ("recent", new))}
+    calibration = {label: site_calibration([o.real_dice for o in pairs], [o.dice for o in pairs], *limits,
+                                           f"approved ROIs of the {label} window")
+                   for label, pairs in (("reference", _with_real_dice(old)), ("recent", _with_real_dice(new)))}
     flagged = [f for f in findings if f.drift]
     if not findings:
         summary = (f"not enough results to compare ({len(new)} ROIs in the window, {len(old)} in the reference; "

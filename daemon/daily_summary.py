@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pydicom
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from contourqa.reporting.agreement import site_calibration
@@ -24,6 +23,7 @@ from contourqa.reporting.html import render_page
 from . import ledger
 from .config import Settings
 from .db import Case, CaseState, Instance, JobRun, RoiResult, utcnow
+from .jobs import claim, finish_run
 from .results import reason_text
 
 log = logging.getLogger(__name__)
@@ -189,31 +189,14 @@ def write_due_summaries(settings: Settings, sessions: sessionmaker, today: date 
     written = []
     day = first.date()
     while day < today:
-        if day.isoformat() not in claimed and _claim(sessions, day):
+        key = day.isoformat()
+        if key not in claimed and claim(sessions, JOB, key):
             try:
                 write_daily_summary(settings, sessions, day)
-                _finish(sessions, day, "done", None)
+                finish_run(sessions, JOB, key, "done", None)
                 written.append(day)
             except Exception as error:  # one bad day must not stop the others; recorded, not raised
                 log.exception("daily summary of %s failed", day)
-                _finish(sessions, day, "failed", f"{type(error).__name__}: {error}")
+                finish_run(sessions, JOB, key, "failed", f"{type(error).__name__}: {error}")
         day += timedelta(days=1)
     return written
-
-
-def _claim(sessions: sessionmaker, day: date) -> bool:
-    with sessions() as session:
-        session.add(JobRun(job=JOB, key=day.isoformat()))
-        try:
-            session.commit()
-        except IntegrityError:  # another scheduler has it
-            session.rollback()
-            return False
-    return True
-
-
-def _finish(sessions: sessionmaker, day: date, status: str, detail: str | None) -> None:
-    with sessions() as session:
-        run = session.scalar(select(JobRun).where(JobRun.job == JOB, JobRun.key == day.isoformat()))
-        run.status, run.detail, run.finished_at = status, detail, utcnow()
-        session.commit()
