@@ -92,3 +92,11 @@ def quick_model(phantom, tmp_path_factory) -> Path:
                      "--seed", "3")
     assert result.returncode == 0, result.stderr
     return out
+
+
+def headless_chromium(profile: Path) -> list[str]:
+    """Debian's chromium, headless, fetching nothing on its own, the page's console logged to stderr; add
+    --dump-dom or --screenshot and the page's address."""
+    return [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]

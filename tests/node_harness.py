@@ -189,3 +189,14 @@ def clone_study(case_dir: Path, out: Path, structure: str = "candidates/auto01.d
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(out / f"{n:04d}.dcm", enforce_file_format=True)
     return out
+
+
+def approved_copy(source: Path, target: Path) -> str:
+    """The structure set as the planning system sends it back after the physician approved it (a new
+    instance and series, ApprovalStatus APPROVED), written to ``target``; its SOP Instance UID."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.ApprovalStatus, ds.StructureSetLabel = "APPROVED", "Approved"
+    ds.save_as(target)
+    return str(ds.SOPInstanceUID)

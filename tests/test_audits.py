@@ -13,7 +13,7 @@ import html5lib
 import numpy as np
 import pytest
 
-from conftest import require_tool, run_cli
+from conftest import headless_chromium, run_cli
 from node_harness import free_port
 from contourqa.daemon.audits import add_audit, run_audit
 from contourqa.daemon.config import load_settings
@@ -178,9 +178,7 @@ def test_the_report_renders_in_headless_chromium_without_console_errors(site, tm
     settings, sessions, start = site
     add_audit(sessions, "chromium", "0 0 * * *", "7d", "90d")
     run = run_audit(settings, sessions, "chromium", now=start + timedelta(days=CHANGE + 7))
-    command = [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    command = headless_chromium(tmp_path / "profile")
     page = f"file://{run.report_path}"
     dumped = subprocess.run([*command, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     assert "Drift audit chromium" in dumped.stdout and dumped.stdout.count("<circle") > 100  # the charts' days

@@ -13,8 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import require_tool, run_cli
-from contourqa.daemon import ledger
+from conftest import headless_chromium, run_cli
 from contourqa.daemon.config import load_settings
 from contourqa.daemon.daily_summary import summary_path, write_due_summaries
 from contourqa.daemon.db import Case, Instance, JobRun, RoiResult, open_database
@@ -114,9 +113,7 @@ def test_the_page_renders_in_headless_chromium_without_console_errors(home, tmp_
     settings, _ = home
     assert run_cli("report", "daily", "--date", DAY.isoformat(), "--home", settings.home).returncode == 0
     page = summary_path(settings.reports_dir, DAY)
-    command = [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    command = headless_chromium(tmp_path / "profile")
     dumped = subprocess.run([*command, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "Contour QA summary, 2026-11-20" in dumped.stdout and dumped.stdout.count("<circle") > 100
     assert "CONSOLE" not in dumped.stderr and "Uncaught" not in dumped.stderr

@@ -17,9 +17,8 @@ from collections import Counter
 import highdicom as hd
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from node_harness import Destination, Node, clone_study, dcmtk, free_port, send, wait_for
+from node_harness import Destination, Node, approved_copy, clone_study, dcmtk, free_port, send, wait_for
 from conftest import THIGH, require_tool, run_cli
 from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
@@ -225,16 +224,6 @@ def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(p
     assert len(destination.received()) == 1
 
 
-def _approved_copy(source, target):
-    """The structure set as the planning system sends it back after the physician approved it."""
-    ds = pydicom.dcmread(source)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.ApprovalStatus, ds.StructureSetLabel = "APPROVED", "Approved"
-    ds.save_as(target)
-    return target
-
-
 def test_the_approved_version_of_an_auto_contour_gives_its_real_dice(phantom, destination, node_factory, tmp_path):
     node = node_factory(export={"default_destination": destination.address}).start()
     case = phantom / "case001"
@@ -247,12 +236,13 @@ def test_the_approved_version_of_an_auto_contour_gives_its_real_dice(phantom, de
         return json.loads(run_cli("show", auto_id, "--json", "--home", node.home).stdout)["rois"]
 
     # approved unchanged: every ROI agrees perfectly with its approved version
-    assert send(node.port, _approved_copy(auto, tmp_path / "same.dcm")).returncode == 0
+    approved_copy(auto, tmp_path / "same.dcm")
+    assert send(node.port, tmp_path / "same.dcm").returncode == 0
     unchanged = wait_for(lambda: all(r["real_dice"] is not None for r in rois()) and rois(), 60, "the real Dice")
     assert {r["roi"]: (r["real_dice"], r["hd95_mm"]) for r in unchanged} == {r["roi"]: (1.0, 0.0) for r in unchanged}
     # approved after editing (the phantom's reference): the Dice the training pipeline computes for this pair
-    edited = _approved_copy(case / "reference.dcm", tmp_path / "edited.dcm")
-    assert send(node.port, edited).returncode == 0
+    approved_copy(case / "reference.dcm", tmp_path / "edited.dcm")
+    assert send(node.port, tmp_path / "edited.dcm").returncode == 0
     changed = wait_for(lambda: all(r["real_dice"] < 1 for r in rois()) and rois(), 60, "the edited version's Dice")
     rows = [r for r in read_manifest(phantom / "manifest.csv") if r.candidate == auto.resolve()]
     expected = {c.row.roi: c.dice for c in load_cases(rows)[0].candidates}

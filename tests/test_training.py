@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import headless_chromium, run_cli
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
@@ -271,13 +271,9 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
 
 
 def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_path):
-    from conftest import require_tool
-    chromium = require_tool("chromium")
     assert run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--html",
                    tmp_path / "report.html", "--baseline-trials", "1").returncode == 0
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}"]
+    command = headless_chromium(tmp_path / "profile")
     dom = subprocess.run([*command, "--dump-dom", (tmp_path / "report.html").as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<circle") == 80 and "Predicted vs true Dice" in dom

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_tool, run_cli
-from node_harness import Destination, Node, send, wait_for
+from conftest import headless_chromium, require_tool, run_cli
+from node_harness import Destination, Node, approved_copy, send, wait_for
 
 pytestmark = pytest.mark.slow
 AUTH = "Basic " + base64.b64encode(b"physicist:s3cret").decode()
@@ -90,12 +90,9 @@ def test_a_case_page_shows_each_roi_with_its_contour_drawn_on_the_image(served):
 
 def test_the_pages_render_in_headless_chromium_without_console_errors(served, tmp_path):
     node, base = served
-    chromium = require_tool("chromium")
     # the credentials in the address, as a physicist's bookmark would carry them
     authed = base.replace("http://", "http://physicist:s3cret@")
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    command = headless_chromium(tmp_path / "profile")
     page = fetch(base + "/")[2].decode()
     link = page[page.index('<a href="/case/') + 9:]
     link = link[:link.index('"')]
@@ -152,19 +149,15 @@ def test_tls_serves_the_page_over_https_only(tmp_path):
 def test_the_real_dice_and_the_audit_reports_are_on_the_page(served, phantom):
     """Last in this module: it adds an approved structure set to the node the other tests read."""
     import pydicom
-    from pydicom.uid import generate_uid
 
     node, base = served
-    auto = node.home.parent / "approved.dcm"
-    ds = pydicom.dcmread(phantom / "case001" / "candidates" / "auto01.dcm")
-    auto_id = str(ds.SOPInstanceUID)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID, ds.ApprovalStatus = generate_uid(), "APPROVED"
-    ds.save_as(auto)
-    assert send(node.port, auto).returncode == 0
+    auto = phantom / "case001" / "candidates" / "auto01.dcm"
+    auto_id = str(pydicom.dcmread(auto, stop_before_pixels=True).SOPInstanceUID)
+    approved_id = approved_copy(auto, node.home.parent / "approved.dcm")
+    assert send(node.port, node.home.parent / "approved.dcm").returncode == 0
     page = wait_for(lambda: (text := fetch(base + f"/case/{auto_id}")[2].decode()).count("real Dice") == 5 and text,
                     60, "the real Dice on the case page")
-    assert page.count("1.000, HD95 0.0 mm") == 5 and f'href="/case/{ds.SOPInstanceUID}"' in page
+    assert page.count("1.000, HD95 0.0 mm") == 5 and f'href="/case/{approved_id}"' in page
 
     config = node.home / "config.yaml"
     assert run_cli("audit", "add", "weekly", "--cron", "0 7 * * 1", "--config", config).returncode == 0
