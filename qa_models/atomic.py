@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +23,12 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.
 
     The temporary name keeps the target's extensions (writers such as SimpleITK and numpy choose the
-    format by them) and holds the process ID, so two processes writing one target never share it.
+    format by them) and holds the process and thread IDs, so two processes, or two threads of one (a
+    scheduler's job pool writing the reports' index), writing one target never share it.
     ``durable``: fsync the file and its folder, for what has been acknowledged to a sender.
     """
     path = Path(path)
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    temporary = path.with_name(f".partial-{os.getpid()}-{threading.get_native_id()}-{path.name}")
     try:
         yield temporary
         if durable:
