@@ -19,6 +19,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.assessment import Assessment, assess, load_structure
@@ -108,7 +109,11 @@ def _beating(sessions: sessionmaker, case_id: str, interval_s: float) -> Iterato
 
     def beat() -> None:
         while not stop.wait(interval_s):
-            ledger.heartbeat(sessions, case_id)
+            try:
+                ledger.heartbeat(sessions, case_id)
+            except SQLAlchemyError as error:  # the database is away; beat again when it is back
+                log.warning("case %s: heartbeat not recorded (%s)", case_id, type(error).__name__,
+                            extra={"case_id": case_id})
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{case_id}", daemon=True)
     thread.start()

@@ -37,7 +37,8 @@ class _Runtime:
         if self.settings is None:
             raise RuntimeError("contourqa's Celery app is not configured (call configure first)")
         if self._sessions is None or self._pid != os.getpid():  # never share an engine across fork
-            self._sessions, self._pid = open_database(self.settings.resolved_database_url()), os.getpid()
+            url, wait_s = self.settings.resolved_database_url(), self.settings.database_wait_s
+            self._sessions, self._pid = open_database(url, wait_s=wait_s), os.getpid()
         return self._sessions
 
 

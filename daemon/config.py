@@ -202,6 +202,8 @@ class WebSettings(_Strict):
 class Settings(_Strict):
     home: Path = Field(Path("contourqa-home"), description="store, database, reports and embedded Redis live here")
     database_url: str | None = Field(None, description="SQLAlchemy URL; none = SQLite in home")
+    database_wait_s: float = Field(300, ge=0, description="a starting scp, worker or scheduler waits this long "
+                                                          "for a database server that is not up yet")
     broker_url: str | None = Field(None, description="redis://...; none = embedded Redis (serve only)")
     log_json: bool = False
     log_level: str = "INFO"

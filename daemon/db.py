@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
@@ -16,10 +18,12 @@ from pathlib import Path
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
                         create_engine, event, inspect, text)
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from contourqa.qa_models.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 SCHEMA_LOCK_KEY = 0x636F6E74  # "cont": the advisory lock of schema creation on PostgreSQL
@@ -256,8 +260,11 @@ def _add_missing_columns(bind: Engine | Connection) -> None:
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def open_database(url: str, create: bool = True) -> sessionmaker:
-    """An engine and session factory for ``url``; creates the tables when missing (``create``)."""
+def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionmaker:
+    """An engine and session factory for ``url``; creates the tables when missing (``create``).
+
+    ``wait_s``: a database server that cannot be reached yet is tried again for this long (the node's
+    processes may start before it); a server that answers with an error fails at once."""
     engine: Engine
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -273,10 +280,28 @@ def open_database(url: str, create: bool = True) -> sessionmaker:
         except ModuleNotFoundError as error:
             raise InputError(f"the database driver of {make_url(url).drivername} is not installed ({error.name}); "
                              f"for PostgreSQL: pip install 'contourqa[postgresql]'") from None
-    try:
-        _create_schema(engine)
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise InputError(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
-                         f"{reason}") from None
-    return sessionmaker(engine, expire_on_commit=False)
+    deadline, logged = time.monotonic() + wait_s, -float("inf")
+    while True:
+        try:
+            _create_schema(engine)
+            return sessionmaker(engine, expire_on_commit=False)
+        except SQLAlchemyError as error:
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            where = engine.url.render_as_string(hide_password=True)
+            now = time.monotonic()
+            if not (unreachable(error) and now < deadline):
+                raise InputError(f"cannot open the database {where}: {reason}") from None
+            if now - logged >= _LOG_EVERY_S:
+                log.warning("database %s not reachable yet (%s); waiting up to %.0f s more", where, reason,
+                            deadline - now)
+                logged = now
+            time.sleep(min(_RETRY_S, max(0.0, deadline - now)))
+
+
+_RETRY_S, _LOG_EVERY_S = 1.0, 30.0
+
+
+def unreachable(error: SQLAlchemyError) -> bool:
+    """The database server could not be reached or dropped the connection (it may be starting, stopping or
+    restarting), as opposed to one that answered with an error."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)

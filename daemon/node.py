@@ -59,7 +59,7 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
     prepare_home(settings)
     clear_incoming(settings.home / "incoming")
     configure(settings, settings.broker_url)
-    sessions = open_database(settings.resolved_database_url())
+    sessions = open_database(settings.resolved_database_url(), wait_s=settings.database_wait_s)
     metrics = Metrics()
     metrics.watch(sessions, settings.broker_url)
     store = Store(settings.store_dir, sessions, settings.scp.min_free_disk_mb)
@@ -110,7 +110,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int, name: st
 def run_scheduler(settings: Settings) -> None:
     prepare_home(settings)
     configure(settings, settings.broker_url)
-    sessions = open_database(settings.resolved_database_url())
+    sessions = open_database(settings.resolved_database_url(), wait_s=settings.database_wait_s)
     log.info("scheduler: sweep every %.0f s", settings.scheduler.sweep_interval_s)
     start_scheduler(settings, sessions, blocking=True)
 

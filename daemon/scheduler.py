@@ -16,6 +16,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.references import STRUCTURE_KINDS
@@ -60,11 +61,16 @@ def redispatch_lost(settings: Settings, sessions: sessionmaker) -> list[str]:
 
 def sweep(settings: Settings, sessions: sessionmaker) -> None:
     assembler = Assembler(sessions, lambda case_id: dispatch_case(sessions, case_id))
-    open_missed_cases(sessions, assembler)
-    assembler.expire_stale(settings.assembly.stable_age_s)
-    redispatch_lost(settings, sessions)
-    answer_failed_cases(settings, sessions)
-    for outbox_id in ledger.due_outbox(sessions, settings.export.sending_lease_s):
+    try:
+        open_missed_cases(sessions, assembler)
+        assembler.expire_stale(settings.assembly.stable_age_s)
+        redispatch_lost(settings, sessions)
+        answer_failed_cases(settings, sessions)
+        outbox_ids = ledger.due_outbox(sessions, settings.export.sending_lease_s)
+    except OperationalError as error:  # the next sweep after the database is back does it all
+        log.warning("sweep skipped: database unavailable (%s)", str(error.orig or error).splitlines()[0])
+        return
+    for outbox_id in outbox_ids:
         dispatch_export(outbox_id)
 
 

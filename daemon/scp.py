@@ -20,6 +20,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
     JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
     JPEGLSNearLossless, RLELossless)
+from sqlalchemy.exc import OperationalError
 
 from contourqa.qa_models.errors import InputError
 
@@ -79,7 +80,12 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
         log.warning("instance %s from %s refused (0x%04X): %s", uid, calling_ae, error.status, error)
         ingest.metrics.instances.labels(outcome="refused").inc()
         return error.status
-    except Exception:  # the store's disk or database failed: the sender must try again later
+    except OperationalError as error:  # the database is away: the sender must try again later
+        log.error("instance %s from %s refused (0xA700): database unavailable (%s)", uid, calling_ae,
+                  str(error.orig or error).splitlines()[0])
+        ingest.metrics.instances.labels(outcome="refused").inc()
+        return OUT_OF_RESOURCES
+    except Exception:  # the store's disk or database failed otherwise: the sender must try again later
         log.exception("instance %s from %s could not be stored", uid, calling_ae)
         ingest.metrics.instances.labels(outcome="refused").inc()
         return OUT_OF_RESOURCES

@@ -7,6 +7,7 @@ import os
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
 
 from .case_runner import fail_case, load_predictor, run_case
 from .celery_app import ASSESS_TASK, EXPORT_TASK, app, dispatch_export, runtime
@@ -29,11 +30,18 @@ def _load_model_at_start(**_) -> None:
 
 @app.task(name=ASSESS_TASK, acks_late=True, reject_on_worker_lost=True)
 def assess_case(case_id: str) -> str:
-    sessions = runtime.sessions()
     try:
-        outcome = run_case(runtime.settings, sessions, case_id)
-    except SoftTimeLimitExceeded:
-        return fail_case(sessions, case_id, "assessment exceeded the soft time limit").state
+        sessions = runtime.sessions()
+        try:
+            outcome = run_case(runtime.settings, sessions, case_id)
+        except SoftTimeLimitExceeded:
+            return fail_case(sessions, case_id, "assessment exceeded the soft time limit").state
+    except OperationalError as error:
+        # nothing is lost: the case stays queued or running in the ledger, and once the database is back the
+        # scheduler's sweep hands it out again (its heartbeat stopped, or its message is gone)
+        log.error("case %s: database unavailable (%s); it is assessed again when the database is back", case_id,
+                  _reason(error), extra={"case_id": case_id})
+        return "interrupted"
     if outcome.outbox_id is not None:
         dispatch_export(outcome.outbox_id)
     return outcome.state
@@ -41,4 +49,13 @@ def assess_case(case_id: str) -> str:
 
 @app.task(name=EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
 def export_sr(outbox_id: int) -> str:
-    return deliver(runtime.settings.export, runtime.sessions(), outbox_id)
+    try:
+        return deliver(runtime.settings.export, runtime.sessions(), outbox_id)
+    except OperationalError as error:  # the outbox item stays due; the sweep sends it again
+        log.error("outbox %d: database unavailable (%s); sent when the database is back", outbox_id,
+                  _reason(error))
+        return "interrupted"
+
+
+def _reason(error: OperationalError) -> str:
+    return str(error.orig or error).splitlines()[0]

@@ -30,15 +30,16 @@ def test_assess_uses_the_default_model(phantom):
 
 
 def test_every_constructed_failure_is_flagged(phantom):
+    # in process, one model load for all eight (the command line itself is tested in test_cli)
+    predictor, config = DicePredictor.from_model_folder(default_model_dir(), device="cpu"), AssessConfig(mc_samples=0)
     for case in ("case000", "case001"):
         for candidate in ("failure_empty.dcm", "failure_all_ones.dcm", "failure_noise_seg.dcm", "failure_shifted.dcm"):
-            result = run_cli("assess", phantom / case / "image", phantom / case / "candidates" / candidate, "--json",
-                             "--mc-samples", "0")
-            rois = json.loads(result.stdout)["rois"]
-            assert all(roi["verdict"] in ("review", "reject") for roi in rois), (case, candidate)
+            rois = assess_files(phantom / case / "image", phantom / case / "candidates" / candidate, config,
+                                predictor=predictor).rois
+            assert all(roi.verdict.value in ("review", "reject") for roi in rois), (case, candidate)
             for roi in rois:  # a low number, or none because the odd input lies outside the model's domain
-                assert (roi["predicted_dice"] < 0.5 if roi["predicted_dice"] is not None
-                        else roi["domain"]["inside"] is False), (case, candidate, roi)
+                assert (roi.prediction.dice < 0.5 if roi.prediction is not None
+                        else roi.domain is not None and roi.domain.inside is False), (case, candidate, roi.name)
 
 
 def test_reference_contours_are_predicted_good(phantom):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import socket
 from pathlib import Path
 
@@ -103,6 +104,29 @@ def test_docker_compose_starts_on_a_valid_configuration_with_commands_that_parse
         command = [part.replace("${POSTGRES_PASSWORD}", "secret") for part in compose["services"][name]["command"]]
         args = parser.parse_args(command)
         assert args.config == Path("/etc/contourqa/contourqa.yaml") and args.database.startswith("postgresql+psycopg://")
+
+
+SPLIT_UNITS = {"contourqa-scp.service": "scp", "contourqa-scheduler.service": "scheduler",
+               "contourqa-worker@.service": "gpu-worker", "contourqa-io-worker.service": "io-worker"}
+
+
+def test_the_systemd_units_run_exactly_the_processes_the_compose_file_runs():
+    """The compose file's commands are the tested ones (tests/test_split_deployment.py runs them); the units
+    must run the same commands, with the broker and database from their environment file."""
+    deploy = EXAMPLE.parent
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    environment = dict(line.split("=", 1) for line in (deploy / "contourqa.env.example").read_text().splitlines()
+                       if line and not line.startswith("#"))
+    assert set(SPLIT_UNITS.values()) == {name for name, service in compose["services"].items() if "build" in service}
+    for unit, service in SPLIT_UNITS.items():
+        text = (deploy / unit).read_text()
+        assert "EnvironmentFile=/etc/contourqa/contourqa.env" in text.splitlines()
+        exec_start = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))[10:])
+        assert exec_start[0] == "/usr/local/bin/contourqa"
+        rendered = [environment.get(part[2:-1], part) if part.startswith("${") else part for part in exec_start[1:]]
+        expected = [part.replace("${POSTGRES_PASSWORD}", "change-this-password")
+                    for part in compose["services"][service]["command"]]
+        assert rendered == expected, unit
 
 
 def test_a_database_whose_driver_is_not_installed_is_one_line(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from contourqa.daemon.embedded_redis import EmbeddedRedis
 from node_harness import wait_for
 
-STARTS = 5  # the schema race itself is tested ten processes at a time below
+STARTS = 3  # the schema race itself is tested ten processes at a time below
 
 
 @pytest.fixture(scope="module")
