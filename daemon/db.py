@@ -286,7 +286,7 @@ def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionma
             _create_schema(engine)
             return sessionmaker(engine, expire_on_commit=False)
         except SQLAlchemyError as error:
-            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            reason = short_reason(error)
             where = engine.url.render_as_string(hide_password=True)
             now = time.monotonic()
             if not (unreachable(error) and now < deadline):
@@ -299,6 +299,11 @@ def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionma
 
 
 _RETRY_S, _LOG_EVERY_S = 1.0, 30.0
+
+
+def short_reason(error: SQLAlchemyError) -> str:
+    """The driver's first line (the connection error), without SQLAlchemy's background link."""
+    return str(getattr(error, "orig", None) or error).splitlines()[0]
 
 
 def unreachable(error: SQLAlchemyError) -> bool:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from .config import Settings
-from .db import Audit, JobRun, utcnow
+from .db import Audit, JobRun, short_reason, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def run_declared(settings: Settings, sessions: sessionmaker, job_id: str, now: d
         return None
     try:
         detail = _perform(settings, sessions, job_id, fire or utcnow())
+    except OperationalError:
+        raise  # the database went away: nothing can be recorded (run_job says so)
     except Exception as error:  # one job's failure is recorded and never stops the scheduler
         log.exception("job %s (%s) failed", job_id, key)
         finish_run(sessions, job_id, key, "failed", f"{type(error).__name__}: {error}")
@@ -128,14 +130,21 @@ def run_job(job_id: str) -> None:
     if _node is None:
         log.error("job %s fired outside a running scheduler", job_id)
         return
-    run_declared(*_node, job_id)
+    try:
+        run_declared(*_node, job_id)
+    except OperationalError as error:  # not claimed: its next firing catches up (summaries: every missing day)
+        log.warning("job %s skipped: database unavailable (%s)", job_id, short_reason(error))
 
 
 def sync_jobs(scheduler, settings: Settings, sessions: sessionmaker) -> None:
     """Bring the job store in line with the declarations: add new jobs, re-time changed ones, drop removed."""
     from .audits import cron_trigger
-    declared = {d.job_id: d for d in declarations(settings, sessions)}
-    stored = {job.id: job for job in scheduler.get_jobs(jobstore=JOBSTORE)}
+    try:
+        declared = {d.job_id: d for d in declarations(settings, sessions)}
+        stored = {job.id: job for job in scheduler.get_jobs(jobstore=JOBSTORE)}
+    except OperationalError as error:  # the next minute's sync does it
+        log.warning("declared jobs not synchronised: database unavailable (%s)", short_reason(error))
+        return
     for job_id, job in stored.items():
         if job_id not in declared:
             scheduler.remove_job(job_id, jobstore=JOBSTORE)

@@ -27,7 +27,7 @@ from .case_runner import answer_failed_cases
 from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
 from .config import Settings
 from .daily_summary import write_due_summaries
-from .db import Case, Instance, utcnow
+from .db import Case, Instance, short_reason, utcnow
 from .status import messages_held
 from .store import read_header
 
@@ -68,7 +68,7 @@ def sweep(settings: Settings, sessions: sessionmaker) -> None:
         answer_failed_cases(settings, sessions)
         outbox_ids = ledger.due_outbox(sessions, settings.export.sending_lease_s)
     except OperationalError as error:  # the next sweep after the database is back does it all
-        log.warning("sweep skipped: database unavailable (%s)", str(error.orig or error).splitlines()[0])
+        log.warning("sweep skipped: database unavailable (%s)", short_reason(error))
         return
     for outbox_id in outbox_ids:
         dispatch_export(outbox_id)

@@ -26,6 +26,7 @@ from contourqa.qa_models.errors import InputError
 
 from .assembler import Assembler
 from .config import ScpSettings
+from .db import short_reason
 from .metrics import Metrics
 from .store import OUT_OF_RESOURCES, Store, StoreError
 
@@ -82,7 +83,7 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
         return error.status
     except OperationalError as error:  # the database is away: the sender must try again later
         log.error("instance %s from %s refused (0xA700): database unavailable (%s)", uid, calling_ae,
-                  str(error.orig or error).splitlines()[0])
+                  short_reason(error))
         ingest.metrics.instances.labels(outcome="refused").inc()
         return OUT_OF_RESOURCES
     except Exception:  # the store's disk or database failed otherwise: the sender must try again later

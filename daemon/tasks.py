@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from .case_runner import fail_case, load_predictor, run_case
 from .celery_app import ASSESS_TASK, EXPORT_TASK, app, dispatch_export, runtime
+from .db import short_reason
 from .export import deliver
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def assess_case(case_id: str) -> str:
         # nothing is lost: the case stays queued or running in the ledger, and once the database is back the
         # scheduler's sweep hands it out again (its heartbeat stopped, or its message is gone)
         log.error("case %s: database unavailable (%s); it is assessed again when the database is back", case_id,
-                  _reason(error), extra={"case_id": case_id})
+                  short_reason(error), extra={"case_id": case_id})
         return "interrupted"
     if outcome.outbox_id is not None:
         dispatch_export(outcome.outbox_id)
@@ -53,9 +54,6 @@ def export_sr(outbox_id: int) -> str:
         return deliver(runtime.settings.export, runtime.sessions(), outbox_id)
     except OperationalError as error:  # the outbox item stays due; the sweep sends it again
         log.error("outbox %d: database unavailable (%s); sent when the database is back", outbox_id,
-                  _reason(error))
+                  short_reason(error))
         return "interrupted"
 
-
-def _reason(error: OperationalError) -> str:
-    return str(error.orig or error).splitlines()[0]

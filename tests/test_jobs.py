@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from conftest import run_cli
+from node_harness import free_port
 from contourqa.daemon import jobs
 from contourqa.daemon.audits import add_audit
 from contourqa.daemon.config import load_settings
@@ -107,3 +108,26 @@ def test_schedule_list_and_status_show_the_declared_jobs_and_their_last_runs(tmp
     assert rows["audit:weekly"]["last_status"] == "done" and rows["daily-summaries"]["cron"] == "0 6 * * *"
     status = run_cli("status", "--home", tmp_path)
     assert "last run of audit:weekly: 2026-11-30T07:00 done" in status.stdout
+
+
+def test_with_the_database_away_every_scheduler_job_logs_one_line_and_carries_on(tmp_path, postgres, caplog):
+    """PostgreSQL stopped under a running scheduler: the sweep, the minute's sync and a declared job each say so
+    in one warning instead of raising (APScheduler would log a traceback every few seconds)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+    from contourqa.daemon import scheduler as node_scheduler
+    away = f"postgresql+psycopg://postgres@/away?host={postgres.folder}&port={free_port()}"  # nobody listens
+    settings = load_settings(None, {"home": str(tmp_path), "database_url": away})
+    sessions = sessionmaker(create_engine(away))
+    jobs._node = (settings, sessions)
+    try:
+        with caplog.at_level("WARNING"):
+            node_scheduler.sweep(settings, sessions)
+            jobs.sync_jobs(BackgroundScheduler(timezone="UTC"), settings, sessions)
+            jobs.run_job("daily-summaries")
+    finally:
+        jobs._node = None
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(":")[0] for m in messages] == ["sweep skipped", "declared jobs not synchronised",
+                                                  "job daily-summaries skipped"]
+    assert all("database unavailable" in m and "\n" not in m for m in messages)
