@@ -260,6 +260,9 @@ def _add_missing_columns(bind: Engine | Connection) -> None:
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
+_RETRY_S, _LOG_EVERY_S = 1.0, 30.0  # waiting for a database server: try every second, say so every 30 s
+
+
 def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionmaker:
     """An engine and session factory for ``url``; creates the tables when missing (``create``).
 
@@ -297,8 +300,6 @@ def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionma
                 logged = now
             time.sleep(min(_RETRY_S, max(0.0, deadline - now)))
 
-
-_RETRY_S, _LOG_EVERY_S = 1.0, 30.0
 
 
 def short_reason(error: SQLAlchemyError) -> str:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from contourqa.training.diagnose import contrast_to_noise, edge_fit
+from contourqa.training.diagnose import boundary_error, boundary_offsets, contrast_to_noise, edge_fit
 from scipy import ndimage
 
 SPACING = np.array([2.0, 1.0, 1.0])
@@ -28,3 +28,20 @@ def test_a_contour_on_the_edges_fits_better_than_a_shifted_one():
     gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(image, 0.7), *SPACING)))
     shifted = np.roll(mask, 5, axis=2)
     assert edge_fit(gradient, mask, SPACING) > 1.5 * edge_fit(gradient, shifted, SPACING)
+
+
+def test_the_boundary_error_measures_how_far_the_edge_lies_whatever_the_contrast():
+    image, mask = _organ()
+    for contrast in (1.0, -1.0):  # a dark organ on a bright background reads the same
+        gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(contrast * image, 0.7),
+                                                           *SPACING)))
+        on_edge = boundary_error(gradient, mask, SPACING)
+        # distances run voxel centre to voxel centre: the edge lies between a surface voxel (-1 mm in-plane, -2 mm
+        # through slices) and its outside neighbour (+1, +2), so a contour on the edge reads about one voxel
+        assert on_edge <= 1.5
+        grown = ndimage.binary_dilation(mask, iterations=3)  # 3 voxels = 3 mm in-plane, 6 mm through slices
+        offsets = boundary_offsets(gradient, grown, SPACING)
+        assert np.median(offsets) < -2  # the edge lies inside the grown surface
+        assert boundary_error(gradient, grown, SPACING) > on_edge + 2
+        shifted = np.roll(mask, 2, axis=2)
+        assert on_edge < boundary_error(gradient, shifted, SPACING) < boundary_error(gradient, grown, SPACING) + 1
