@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Case, CaseReference, CaseState, Instance, OutboxItem, OutboxState, RoiResult, utcnow
@@ -55,18 +56,23 @@ def _move(session: Session, case_id: str, target: CaseState, sources: Iterable[C
 # ---- cases ----------------------------------------------------------------------------------------------
 
 def open_case(sessions: sessionmaker, case: Case, instance_uids: Iterable[str], failure: str | None = None) -> bool:
-    """Record a new case and the images it needs: waiting, or failed with ``failure``. False if it exists."""
+    """Record a new case and the images it needs: waiting, or failed with ``failure``. False if it exists.
+
+    The case's key decides, not a look first: the SCP and the scheduler's sweep may open one structure set's
+    case at the same moment, and one of them must simply find it there."""
     state = F if failure else W
     with sessions() as session:
-        if session.get(Case, case.case_id) is not None:
-            return False
         case.state, case.reason = state.value, failure
         if failure:
             case.finished_at = utcnow()
         session.add(case)
         session.add_all(CaseReference(case_id=case.case_id, series_uid=case.image_series_uid, sop_instance_uid=uid)
                         for uid in sorted(instance_uids))
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
     return True
 
 
