@@ -301,7 +301,6 @@ def open_database(url: str, create: bool = True, wait_s: float = 0) -> sessionma
             time.sleep(min(_RETRY_S, max(0.0, deadline - now)))
 
 
-
 def short_reason(error: SQLAlchemyError) -> str:
     """The driver's first line (the connection error), without SQLAlchemy's background link."""
     return str(getattr(error, "orig", None) or error).splitlines()[0]

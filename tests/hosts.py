@@ -69,7 +69,7 @@ class Hosts:
             accepted = threading.Thread(target=listener.accept, daemon=True)
             accepted.start()
             port = listener.getsockname()[1]
-            subprocess.run([*["ip", "netns", "exec", self.namespace(self.names[-1])], "python3", "-c",
+            subprocess.run(["ip", "netns", "exec", self.namespace(self.names[-1]), "python3", "-c",
                             f"import socket; socket.create_connection(('{self._subnet}.1', {port}), timeout=5)"],
                            check=True, capture_output=True, timeout=30)
             accepted.join(timeout=5)

@@ -164,9 +164,11 @@ class Node:
         return [pid for pid, ppid, _ in self._processes() if ppid in mains]
 
 
-def send(port: int, *paths: Path, calling_ae: str = "PACS", called_ae: str = "CONTOURQA") -> subprocess.CompletedProcess:
-    """dcmtk storescu proposing only what the files need (-R), so SEG storage is offered."""
-    return subprocess.run([dcmtk("storescu"), "-R", "+sd", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1",
+def send(port: int, *paths: Path, calling_ae: str = "PACS", called_ae: str = "CONTOURQA",
+         host: str = "127.0.0.1") -> subprocess.CompletedProcess:
+    """dcmtk storescu proposing only what the files need (-R), so SEG storage is offered; verbose, so its
+    stderr holds each C-STORE response's status."""
+    return subprocess.run([dcmtk("storescu"), "-v", "-R", "+sd", "-aet", calling_ae, "-aec", called_ae, host,
                            str(port), *map(str, paths)], capture_output=True, text=True, timeout=300, env=DCMTK_ENV)
 
 

@@ -121,7 +121,8 @@ def test_the_systemd_units_run_exactly_the_processes_the_compose_file_runs():
     for unit, service in SPLIT_UNITS.items():
         text = (deploy / unit).read_text()
         assert "EnvironmentFile=/etc/contourqa/contourqa.env" in text.splitlines()
-        exec_start = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))[10:])
+        exec_start = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))
+                                 .removeprefix("ExecStart="))
         assert exec_start[0] == "/usr/local/bin/contourqa"
         rendered = [environment.get(part[2:-1], part) if part.startswith("${") else part for part in exec_start[1:]]
         expected = [part.replace("${POSTGRES_PASSWORD}", "change-this-password")

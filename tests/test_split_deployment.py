@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import run_cli
 from hosts import Hosts
-from node_harness import DCMTK_ENV, Destination, clone_study, dcmtk, free_port, wait_for
+from node_harness import Destination, clone_study, free_port, send, wait_for
 from postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -135,10 +135,8 @@ def assessing(log: str) -> int:
     return log.count(": assessing (attempt")
 
 
-def send(deployment: SplitDeployment, study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([dcmtk("storescu"), "-v", "-R", "+sd", "-aet", "PACS", "-aec", "CONTOURQA",
-                           deployment.hosts.address("scp"), str(deployment.scp_port), str(study)],
-                          capture_output=True, text=True, timeout=300, env=DCMTK_ENV)
+def send_study(deployment: SplitDeployment, study: Path) -> subprocess.CompletedProcess:
+    return send(deployment.scp_port, study, host=deployment.hosts.address("scp"))
 
 
 @pytest.fixture
@@ -155,7 +153,7 @@ def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_o
             print(f"hosts: {'one network namespace each' if hosts.isolated else 'shared loopback'}")
 
             # an inference worker dies mid-case: the other one finishes it
-            assert send(deployment, studies["A"]).returncode == 0
+            assert send_study(deployment, studies["A"]).returncode == 0
             busy = wait_for(lambda: next((w for w in ("gpu-worker-1", "gpu-worker-2")
                                           if assessing(deployment.log(w))), None), 120, "a worker to take the case")
             other = "gpu-worker-2" if busy == "gpu-worker-1" else "gpu-worker-1"
@@ -165,11 +163,11 @@ def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_o
 
             # PostgreSQL stops while a case runs, for 30 s
             before = assessing(deployment.log(other))
-            assert send(deployment, studies["B"]).returncode == 0
+            assert send_study(deployment, studies["B"]).returncode == 0
             wait_for(lambda: assessing(deployment.log(other)) > before, 120, "the second case to run")
             deployment.postgres.pause()
             stopped = time.monotonic()
-            refused = send(deployment, studies["C"])
+            refused = send_study(deployment, studies["C"])
             assert "Received Store Response (Refused: OutOfResources)" in refused.stderr, refused.stderr[-2000:]
             assert refused.returncode != 0 and "(Success)" not in refused.stderr
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
@@ -180,7 +178,7 @@ def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_o
             study_c = str(pydicom.dcmread(next(studies["C"].iterdir()), stop_before_pixels=True).StudyInstanceUID)
             assert deployment.query(f"select count(*) from instances where study_uid = '{study_c}'") == [(0,)]
             assert not (deployment.home / "store" / study_c).exists()
-            assert send(deployment, studies["C"]).returncode == 0
+            assert send_study(deployment, studies["C"]).returncode == 0
 
             wait_for(lambda: len(destination.received()) == 3, 180, "the SRs of all three studies")
             wait_for(lambda: deployment.query("select state, count(*) from outbox group by state") == [("sent", 3)],

@@ -22,32 +22,33 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from contourqa.reporting.agreement import regression_metrics
 
 from .cache import load_cases
-from .diagnose import boundary_offsets, edge_fit
+from .diagnose import boundary_offsets, edge_fit, signed_distance
 from .manifest import read_manifest
 
 PROFILE_MM = np.arange(-6.0, 6.0, 1.5)  # the gradient across the surface, in 1.5 mm shells from inside out
 
 
 def gradient_magnitude(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """|grad| after a 0.8 mm Gaussian, in grey values per mm."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), 0.8 / np.asarray(spacing))
+    """|grad| of a float image after a 0.8 mm Gaussian, in grey values per mm."""
+    smooth = ndimage.gaussian_filter(image, 0.8 / np.asarray(spacing))
     return np.sqrt(sum(g ** 2 for g in np.gradient(smooth, *spacing)))
 
 
 def candidate_features(image: np.ndarray, gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> list[float]:
-    signed = np.where(mask, -ndimage.distance_transform_edt(mask, sampling=spacing),
-                      ndimage.distance_transform_edt(~mask, sampling=spacing))
-    offsets = boundary_offsets(gradient, mask, spacing)
+    signed = signed_distance(mask, spacing)
+    offsets = boundary_offsets(gradient, mask, spacing, signed=signed)
     distance = np.abs(offsets)
     typical = float(np.median(gradient[np.abs(signed) <= 6.0])) + 1e-6
     volume = float(mask.sum() * np.prod(spacing))
     radius = (3 * volume / (4 * np.pi)) ** (1 / 3)
     inside, outside = image[(signed < 0) & (signed >= -3)], image[(signed > 0) & (signed <= 3)]
     rim = image[(signed > 0.5) & (signed <= 4)]
-    profile = [float(gradient[(signed > low) & (signed <= low + 1.5)].mean()) / typical
-               if ((signed > low) & (signed <= low + 1.5)).any() else 0.0 for low in PROFILE_MM]
+    profile = []
+    for low in PROFILE_MM:
+        shell = (signed > low) & (signed <= low + 1.5)
+        profile.append(float(gradient[shell].mean()) / typical if shell.any() else 0.0)
     return [distance.mean(), float(np.median(distance)), (distance <= 2.0).mean(), (distance <= 3.5).mean(),
-            offsets.mean(), distance.mean() / radius, edge_fit(gradient, mask, spacing),
+            offsets.mean(), distance.mean() / radius, edge_fit(gradient, mask, spacing, signed),
             abs(inside.mean() - outside.mean()) / (rim.std() + 1e-6), np.log(volume), radius, *profile]
 
 
@@ -56,13 +57,14 @@ def feature_table(manifest: Path, cache_dir: Path | None) -> tuple[np.ndarray, n
     dice, features, cases = [], [], []
     for case in load_cases(read_manifest(manifest), cache_dir):
         spacing = case.grid.spacing[::-1]  # (k, j, i)
-        gradient = gradient_magnitude(case.image, spacing)
+        image = case.image.astype(np.float32)
+        gradient = gradient_magnitude(image, spacing)
         for candidate in case.candidates:
             mask = candidate.mask
             if candidate.row.kind.startswith("failure") or mask is None or not mask.any():
                 continue
             dice.append(candidate.dice)
-            features.append(candidate_features(case.image.astype(np.float32), gradient, mask, spacing))
+            features.append(candidate_features(image, gradient, mask, spacing))
             cases.append(case.case_id)
     return np.array(dice), np.array(features, dtype=float), cases
 

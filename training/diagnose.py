@@ -39,20 +39,27 @@ def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) 
     return float(abs(image[mask].mean() - rim.mean()) / (rim.std() + 1e-6))
 
 
-def edge_fit(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each voxel to the mask's other side: negative inside, positive outside. The measures
+    below take it precomputed, so a candidate's distance transforms are computed once for all of them."""
+    return np.where(mask, -ndimage.distance_transform_edt(mask, sampling=spacing),
+                    ndimage.distance_transform_edt(~mask, sampling=spacing))
+
+
+def edge_fit(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray, signed: np.ndarray | None = None) -> float:
     """Mean gradient on the mask's surface over the mean gradient within 8 mm of it."""
+    signed = signed_distance(mask, spacing) if signed is None else signed
     surface = mask & ~ndimage.binary_erosion(mask)
-    near = _band(mask, spacing, 0, 8) | (mask & ~ndimage.binary_erosion(mask, iterations=3))
+    near = ((signed > 0) & (signed <= 8)) | (mask & ~ndimage.binary_erosion(mask, iterations=3))
     return float(gradient[surface].mean() / (gradient[near].mean() + 1e-6))
 
 
-def boundary_offsets(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
-                     band_mm: float = 6.0) -> np.ndarray:
+def boundary_offsets(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray, band_mm: float = 6.0,
+                     signed: np.ndarray | None = None) -> np.ndarray:
     """For each surface voxel of the mask, the signed distance (mm, negative inside) at which the gradient is
     strongest among the voxels within ``band_mm`` of the surface that lie nearest to it: roughly, how far
     along its normal the image's edge is. Independent of the organ's contrast and of its sign."""
-    signed = np.where(mask, -ndimage.distance_transform_edt(mask, sampling=spacing),
-                      ndimage.distance_transform_edt(~mask, sampling=spacing))
+    signed = signed_distance(mask, spacing) if signed is None else signed
     surface = mask & ~ndimage.binary_erosion(mask)
     band = np.abs(signed) <= band_mm
     nearest = ndimage.distance_transform_edt(~surface, sampling=spacing, return_indices=True)[1]
@@ -63,9 +70,10 @@ def boundary_offsets(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray
     return offset[np.r_[owner[1:] != owner[:-1], True]]
 
 
-def boundary_error(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+def boundary_error(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
+                   signed: np.ndarray | None = None) -> float:
     """Mean distance (mm) from the mask's surface to the strongest edge along its normal (boundary_offsets)."""
-    return float(np.abs(boundary_offsets(gradient, mask, spacing)).mean())
+    return float(np.abs(boundary_offsets(gradient, mask, spacing, signed=signed)).mean())
 
 
 def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
@@ -79,8 +87,9 @@ def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
         mask, roi = candidate.mask, candidate.row.roi.lower()
         if candidate.row.kind.startswith("failure") or mask is None or not mask.any() or roi not in cnr:
             continue
-        rows.append((candidate.dice, edge_fit(gradient, mask, spacing), boundary_error(gradient, mask, spacing),
-                     cnr[roi]))
+        signed = signed_distance(mask, spacing)
+        rows.append((candidate.dice, edge_fit(gradient, mask, spacing, signed),
+                     boundary_error(gradient, mask, spacing, signed), cnr[roi]))
     return rows
 
 
