@@ -49,19 +49,24 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 
 class Destination:
-    """dcmtk storescp writing every received object into a folder."""
+    """dcmtk storescp writing every received object into a folder.
+
+    storescp writes into a hidden folder and moves each file in once it is complete, so a test that reads
+    `received()` never parses a file storescp is still writing."""
 
     def __init__(self, folder: Path, port: int | None = None, ae_title: str = "DEST"):
         self.folder, self.port, self.ae_title = folder, port or free_port(), ae_title
         self.process: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
+        self.incoming = folder / ".incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
 
     @property
     def address(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.port}"
 
     def start(self) -> "Destination":
-        self.process = subprocess.Popen([dcmtk("storescp"), "-aet", self.ae_title, "-od", str(self.folder),
+        self.process = subprocess.Popen([dcmtk("storescp"), "-aet", self.ae_title, "-od", str(self.incoming),
+                                         "--exec-on-reception", f"mv '#p/#f' '{self.folder}/'",
                                          "--fork", str(self.port)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, env=DCMTK_ENV)
         wait_for(lambda: listening(self.port), 10, "storescp to listen")
