@@ -1,6 +1,11 @@
 """The network's view of one ROI: a box around the mask's bounding box (with margin), resampled to a
 fixed shape, image intensities mapped from their 0th/99th percentiles to [0, 1] (the published
 [0, 255] scaled by 1/255). Training and inference both go through ``crop_input`` so they cannot drift.
+
+A model may also take two boundary channels made from the crop (issue 15): the mask's signed distance
+in mm and the image's edge strength. Whether a contour fits is mostly where the image's edges lie
+relative to it; given both as inputs, that is a local computation the network can learn whatever the
+image's contrast, instead of having to find it from grey values.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator
 
+from scipy import ndimage
+
 from .geometry import Grid
 from .uncertainty import entropy_map
 
-CHANNEL_LAYOUTS = (("image", "mask"), ("image", "mask", "entropy"))
+CHANNEL_LAYOUTS = (("image", "mask"), ("image", "mask", "entropy"), ("image", "mask", "distance", "edge"))
+DISTANCE_CLIP_MM = 10.0  # the distance channel saturates here: beyond it, no edge decides the contour's fit
+EDGE_SIGMA_VOXELS = 1.0  # Gaussian derivative scale: the edge channel sees organ boundaries, not single-voxel noise
 
 
 class InputSpec(BaseModel):
@@ -27,7 +36,8 @@ class InputSpec(BaseModel):
     min_extent_mm: float = Field(40.0, description="smallest box edge")
     empty_extent_mm: float = Field(120.0, description="box edge, centred in the field of view, for an empty mask")
     normalisation: str = "percentile 0 -> 0, percentile 99 -> 1 (published 0..255 / 255), per crop"
-    channels: tuple[str, ...] = Field(("image", "mask"), description="image, mask[, entropy of a FRACTIONAL segment]")
+    channels: tuple[str, ...] = Field(("image", "mask"), 
+                                  description="image, mask[, entropy of a FRACTIONAL segment | distance, edge]")
 
     @field_validator("shape")
     @classmethod
@@ -46,6 +56,10 @@ class InputSpec(BaseModel):
     @property
     def uses_entropy(self) -> bool:
         return "entropy" in self.channels
+
+    @property
+    def uses_boundary(self) -> bool:
+        return "distance" in self.channels
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,29 @@ def crop_input(image: torch.Tensor, channels: list[torch.Tensor], box: Box, grid
     volumes = torch.stack([image, *channels]).unsqueeze(0)  # (1, C, K, J, I)
     sampled = F.grid_sample(volumes, coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     sampled[0] = normalise(sampled[0])
+    if spec.uses_boundary:
+        voxel_mm = np.asarray(box.extent_mm, float)[::-1] / np.asarray(spec.shape, float)  # along k, j, i
+        sampled = torch.cat([sampled, boundary_channels(sampled[0].numpy(), sampled[1].numpy(), voxel_mm)])
     return sampled
+
+
+def boundary_channels(image: np.ndarray, mask: np.ndarray, voxel_mm: np.ndarray) -> torch.Tensor:
+    """(2, D, H, W): the mask's signed distance (mm, negative inside, clipped to +-10 mm and scaled to
+    [-1, 1]) and the image's Gaussian gradient magnitude per mm scaled by its crop's 99th percentile
+    (so the edge channel does not depend on the image's contrast or its sign)."""
+    inside = mask >= 0.5
+    if inside.all() or not inside.any():
+        distance = np.full(mask.shape, -1.0 if inside.all() else 1.0, np.float32)
+    else:
+        outside_mm = ndimage.distance_transform_edt(~inside, sampling=voxel_mm)
+        inside_mm = ndimage.distance_transform_edt(inside, sampling=voxel_mm)
+        distance = np.clip((outside_mm - inside_mm) / DISTANCE_CLIP_MM, -1, 1).astype(np.float32)
+    gradient = [ndimage.gaussian_filter(image, EDGE_SIGMA_VOXELS, order=order) / step
+                for order, step in zip(np.eye(3, dtype=int), voxel_mm)]
+    edge = np.sqrt(sum(g * g for g in gradient))
+    scale = np.quantile(edge, 0.99)
+    edge = np.clip(edge / scale, 0, 2) if scale > 0 else np.zeros_like(edge)
+    return torch.from_numpy(np.stack([distance, edge.astype(np.float32)]))
 
 
 def extra_channels(mask: np.ndarray, spec: InputSpec, probabilities: np.ndarray | None = None) -> list[torch.Tensor]:

@@ -108,6 +108,7 @@ class Node:
                 {key: value})
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
+        self._sessions = None  # the node's database, opened by the first in-process `status`
 
     def start(self) -> "Node":
         self.home.mkdir(parents=True, exist_ok=True)
@@ -140,12 +141,21 @@ class Node:
         path = self.home / "serve.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def status(self) -> dict:
-        result = subprocess.run([sys.executable, "-m", "contourqa.cli", "status", "--config",
-                                 str(self.home / "config.yaml"), "--json"], capture_output=True, text=True,
-                                timeout=60)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+    def status(self, cli: bool = False) -> dict:
+        """`contourqa status --json`; read in this process unless ``cli`` (tests poll it: a process per
+        poll would take a core from the node under test)."""
+        if cli:
+            result = subprocess.run([sys.executable, "-m", "contourqa.cli", "status", "--config",
+                                     str(self.home / "config.yaml"), "--json"], capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+        from contourqa.daemon.db import open_database
+        from contourqa.daemon.status import status_report
+        if self._sessions is None:
+            self._sessions = open_database(f"sqlite:///{self.home / 'contourqa.sqlite'}", create=False)
+        effective = json.loads((self.home / "run" / "settings.json").read_text())
+        return json.loads(json.dumps(status_report(self._sessions, effective.get("broker_url")), default=str))
 
     def running_cases(self) -> int:
         """Read straight from the node's SQLite database: fast enough to catch a case while it runs."""

@@ -72,3 +72,30 @@ def test_entropy_values_and_sum():
 def test_unknown_channel_layout_is_refused():
     with pytest.raises(ValueError, match="channels must be one of image\\+mask, image\\+mask\\+entropy"):
         InputSpec(channels=("mask", "entropy"))
+
+
+def test_boundary_channels_are_the_masks_signed_distance_and_the_images_edges():
+    spec = InputSpec(shape=(16, 32, 32), channels=("image", "mask", "distance", "edge"))
+    mask = block(10, 20, 30, 50, 20, 40)  # a 20 mm cube; crop voxels 46/32 mm in-plane, 46/16 mm across slices
+    image = np.where(mask, 300.0, 100.0).astype(np.float32)
+    x = mask_input(image, mask, GRID, spec)
+    assert x.shape == (4, 16, 32, 32)
+    distance, edge = x[2].numpy(), x[3].numpy()
+    inside = x[1].numpy() >= 0.5
+    assert (distance[inside] <= 0).all() and (distance[~inside] > 0).all()
+    assert distance[8, 16, 16] < -0.8                   # the centre lies about 9 mm deep (2.9 mm crop voxels)
+    assert distance[8, 16, 1] == pytest.approx(1.0)    # 12 mm and more outside: clipped
+    assert -0.3 < distance[8, 16, 9] < 0.3             # next to the faces: near zero
+    # the edges are the cube's faces: strongest next to the mask's boundary, nothing deep inside or far out
+    near = np.abs(distance) < 0.2
+    assert edge[near].mean() > 5 * edge[np.abs(distance) > 0.6].mean()
+    # the edge channel does not depend on the image's contrast: inverted and rescaled, the same
+    inverted = mask_input((1000 - 3 * image).astype(np.float32), mask, GRID, spec)
+    assert np.allclose(inverted[3].numpy(), edge, atol=0.05)
+    assert torch.equal(inverted[2], x[2])
+
+
+def test_the_distance_channel_of_an_empty_mask_is_far_outside_everywhere():
+    spec = InputSpec(shape=(16, 32, 32), channels=("image", "mask", "distance", "edge"))
+    image = np.random.default_rng(0).random(GRID.shape).astype(np.float32)
+    assert torch.all(mask_input(image, np.zeros(GRID.shape, bool), GRID, spec)[2] == 1.0)

@@ -75,7 +75,7 @@ def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom
     assert sent.returncode == 0, sent.stderr
     received = wait_for(lambda: len(destination.received()) == 2 and destination.received(), 60, "the SEG's SR")
 
-    status = node.status()
+    status = node.status(cli=True)
     assert status["cases"]["done"] == 2 and status["outbox"]["sent"] == 2 and status["pending_cases"] == 0
     for path in received:
         check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)

@@ -215,6 +215,29 @@ def test_entropy_channel_model_learns_from_fractional_segments(phantom, tmp_path
     assert first["predicted_dice"] == pytest.approx(with_entropy.dice, abs=1e-4)
 
 
+def test_boundary_channel_model_trains_and_assesses(quick_model, phantom, tmp_path):
+    """`train --boundary-channels`: the card records the distance and edge channels, the network takes
+    four, `assess` predicts with it, and fine-tuning a two-channel model into it is refused."""
+    out = tmp_path / "boundary"
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--boundary-channels",
+                     "--epochs", "1", "--steps-per-epoch", "4", "--folds", "1")
+    assert result.returncode == 0, result.stderr
+    assert read_card(out).input.channels == ("image", "mask", "distance", "edge")
+    first_conv = next(m for m in DicePredictor.from_model_folder(out).networks[0].modules()
+                      if isinstance(m, torch.nn.Conv3d))
+    assert first_conv.in_channels == 4
+    study = phantom / "case000"
+    report = run_cli("assess", study / "image", study / "reference.dcm", "--model", out, "--json")
+    assert report.returncode == 0, report.stderr
+    assert all(0 <= roi["predicted_dice"] <= 1 for roi in json.loads(report.stdout)["rois"])
+    refused = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", tmp_path / "tuned", "--quick",
+                      "--boundary-channels", "--init-from", quick_model)
+    assert refused.returncode == 2 and "channels image+mask; this training is" in refused.stderr
+    both = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", tmp_path / "x", "--quick",
+                   "--boundary-channels", "--entropy-channel")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_predictions_are_deterministic_without_mc_dropout(quick_model, phantom):
     from contourqa.qa_models.assessment import assess_files
     predictor = DicePredictor.from_model_folder(quick_model)
@@ -240,10 +263,18 @@ def test_test_time_flip_averages_the_mirrored_input(quick_model, phantom):
     assert plain != mirrored and all(p.low <= p.high for p in both)
 
 
-def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_path):
+@pytest.fixture(scope="module")
+def evaluation(quick_model, phantom, tmp_path_factory):
+    """`evaluate --json --html` of the quick model on its own two studies, read from its training cache."""
+    html = tmp_path_factory.mktemp("evaluation") / "report.html"
     result = run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--json",
-                     "--html", tmp_path / "report.html", "--baseline-trials", "2")
+                     "--html", html, "--baseline-trials", "2", "--cache", quick_model / "cache")
     assert result.returncode == 0, result.stderr
+    return result, html
+
+
+def test_evaluate_reports_metrics_baselines_and_html(evaluation, quick_model):
+    result, html_file = evaluation
     report = json.loads(result.stdout)
     assert report["realistic"]["n"] == 2 * 5 * 8
     assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
@@ -258,7 +289,7 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     assert set(by_roi) == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
     assert all(r["n"] == 2 * 8 for r in by_roi.values())
     assert sum(r["mae"] * r["n"] for r in by_roi.values()) / 80 == pytest.approx(report["realistic"]["mae"], abs=1e-6)
-    html = (tmp_path / "report.html").read_text()
+    html = html_file.read_text()
     assert "By ROI" in html and html.count("<td>Rectum</td>") == 1
     assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
@@ -268,17 +299,17 @@ def test_evaluate_reports_metrics_baselines_and_html(quick_model, phantom, tmp_p
     assert {"cases evaluated: 2/2", "CatBoost baseline folds (2 Optuna trials each): 2/2"} <= set(result.stderr.splitlines())
     assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False
     assert report["model"]["input_shapes"] == [[16, 32, 32]] and "input image+mask at 16x32x32)" in html
+    assert "cases rasterised or read from the cache: 2/2" in result.stderr
+    assert len(list((quick_model / "cache").glob("*.npz"))) == 2  # `--cache`: the training's studies, none again
 
 
-def test_evaluation_page_renders_in_headless_chromium(quick_model, phantom, tmp_path):
-    assert run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--html",
-                   tmp_path / "report.html", "--baseline-trials", "1").returncode == 0
+def test_evaluation_page_renders_in_headless_chromium(evaluation, tmp_path):
+    html_file = evaluation[1]
     command = headless_chromium(tmp_path / "profile")
-    dom = subprocess.run([*command, "--dump-dom", (tmp_path / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run([*command, "--dump-dom", html_file.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<circle") == 80 and "Predicted vs true Dice" in dom
-    subprocess.run([*command, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1200,1400",
-                    (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run([*command, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1200,1400", html_file.as_uri()],
+                   capture_output=True, timeout=120)
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
@@ -334,7 +365,8 @@ def test_calibrate_stores_a_monotone_map_that_the_predictor_applies(quick_model,
     model = tmp_path / "model"
     shutil.copytree(quick_model, model, ignore=shutil.ignore_patterns("checkpoints", "cache"))
     raw = DicePredictor.from_model_folder(model)
-    result = run_cli("calibrate", "--manifest", phantom / "manifest.csv", "--model", model)
+    result = run_cli("calibrate", "--manifest", phantom / "manifest.csv", "--model", model,
+                     "--cache", quick_model / "cache")
     assert result.returncode == 0, result.stderr
     assert "calibrated on 120 candidates" in result.stdout
     calibration = read_card(model).calibration

@@ -56,14 +56,18 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.add_argument("--test-time-flip", action="store_true",
                        help="the model averages each prediction with that of the left-right mirrored input")
-    train.add_argument("--entropy-channel", action="store_true",
-                       help="a third input channel: the voxel-wise entropy of FRACTIONAL SEG candidates")
+    extra_channels = train.add_mutually_exclusive_group()
+    extra_channels.add_argument("--entropy-channel", action="store_true",
+                                help="a third input channel: the voxel-wise entropy of FRACTIONAL SEG candidates")
+    extra_channels.add_argument("--boundary-channels", action="store_true",
+                                help="two more input channels: the mask's signed distance and the image's edge strength")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
     train.set_defaults(run=_run_train)
 
     calibrate = commands.add_parser("calibrate", help="fit a model's calibration on held-out candidates (stored in its card)")
     calibrate.add_argument("--manifest", type=Path, required=True, help="cases the model was not trained on")
     calibrate.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
+    calibrate.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
     calibrate.set_defaults(run=_run_calibrate)
 
     guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights)")
@@ -74,6 +78,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     guard.add_argument("--quantile", type=float, default=0.99,
                        help="quantile of the held-out distances taken as threshold (default 0.99; 1: the largest)")
+    guard.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
     guard.set_defaults(run=_run_guard)
 
     combine = commands.add_parser("combine", help="several trained models (e.g. of different input shapes) into one ensemble")
@@ -92,6 +97,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
+    evaluate.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
     evaluate.set_defaults(run=_run_evaluate)
 
 
@@ -128,6 +134,8 @@ def _run_train(args: argparse.Namespace) -> int:
         input_changes = {"shape": args.input_shape} if args.input_shape else {}
         if args.entropy_channel:
             input_changes["channels"] = ("image", "mask", "entropy")
+        if args.boundary_channels:
+            input_changes["channels"] = ("image", "mask", "distance", "edge")
         config.input = InputSpec.model_validate({**config.input.model_dump(), **input_changes})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
@@ -151,7 +159,7 @@ def _run_combine(args: argparse.Namespace) -> int:
 def _run_calibrate(args: argparse.Namespace) -> int:
     from contourqa.training.calibrate import calibrate
 
-    _, summary = calibrate(args.manifest, args.model)
+    _, summary = calibrate(args.manifest, args.model, args.cache)
     print(f"{args.model}: calibrated on {summary['candidates']} candidates ({summary['knots']} knots); "
           f"in-sample MAE {summary['mae_raw']:.4f} -> {summary['mae_calibrated']:.4f}")
     return EXIT_OK
@@ -162,7 +170,7 @@ def _run_guard(args: argparse.Namespace) -> int:
 
     if not 0.5 <= args.quantile <= 1:
         raise InputError("--quantile must be between 0.5 and 1")
-    s = fit_guard(args.model, args.fit, args.threshold, args.quantile)
+    s = fit_guard(args.model, args.fit, args.threshold, args.quantile, cache_dir=args.cache)
     print(f"{args.model}: domain guard on {s['features']} features fitted on {s['fit_candidates']} candidates; "
           f"threshold {s['threshold']:.2f} (the {args.quantile:.1%} quantile of {s['held_cases']} held-out studies); "
           f"median distance fitted {s['fit_median']:.2f}, held-out {s['held_median']:.2f}")
@@ -174,7 +182,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from contourqa.training.evaluate import evaluate, record_in_card, render_html
 
     model_dir = args.model or default_model_dir()
-    report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials)
+    report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials, cache_dir=args.cache)
     if args.record:
         record_in_card(report, model_dir)
     if args.html:

@@ -76,12 +76,16 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def candidate_predictions(predictor: DicePredictor, case: CachedCase) -> Iterator[tuple[Candidate, Prediction]]:
-    """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover."""
+def candidate_predictions(predictor: DicePredictor, case: CachedCase,
+                          batch_size: int = 16) -> Iterator[tuple[Candidate, Prediction]]:
+    """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover.
+    Candidates go through the network in batches (several times faster on a CPU than one by one)."""
     for candidate in case.candidates:
         predictor.check_applicable(candidate.row.roi, case.modality)
-        yield candidate, predictor.predict(case.image, candidate.mask, case.grid, probabilities=candidate.probabilities,
-                                           roi_name=candidate.row.roi)
+    for start in range(0, len(case.candidates), batch_size):
+        chunk = case.candidates[start:start + batch_size]
+        inputs = [predictor.network_input(case.image, c.mask, case.grid, c.probabilities) for c in chunk]
+        yield from zip(chunk, predictor.predict_batch(inputs, roi_names=[c.row.roi for c in chunk]))
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
