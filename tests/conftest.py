@@ -85,11 +85,18 @@ def require_tool(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def quick_model(phantom, tmp_path_factory) -> Path:
+def phantom_cache(tmp_path_factory) -> Path:
+    """Where the phantom's rasterised studies are kept (`--cache`): rasterised by the first command that
+    needs them, read by every later one."""
+    return tmp_path_factory.mktemp("phantom-cache")
+
+
+@pytest.fixture(scope="session")
+def quick_model(phantom, phantom_cache, tmp_path_factory) -> Path:
     """A model trained by `contourqa train --quick --folds 2` on the two phantom cases."""
     out = tmp_path_factory.mktemp("model") / "quick"
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--folds", "2",
-                     "--seed", "3")
+                     "--seed", "3", "--cache", phantom_cache)
     assert result.returncode == 0, result.stderr
     return out
 

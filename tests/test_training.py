@@ -15,7 +15,8 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
 
-def test_model_folder_describes_itself(quick_model):
+def test_model_folder_describes_itself(quick_model, phantom_cache):
+    assert not (quick_model / "cache").exists() and len(list(phantom_cache.glob("*.npz"))) == 2  # `--cache DIR`
     card = read_card(quick_model)
     assert card.architecture == "regnet3d" and card.ensemble_size == 2
     assert card.modalities == ["MR"]
@@ -35,8 +36,9 @@ def test_training_loss_falls(quick_model):
         assert len(losses) == 3 and losses[-1] < losses[0], losses
 
 
-def test_resume_continues_exactly_where_it_stopped(phantom, tmp_path):
-    common = ["--manifest", phantom / "manifest.csv", "--quick", "--seed", "5", "--steps-per-epoch", "3"]
+def test_resume_continues_exactly_where_it_stopped(phantom, phantom_cache, tmp_path):
+    common = ["--manifest", phantom / "manifest.csv", "--quick", "--seed", "5", "--steps-per-epoch", "3",
+              "--cache", phantom_cache]
     assert run_cli("train", *common, "--out", tmp_path / "straight", "--epochs", "2").returncode == 0
     assert run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "1").returncode == 0
     resumed = run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "2", "--resume")
@@ -47,10 +49,11 @@ def test_resume_continues_exactly_where_it_stopped(phantom, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
-def test_sample_workers_train_reproducibly_and_resume_exactly(phantom, tmp_path):
+def test_sample_workers_train_reproducibly_and_resume_exactly(phantom, phantom_cache, tmp_path):
     """`--workers N`: N processes draw the samples (worker w from the seed of (seed, fold, epoch, w)), so a
     run with workers is repeatable and resumes bit for bit, and it draws other samples than one without."""
-    common = ["--manifest", phantom / "manifest.csv", "--quick", "--seed", "5", "--steps-per-epoch", "3"]
+    common = ["--manifest", phantom / "manifest.csv", "--quick", "--seed", "5", "--steps-per-epoch", "3",
+              "--cache", phantom_cache]
     assert run_cli("train", *common, "--out", tmp_path / "straight", "--epochs", "2", "--workers", "2").returncode == 0
     assert run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "1", "--workers", "2").returncode == 0
     resumed = run_cli("train", *common, "--out", tmp_path / "stopped", "--epochs", "2", "--workers", "2", "--resume")
@@ -87,10 +90,11 @@ def test_learning_rate_drops_tenfold_where_configured():
     assert [published.learning_rate_at(e) for e in (5, 6)] == pytest.approx([1e-2, 1e-3])
 
 
-def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path):
+def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, phantom_cache, tmp_path):
     out = tmp_path / "tuned"
     # A vanishing rate keeps the weights where they started, so they show where that was.
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--init-from", quick_model,
+                     "--cache", phantom_cache,
                      "--epochs", "2", "--steps-per-epoch", "1", "--learning-rate", "1e-12", "--lr-drop-epochs", "1",
                      "--input-shape", "16", "40", "40")
     assert result.returncode == 0, result.stderr
@@ -106,10 +110,10 @@ def test_fine_tuning_starts_from_the_given_model(quick_model, phantom, tmp_path)
     assert [h["learning_rate"] for h in history] == pytest.approx([1e-12, 1e-13])
 
 
-def test_test_time_flip_is_recorded_and_used_for_cross_validation(quick_model, phantom, tmp_path):
+def test_test_time_flip_is_recorded_and_used_for_cross_validation(quick_model, phantom, phantom_cache, tmp_path):
     out = tmp_path / "flipped"
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--folds", "2",
-                     "--seed", "3", "--test-time-flip")  # quick_model's command, plus the flip
+                     "--seed", "3", "--test-time-flip", "--cache", phantom_cache)  # quick_model's command, plus the flip
     assert result.returncode == 0, result.stderr
     plain, flipped = read_card(quick_model), read_card(out)
     assert flipped.test_time_flip and not plain.test_time_flip
@@ -215,12 +219,12 @@ def test_entropy_channel_model_learns_from_fractional_segments(phantom, tmp_path
     assert first["predicted_dice"] == pytest.approx(with_entropy.dice, abs=1e-4)
 
 
-def test_boundary_channel_model_trains_and_assesses(quick_model, phantom, tmp_path):
+def test_boundary_channel_model_trains_and_assesses(quick_model, phantom, phantom_cache, tmp_path):
     """`train --boundary-channels`: the card records the distance and edge channels, the network takes
     four, `assess` predicts with it, and fine-tuning a two-channel model into it is refused."""
     out = tmp_path / "boundary"
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--boundary-channels",
-                     "--epochs", "1", "--steps-per-epoch", "4", "--folds", "1")
+                     "--epochs", "1", "--steps-per-epoch", "4", "--folds", "1", "--cache", phantom_cache)
     assert result.returncode == 0, result.stderr
     assert read_card(out).input.channels == ("image", "mask", "distance", "edge")
     first_conv = next(m for m in DicePredictor.from_model_folder(out).networks[0].modules()
@@ -264,16 +268,16 @@ def test_test_time_flip_averages_the_mirrored_input(quick_model, phantom):
 
 
 @pytest.fixture(scope="module")
-def evaluation(quick_model, phantom, tmp_path_factory):
+def evaluation(quick_model, phantom, phantom_cache, tmp_path_factory):
     """`evaluate --json --html` of the quick model on its own two studies, read from its training cache."""
     html = tmp_path_factory.mktemp("evaluation") / "report.html"
     result = run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--json",
-                     "--html", html, "--baseline-trials", "2", "--cache", quick_model / "cache")
+                     "--html", html, "--baseline-trials", "2", "--cache", phantom_cache)
     assert result.returncode == 0, result.stderr
     return result, html
 
 
-def test_evaluate_reports_metrics_baselines_and_html(evaluation, quick_model):
+def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     result, html_file = evaluation
     report = json.loads(result.stdout)
     assert report["realistic"]["n"] == 2 * 5 * 8
@@ -300,7 +304,7 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, quick_model):
     assert report["model"]["channels"] == ["image", "mask"] and report["model"]["calibrated"] is False
     assert report["model"]["input_shapes"] == [[16, 32, 32]] and "input image+mask at 16x32x32)" in html
     assert "cases rasterised or read from the cache: 2/2" in result.stderr
-    assert len(list((quick_model / "cache").glob("*.npz"))) == 2  # `--cache`: the training's studies, none again
+    assert len(list(phantom_cache.glob("*.npz"))) == 2  # `--cache`: the studies the training rasterised, none again
 
 
 def test_evaluation_page_renders_in_headless_chromium(evaluation, tmp_path):
@@ -361,12 +365,12 @@ def test_combined_verdict_thresholds():
     assert combined_verdict([], 0.85, AssessConfig(review_below=0.9)) is Verdict.REVIEW
 
 
-def test_calibrate_stores_a_monotone_map_that_the_predictor_applies(quick_model, phantom, tmp_path):
+def test_calibrate_stores_a_monotone_map_that_the_predictor_applies(quick_model, phantom, phantom_cache, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(quick_model, model, ignore=shutil.ignore_patterns("checkpoints", "cache"))
     raw = DicePredictor.from_model_folder(model)
     result = run_cli("calibrate", "--manifest", phantom / "manifest.csv", "--model", model,
-                     "--cache", quick_model / "cache")
+                     "--cache", phantom_cache)
     assert result.returncode == 0, result.stderr
     assert "calibrated on 120 candidates" in result.stdout
     calibration = read_card(model).calibration
@@ -471,13 +475,14 @@ def test_candidate_share_sets_how_often_the_manifest_candidates_are_drawn(phanto
     assert "candidate" not in sources(0.0) and len(set(sources(0.0))) > 3
 
 
-def test_combine_makes_a_multi_scale_ensemble_that_averages_its_members(quick_model, phantom, tmp_path):
+def test_combine_makes_a_multi_scale_ensemble_that_averages_its_members(quick_model, phantom, phantom_cache, tmp_path):
     from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
     from contourqa.qa_models.series import load_series
 
     fine = tmp_path / "fine"
     assert run_cli("train", "--manifest", phantom / "manifest.csv", "--out", fine, "--quick", "--init-from", quick_model,
-                   "--epochs", "1", "--steps-per-epoch", "1", "--input-shape", "16", "40", "40").returncode == 0
+                   "--epochs", "1", "--steps-per-epoch", "1", "--input-shape", "16", "40", "40",
+                   "--cache", phantom_cache).returncode == 0
     result = run_cli("combine", quick_model, fine, "--out", tmp_path / "both", "--model-version", "7")
     assert result.returncode == 0, result.stderr
     both = DicePredictor.from_model_folder(tmp_path / "both", "cpu")

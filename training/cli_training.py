@@ -62,6 +62,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     extra_channels.add_argument("--boundary-channels", action="store_true",
                                 help="two more input channels: the mask's signed distance and the image's edge strength")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
+    train.add_argument("--cache", type=Path, metavar="DIR",
+                       help="keep the rasterised studies here, shared by every model trained on them (default: OUT/cache)")
     train.set_defaults(run=_run_train)
 
     calibrate = commands.add_parser("calibrate", help="fit a model's calibration on held-out candidates (stored in its card)")
@@ -139,7 +141,8 @@ def _run_train(args: argparse.Namespace) -> int:
         config.input = InputSpec.model_validate({**config.input.model_dump(), **input_changes})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
-    card = train(args.manifest, args.out, config, resume=args.resume, init_from=args.init_from)
+    card = train(args.manifest, args.out, config, resume=args.resume, cache_dir=args.cache,
+                 init_from=args.init_from)
     summary = card.cross_validation
     print(f"{args.out}: {card.architecture} x{card.ensemble_size}, trained on {card.training_data['cases']} cases"
           + (f"; cross-validated MAE {summary['mae']:.4f}, Spearman {summary['spearman']:.3f}" if summary else ""))

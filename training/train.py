@@ -28,7 +28,7 @@ from contourqa.qa_models.networks import ARCHITECTURES, build_network
 from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, with_mirror, write_card
 
 from .cache import CachedCase, load_cases
-from .manifest import read_manifest
+from .manifest import ManifestRow, read_manifest
 from contourqa.reporting.agreement import regression_metrics
 from .samples import SampleGenerator
 
@@ -72,17 +72,26 @@ class TrainConfig(BaseModel):
         return self.learning_rate * 0.1 ** sum(epoch >= drop for drop in drops)
 
 
-def _patient_of(case: CachedCase) -> str:
+def _patient_of_row(row: ManifestRow) -> str:
     """Folds split by patient when the manifest has a patient_id column, else by case."""
-    return case.candidates[0].row.clinical.get("patient_id") or case.case_id if case.candidates else case.case_id
+    return row.clinical.get("patient_id") or row.case_id
+
+
+def _patient_of(case: CachedCase) -> str:
+    return _patient_of_row(case.candidates[0].row) if case.candidates else case.case_id
+
+
+def _check_folds(rows: list[ManifestRow], folds: int) -> None:
+    """Before any study is rasterised: a fold needs a patient of its own."""
+    patients = {_patient_of_row(row) for row in rows}
+    if folds > len(patients):
+        raise InputError(f"--folds {folds} needs at least {folds} patients (cases); the manifest has {len(patients)}")
 
 
 def _folds(cases: list[CachedCase], folds: int, seed: int) -> list[tuple[list[CachedCase], list[CachedCase]]]:
     if folds == 1:
         return [(cases, [])]
     patients = sorted({_patient_of(c) for c in cases})
-    if folds > len(patients):
-        raise InputError(f"--folds {folds} needs at least {folds} patients (cases); the manifest has {len(patients)}")
     order = np.random.default_rng(seed).permutation(len(patients))
     groups = [{patients[n] for n in order[f::folds]} for f in range(folds)]
     return [([c for c in cases if _patient_of(c) not in group], [c for c in cases if _patient_of(c) in group])
@@ -206,6 +215,7 @@ def train(manifest: str | Path, out_dir: str | Path, config: TrainConfig, resume
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)
+    _check_folds(rows, config.folds)
     cases = load_cases(rows, cache_dir or out_dir / "cache", workers=config.workers)
     device = device_for(config.device)
     states, history, held_out_true, held_out_predicted = [], [], [], []
