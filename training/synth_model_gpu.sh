@@ -8,6 +8,7 @@
 #   dropped tenfold after epochs DROPS (default "20 26"); INIT (optional) a model folder to start from;
 #   TRAIN_SECONDS (default 0: no limit) stops training after that long and writes the model from the last
 #   whole epoch, so a lease of fixed length always ends with a model. Rerunning resumes.
+#   EXTRA (optional) more `train` options, e.g. EXTRA=--boundary-channels (see boundary_channels_trial.sh).
 # Measured on an H200 with 16 cores: see docs/model.md. The guard and the evaluations need no GPU:
 # run `contourqa guard` and `contourqa evaluate` as synth_model.sh does.
 set -euo pipefail
@@ -29,7 +30,7 @@ mkdir -p "$WORK"
 args=(--manifest "$WORK/train/manifest.csv" --out "$WORK/model" --arch efficientdet3d --input-shape 32 64 64
       --steps-per-epoch "$STEPS" --batch-size "$BATCH" --learning-rate "$RATE" --lr-drop-epochs $DROPS
       --candidate-share 0.5 --seed 61 --name contourqa-pelvis-synth --model-version 3
-      --workers $((CORES > 1 ? CORES - 1 : 1)) --resume ${INIT:+--init-from "$INIT"})
+      --workers $((CORES > 1 ? CORES - 1 : 1)) --resume ${INIT:+--init-from "$INIT"} ${EXTRA:-})
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
     timeout --signal=INT "$TRAIN_SECONDS" contourqa train "${args[@]}" --epochs "$EPOCHS" \
         || echo "training stopped after ${TRAIN_SECONDS}s; the model is written from the last whole epoch" >&2
