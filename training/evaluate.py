@@ -79,7 +79,7 @@ def _is_number(value: str) -> bool:
 def candidate_predictions(predictor: DicePredictor, case: CachedCase,
                           batch_size: int = 16) -> Iterator[tuple[Candidate, Prediction]]:
     """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover.
-    Candidates go through the network in batches (several times faster on a CPU than one by one)."""
+    Candidates go through the network in batches: fewer, larger convolutions than one by one."""
     for candidate in case.candidates:
         predictor.check_applicable(candidate.row.roi, case.modality)
     for start in range(0, len(case.candidates), batch_size):
