@@ -4,7 +4,7 @@
 # (efficientdet3d, 32x64x64, 8 epochs of 80 batches of 8 on the 40 synth studies of seed 2000) trained
 # twice on the same studies and samples, with and without them, then evaluated in-style (synth, seed
 # 2901) and cross-style (classic, seed 901, never trained on). CPU only; each arm resumes. WORK as in
-# synth_model.sh (default /tmp/cqa_synth); the first arm's rasterised cases are shared with the second.
+# synth_model.sh (default /tmp/cqa_synth); both arms read one rasterised copy of the studies (--cache).
 set -euo pipefail
 WORK=${WORK:-/tmp/cqa_synth}
 mkdir -p "$WORK"
@@ -16,10 +16,10 @@ studies() {  # NAME STYLE CASES SEED
 leg1() {  # OUT [extra train options]
     local out=$1; shift
     if [ ! -f "$out/weights.pt" ]; then
-        if [ -d channels/cache ] && [ ! -e "$out/cache" ]; then mkdir -p "$out" && cp -r channels/cache "$out/cache"; fi
         contourqa train --manifest synth_train/manifest.csv --out "$out" --arch efficientdet3d --input-shape 32 64 64 \
             --epochs 8 --steps-per-epoch 80 --batch-size 8 --learning-rate 2e-3 --lr-drop-epochs 6 \
-            --candidate-share 0.5 --seed 51 --name contourqa-pelvis-synth --model-version 1 --resume "$@"
+            --candidate-share 0.5 --seed 51 --name contourqa-pelvis-synth --model-version 1 --resume \
+            --cache train_cache "$@"
     fi
     for eval in synth_eval classic_eval; do
         [ -f "$out-$eval.json" ] || contourqa evaluate --manifest $eval/manifest.csv --model "$out" --baseline-trials 3 \
