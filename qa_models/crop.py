@@ -21,7 +21,9 @@ from scipy import ndimage
 from .geometry import Grid
 from .uncertainty import entropy_map
 
-CHANNEL_LAYOUTS = (("image", "mask"), ("image", "mask", "entropy"), ("image", "mask", "distance", "edge"))
+ENTROPY_LAYOUT = ("image", "mask", "entropy")
+BOUNDARY_LAYOUT = ("image", "mask", "distance", "edge")
+CHANNEL_LAYOUTS = (("image", "mask"), ENTROPY_LAYOUT, BOUNDARY_LAYOUT)
 DISTANCE_CLIP_MM = 10.0  # the distance channel saturates here: beyond it, no edge decides the contour's fit
 EDGE_SIGMA_VOXELS = 1.0  # Gaussian derivative scale: the edge channel sees organ boundaries, not single-voxel noise
 

@@ -108,10 +108,11 @@ class Node:
                 {key: value})
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
-        self._sessions = None  # the node's database, opened by the first in-process `status`
+        self._status_source = None  # database and broker of the running `serve`, read by the first `status`
 
     def start(self) -> "Node":
         self.home.mkdir(parents=True, exist_ok=True)
+        self._status_source = None
         config = self.home / "config.yaml"
         config.write_text(yaml.safe_dump(self.config))
         port_file = self.home / "run" / "scp.port"
@@ -150,12 +151,13 @@ class Node:
                                     timeout=60)
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
+        from contourqa.daemon.config import load_settings
         from contourqa.daemon.db import open_database
         from contourqa.daemon.status import status_report
-        if self._sessions is None:
-            self._sessions = open_database(f"sqlite:///{self.home / 'contourqa.sqlite'}", create=False)
-        effective = json.loads((self.home / "run" / "settings.json").read_text())
-        return json.loads(json.dumps(status_report(self._sessions, effective.get("broker_url")), default=str))
+        if self._status_source is None:  # the settings `serve` runs with, as the CLI reads them
+            settings = load_settings(self.home / "run" / "settings.json")
+            self._status_source = open_database(settings.resolved_database_url(), create=False), settings.broker_url
+        return json.loads(json.dumps(status_report(*self._status_source), default=str))
 
     def running_cases(self) -> int:
         """Read straight from the node's SQLite database: fast enough to catch a case while it runs."""

@@ -62,14 +62,13 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     extra_channels.add_argument("--boundary-channels", action="store_true",
                                 help="two more input channels: the mask's signed distance and the image's edge strength")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
-    train.add_argument("--cache", type=Path, metavar="DIR",
-                       help="keep the rasterised studies here, shared by every model trained on them (default: OUT/cache)")
+    _add_cache_option(train, ", shared by every model trained on them (default: OUT/cache)")
     train.set_defaults(run=_run_train)
 
     calibrate = commands.add_parser("calibrate", help="fit a model's calibration on held-out candidates (stored in its card)")
     calibrate.add_argument("--manifest", type=Path, required=True, help="cases the model was not trained on")
     calibrate.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
-    calibrate.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
+    _add_cache_option(calibrate)
     calibrate.set_defaults(run=_run_calibrate)
 
     guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights)")
@@ -80,7 +79,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     guard.add_argument("--quantile", type=float, default=0.99,
                        help="quantile of the held-out distances taken as threshold (default 0.99; 1: the largest)")
-    guard.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
+    _add_cache_option(guard)
     guard.set_defaults(run=_run_guard)
 
     combine = commands.add_parser("combine", help="several trained models (e.g. of different input shapes) into one ensemble")
@@ -99,7 +98,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
-    evaluate.add_argument("--cache", type=Path, metavar="DIR", help="keep the rasterised studies here and reuse them (default: rasterise again)")
+    _add_cache_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
 
@@ -119,10 +118,15 @@ def _run_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_cache_option(command: argparse.ArgumentParser, detail: str = " (default: rasterise again)") -> None:
+    command.add_argument("--cache", type=Path, metavar="DIR",
+                         help=f"keep the rasterised studies here and reuse them{detail}")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from contourqa.qa_models.crop import InputSpec
+    from contourqa.qa_models.crop import BOUNDARY_LAYOUT, ENTROPY_LAYOUT, InputSpec
     from contourqa.training.train import TrainConfig, train
 
     overrides = {key: value for key, value in {
@@ -135,9 +139,9 @@ def _run_train(args: argparse.Namespace) -> int:
         config = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
         input_changes = {"shape": args.input_shape} if args.input_shape else {}
         if args.entropy_channel:
-            input_changes["channels"] = ("image", "mask", "entropy")
+            input_changes["channels"] = ENTROPY_LAYOUT
         if args.boundary_channels:
-            input_changes["channels"] = ("image", "mask", "distance", "edge")
+            input_changes["channels"] = BOUNDARY_LAYOUT
         config.input = InputSpec.model_validate({**config.input.model_dump(), **input_changes})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None
