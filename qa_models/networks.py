@@ -1,8 +1,13 @@
 """Dice regressors: a 3-D EfficientDet (Isaksson et al. 2022) and the plain 3-D CNN "Reg-net".
 
-Both take an image channel and a mask channel (optionally a third, the voxel-wise entropy of a
-FRACTIONAL SEG) and return one Dice value in [0, 1] per sample. Dropout layers stay switchable at
-inference so Monte Carlo dropout can give an interval.
+Both take an image channel and a mask channel (optionally more: see crop.py) and return one Dice value in
+[0, 1] per sample. Dropout layers stay switchable at inference so Monte Carlo dropout can give an interval.
+
+``efficientdet3d-seg`` is the same backbone and BiFPN with a segmentation head instead of the regression
+head (issue 15): it draws the reference it expects in the crop, at full resolution, and its Dice is the
+soft Dice between that drawing and the candidate. Trained on the reference crops as well as the Dice,
+its supervision is dense (where the organ's boundary lies), and its number is geometry, not a scale
+learned from one generator's images.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("efficientdet3d", "regnet3d")
+ARCHITECTURES = ("efficientdet3d", "efficientdet3d-seg", "regnet3d")
+REFERENCE_ARCHITECTURES = ("efficientdet3d-seg",)  # trained on reference crops as well as Dice values
 
 
 def pooled_features(feature_map: torch.Tensor) -> torch.Tensor:
@@ -141,8 +147,10 @@ class EfficientDet3D(nn.Module):
     LEVEL_CHANNELS = (32, 16, 24, 40, 80, 112, 192)
     LEVEL_STRIDES = (2, 1, 2, 2, 2, 1, 2)  # P1 is the stride-2 stem
 
-    def __init__(self, in_channels: int = 2, bifpn_channels: int = 64, bifpn_repeats: int = 3, dropout: float = 0.2):
+    def __init__(self, in_channels: int = 2, bifpn_channels: int = 64, bifpn_repeats: int = 3, dropout: float = 0.2,
+                 reference_head: bool = False):
         super().__init__()
+        self.reference_head = reference_head
         self.stem = nn.Sequential(nn.Conv3d(in_channels, 32, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm3d(32), nn.SiLU())
         stages, channels = [], 32
@@ -153,11 +161,22 @@ class EfficientDet3D(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv3d(c, bifpn_channels, 1) for c in self.LEVEL_CHANNELS[2:])
         self.bifpn = nn.ModuleList(BiFPN(bifpn_channels) for _ in range(bifpn_repeats))
         self.head_fusion = nn.ModuleList(FastNormalisedFusion(2, bifpn_channels) for _ in range(4))
-        self.head = nn.Sequential(nn.BatchNorm3d(bifpn_channels), nn.PReLU(bifpn_channels), nn.Dropout3d(dropout),
-                                  nn.Conv3d(bifpn_channels, 1, 1))
+        if reference_head:
+            self.upsample_half = _conv_block(bifpn_channels + self.LEVEL_CHANNELS[1], 32)
+            self.upsample_full = _conv_block(32 + in_channels, 16)
+            self.head = nn.Sequential(nn.Dropout3d(dropout), nn.Conv3d(16, 1, 1))
+        else:
+            self.head = nn.Sequential(nn.BatchNorm3d(bifpn_channels), nn.PReLU(bifpn_channels),
+                                      nn.Dropout3d(dropout), nn.Conv3d(bifpn_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def forward_with_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Dice per sample, logits of the reference drawn in the crop (N, 1, D, H, W)): for training."""
+        encoded = self.encode(x)
+        logits = self.head(encoded[:, :-1])
+        return soft_dice(torch.sigmoid(logits), encoded[:, -1:]), logits
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone, BiFPN and fusion nodes: everything before the dropout (run once for MC dropout)."""
@@ -166,6 +185,7 @@ class EfficientDet3D(nn.Module):
     def encode_and_describe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``encode``'s output and the domain guard's descriptor: statistics of the stem and the first stage
         (they see the image's contrast and texture) and of the encoding (what the head decides on)."""
+        image = x
         x = self.stem(x)
         early = [pooled_features(x)]
         levels = []
@@ -179,11 +199,37 @@ class EfficientDet3D(nn.Module):
         node = pyramid[-1]
         for fusion, level in zip(self.head_fusion, reversed(pyramid[:-1])):  # serial nodes P6 .. P3
             node = fusion([level, node])
-        return node, torch.cat([*early, pooled_features(node)], dim=1)
+        descriptor = torch.cat([*early, pooled_features(node)], dim=1)
+        if not self.reference_head:
+            return node, descriptor
+        # Up to full resolution, with the stride-2 features and then the input itself as skips; the
+        # candidate mask rides along as the last channel, so the head (after the dropout) can score it.
+        half = self.upsample_half(torch.cat([_resize(node, levels[0]), levels[0]], dim=1))
+        full = self.upsample_full(torch.cat([_resize(half, image), image], dim=1))
+        return torch.cat([full, image[:, 1:2]], dim=1), descriptor
 
     def decode(self, encoded: torch.Tensor) -> torch.Tensor:
         """The head, where the dropout is: one Dice value per sample."""
+        if self.reference_head:
+            return soft_dice(torch.sigmoid(self.head(encoded[:, :-1])), encoded[:, -1:])
         return torch.sigmoid(self.head(encoded)).mean(dim=(1, 2, 3, 4))
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm3d(out_channels), nn.SiLU())
+
+
+def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
+
+
+def soft_dice(probabilities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Dice per sample between a drawn reference's probabilities and a (resampled) mask, both (N, 1, D, H, W);
+    1 when both are empty, as two empty contours agree."""
+    overlap = (probabilities * mask).sum(dim=(1, 2, 3, 4))
+    total = probabilities.sum(dim=(1, 2, 3, 4)) + mask.sum(dim=(1, 2, 3, 4))
+    return (2 * overlap + 1e-3) / (total + 1e-3)
 
 
 def build_network(architecture: str, in_channels: int = 2) -> nn.Module:
@@ -192,4 +238,6 @@ def build_network(architecture: str, in_channels: int = 2) -> nn.Module:
         return RegNet3D(in_channels)
     if architecture == "efficientdet3d":
         return EfficientDet3D(in_channels)
+    if architecture == "efficientdet3d-seg":
+        return EfficientDet3D(in_channels, reference_head=True)
     raise ValueError(f"unknown architecture '{architecture}' (choose from {', '.join(ARCHITECTURES)})")

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from contourqa.qa_models.networks import EfficientDet3D, build_network
+from contourqa.qa_models.networks import EfficientDet3D, build_network, soft_dice
 
 
-@pytest.mark.parametrize("architecture", ["efficientdet3d", "regnet3d"])
+@pytest.mark.parametrize("architecture", ["efficientdet3d", "efficientdet3d-seg", "regnet3d"])
 def test_forward_gives_one_dice_in_unit_interval_and_trains(architecture):
     torch.manual_seed(0)
     network = build_network(architecture)
@@ -37,3 +37,32 @@ def test_third_channel_for_entropy():
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         build_network("resnet")
+
+
+def test_soft_dice_of_a_drawn_reference():
+    mask = torch.zeros(2, 1, 8, 8, 8)
+    mask[:, :, 2:6, 2:6, 2:6] = 1
+    drawn = torch.zeros_like(mask)
+    drawn[0, :, 2:6, 2:6, 2:6] = 1  # the first agrees with the mask, the second is half of it
+    drawn[1, :, 2:4, 2:6, 2:6] = 1
+    assert torch.allclose(soft_dice(drawn, mask), torch.tensor([1.0, 2 * 32 / (32 + 64)]), atol=1e-4)
+    assert soft_dice(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)).item() == pytest.approx(1.0)
+    assert soft_dice(torch.ones(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)).item() < 1e-3
+
+
+def test_reference_head_draws_at_full_resolution_and_scores_the_candidate_mask():
+    """efficientdet3d-seg: the drawing has the input's shape (odd sizes too); its Dice is the soft Dice
+    against the input's mask channel; the encoder runs once and the head (with the dropout) after it, as
+    Monte Carlo dropout needs."""
+    torch.manual_seed(0)
+    network = build_network("efficientdet3d-seg", in_channels=4).eval()
+    x = torch.rand(2, 4, 20, 36, 44)
+    x[:, 1] = (x[:, 1] > 0.7).float()
+    dice, logits = network.forward_with_reference(x)
+    assert logits.shape == (2, 1, 20, 36, 44)
+    assert torch.allclose(dice, soft_dice(torch.sigmoid(logits), x[:, 1:2]))
+    assert torch.allclose(network(x), dice)
+    assert torch.allclose(network.decode(network.encode(x)), dice)
+    network.head[0].train()  # the dropout on: two passes of the head differ
+    encoded = network.encode(x)
+    assert not torch.equal(network.decode(encoded), network.decode(encoded))

@@ -242,6 +242,45 @@ def test_boundary_channel_model_trains_and_assesses(quick_model, phantom, phanto
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
+def test_reference_drawing_model_trains_and_assesses_with_an_interval(phantom, phantom_cache, tmp_path):
+    """`train --arch efficientdet3d-seg` trains on reference crops as well as Dice values, and `assess`
+    gives its Dice with a Monte Carlo dropout interval."""
+    out = tmp_path / "seg"
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick",
+                     "--arch", "efficientdet3d-seg", "--epochs", "1", "--steps-per-epoch", "3", "--cache", phantom_cache)
+    assert result.returncode == 0, result.stderr
+    assert read_card(out).architecture == "efficientdet3d-seg"
+    study = phantom / "case000"
+    report = run_cli("assess", study / "image", study / "reference.dcm", "--model", out, "--mc-samples", "4", "--json")
+    assert report.returncode == 0, report.stderr
+    for roi in json.loads(report.stdout)["rois"]:
+        assert 0 <= roi["predicted_dice_interval"][0] <= roi["predicted_dice"] <= roi["predicted_dice_interval"][1] <= 1
+
+
+def test_reference_crops_are_cropped_and_augmented_as_the_input(phantom, phantom_cache):
+    """A sample's reference crop lies exactly under its input: for the reference itself as candidate the
+    crop equals the mask channel under any augmentation, and for a perturbed candidate the Dice between
+    the crops is near the true Dice."""
+    from contourqa.qa_models.crop import InputSpec
+    from contourqa.reporting.overlap import dice
+    from contourqa.training.cache import load_cases
+    from contourqa.training.manifest import read_manifest
+    from contourqa.training.samples import SampleGenerator, perturb
+    cases = load_cases(read_manifest(phantom / "manifest.csv"), phantom_cache)
+    generator = SampleGenerator(cases, InputSpec(shape=(16, 32, 32)), np.random.default_rng(4), with_reference=True)
+    case = cases[0]
+    for roi, reference in case.references.items():
+        x, crop = generator.input_for(case, reference, reference=reference)
+        assert torch.equal(x[1:2], crop), roi
+        candidate = perturb(reference, case.grid.spacing, generator.rng)
+        x, crop = generator.input_for(case, candidate, reference=reference)
+        inside, drawn = x[1] > 0.5, crop[0] > 0.5
+        crop_dice = 2 * (inside & drawn).sum().item() / (inside.sum().item() + drawn.sum().item())
+        assert crop_dice == pytest.approx(dice(candidate, reference), abs=0.06), roi
+    inputs, targets, references = generator.batch(3)
+    assert references.shape == (3, 1, 16, 32, 32) and inputs.shape[0] == targets.shape[0] == 3
+
+
 def test_predictions_are_deterministic_without_mc_dropout(quick_model, phantom):
     from contourqa.qa_models.assessment import assess_files
     predictor = DicePredictor.from_model_folder(quick_model)

@@ -32,7 +32,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
     train.add_argument("--manifest", type=Path, required=True, help="CSV: case_id,image,reference,candidate,roi[,...]")
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
-    train.add_argument("--arch", help="network: efficientdet3d (default) or regnet3d")
+    train.add_argument("--arch", help=("network: efficientdet3d (default), efficientdet3d-seg (draws the reference "
+                                       "in the crop and scores the candidate against it) or regnet3d"))
     train.add_argument("--epochs", type=int, help="epochs per fold (default 30)")
     train.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default 100)")
     train.add_argument("--batch-size", type=int, help="samples per batch (default 8)")

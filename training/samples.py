@@ -11,7 +11,9 @@ masks give virtually unlimited pairs:
 - for a model with an entropy channel, a binary sample is given the soft edge of a FRACTIONAL
   segment half of the time (FRACTIONAL candidates in the manifest keep their own probabilities);
 - image and mask are flipped left-right, rotated in-plane within +-15 degrees, translated within
-  +-10 %, zoomed within +-10 % and elastically deformed, together, so the Dice target is unchanged.
+  +-10 %, zoomed within +-10 % and elastically deformed, together, so the Dice target is unchanged;
+- for a network that draws the reference (``efficientdet3d-seg``), each sample also carries the case's
+  reference cropped and augmented exactly as its input.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, extra_channels
+from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, extra_channels, sampling_grid
 
 from .cache import CachedCase, dice
 
@@ -161,8 +163,9 @@ class SampleGenerator:
     """Draws (input, target) pairs from cached cases; deterministic for a given ``rng``."""
 
     def __init__(self, cases: list[CachedCase], spec: InputSpec, rng: np.random.Generator, augment: bool = True,
-                 candidate_share: float | None = None):
+                 candidate_share: float | None = None, with_reference: bool = False):
         self.cases, self.spec, self.rng, self.augment = cases, spec, rng, augment
+        self.with_reference = with_reference
         self.sources = source_shares(candidate_share)
         self.by_roi: dict[str, list[tuple[CachedCase, np.ndarray]]] = {}
         for case in cases:
@@ -192,25 +195,36 @@ class SampleGenerator:
         mask = transplant(donor, donor_case.grid.spacing, reference.shape, case.grid.spacing, centre, scale)
         return mask, None, source
 
-    def sample(self) -> tuple[torch.Tensor, float, str]:
+    def sample(self) -> tuple[torch.Tensor, float, str, torch.Tensor | None]:
+        """(input, true Dice, source, the reference cropped as the input or None)."""
         case = self.cases[int(self.rng.integers(len(self.cases)))]
         roi = sorted(case.references)[int(self.rng.integers(len(case.references)))]
         mask, probabilities, source = self.candidate_mask(case, roi)
         if self.spec.uses_entropy and probabilities is None and mask.any() and self.rng.random() < 0.5:
             probabilities = soft_edge(mask, self.rng)
-        target = dice(mask, case.references[roi])
-        return self.input_for(case, mask, probabilities), target, source
+        reference = case.references[roi]
+        x, reference_crop = self.input_for(case, mask, probabilities, reference if self.with_reference else None)
+        return x, dice(mask, reference), source, reference_crop
 
-    def input_for(self, case: CachedCase, mask: np.ndarray, probabilities: np.ndarray | None = None) -> torch.Tensor:
+    def input_for(self, case: CachedCase, mask: np.ndarray, probabilities: np.ndarray | None = None,
+                  reference: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(network input, ``reference`` cropped and augmented as the input (1, D, H, W), or None)."""
         box = bounding_box(mask, case.grid, self.spec)
         transform = displacement = None
         if self.augment:
             transform, translation, displacement = augmentation(self.rng, self.spec, box.extent_mm)
             box = type(box)(box.centre + translation / case.grid.spacing, box.extent_mm)
-        return crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)),
-                          extra_channels(mask, self.spec, probabilities), box, case.grid, self.spec,
-                          transform, displacement)
+        x = crop_input(torch.from_numpy(case.image.astype(np.float32, copy=False)),
+                       extra_channels(mask, self.spec, probabilities), box, case.grid, self.spec,
+                       transform, displacement)
+        if reference is None:
+            return x, None
+        coordinates = sampling_grid(box, case.grid, self.spec.shape, transform, displacement)
+        volume = torch.from_numpy(reference.astype(np.float32))[None, None]
+        return x, F.grid_sample(volume, coordinates, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, targets = zip(*(self.sample()[:2] for _ in range(size)))
-        return torch.stack(inputs), torch.tensor(targets, dtype=torch.float32)
+    def batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        """(inputs, true Dice) of ``size`` samples, and their reference crops when ``with_reference``."""
+        inputs, targets, _, references = zip(*(self.sample() for _ in range(size)))
+        batch = (torch.stack(inputs), torch.tensor(targets, dtype=torch.float32))
+        return (*batch, torch.stack(references)) if self.with_reference else batch

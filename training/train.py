@@ -17,6 +17,7 @@ from typing import Annotated
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
@@ -24,7 +25,7 @@ from contourqa.qa_models.atomic import atomic_path, write_text_atomically
 from contourqa import __version__
 from contourqa.qa_models.crop import InputSpec, mask_input
 from contourqa.qa_models.errors import InputError
-from contourqa.qa_models.networks import ARCHITECTURES, build_network
+from contourqa.qa_models.networks import ARCHITECTURES, REFERENCE_ARCHITECTURES, build_network
 from contourqa.qa_models.predictor import WEIGHTS_FILE, DicePredictor, ModelCard, device_for, with_mirror, write_card
 
 from .cache import CachedCase, load_cases
@@ -126,7 +127,8 @@ class _EpochBatches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         seed = [self.config.seed, self.fold, self.epoch] + ([info.id] if info else [])
         generator = SampleGenerator(self.cases, self.config.input, np.random.default_rng(seed),
-                                    candidate_share=self.config.candidate_share)
+                                    candidate_share=self.config.candidate_share,
+                                    with_reference=self.config.architecture in REFERENCE_ARCHITECTURES)
         for _ in range(info.id if info else 0, self.config.steps_per_epoch, info.num_workers if info else 1):
             yield generator.batch(self.config.batch_size)
 
@@ -185,10 +187,15 @@ def _train_fold(fold: int, train_cases: list[CachedCase], config: TrainConfig, o
         steps = tqdm(range(config.steps_per_epoch), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
                      file=sys.stderr, disable=None, leave=False)  # a bar on a terminal; else the epoch line below
         for _ in steps:
-            inputs, targets = next(batches)
+            inputs, targets, *references = next(batches)
             inputs = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
             optimiser.zero_grad()
-            loss = loss_function(network(inputs), targets.to(device))
+            if references:  # the Dice and the drawing of the reference it comes from are both supervised
+                predicted, logits = network.forward_with_reference(inputs)
+                loss = loss_function(predicted, targets.to(device)) + F.binary_cross_entropy_with_logits(
+                    logits, references[0].to(device).contiguous(memory_format=torch.channels_last_3d))
+            else:
+                loss = loss_function(network(inputs), targets.to(device))
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
