@@ -162,9 +162,10 @@ class EfficientDet3D(nn.Module):
         self.bifpn = nn.ModuleList(BiFPN(bifpn_channels) for _ in range(bifpn_repeats))
         self.head_fusion = nn.ModuleList(FastNormalisedFusion(2, bifpn_channels) for _ in range(4))
         if reference_head:
-            self.upsample_half = _conv_block(bifpn_channels + self.LEVEL_CHANNELS[1], 32)
-            self.upsample_full = _conv_block(32 + in_channels, 16)
-            self.head = nn.Sequential(nn.Dropout3d(dropout), nn.Conv3d(16, 1, 1))
+            # narrow: at full resolution every channel costs as much as the whole backbone's deep levels
+            self.upsample_half = _conv_block(bifpn_channels + self.LEVEL_CHANNELS[1], 16)
+            self.upsample_full = _conv_block(16 + in_channels, 8)
+            self.head = nn.Sequential(nn.Dropout3d(dropout), nn.Conv3d(8, 1, 1))
         else:
             self.head = nn.Sequential(nn.BatchNorm3d(bifpn_channels), nn.PReLU(bifpn_channels),
                                       nn.Dropout3d(dropout), nn.Conv3d(bifpn_channels, 1, 1))
@@ -216,7 +217,9 @@ class EfficientDet3D(nn.Module):
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+    """A pointwise convolution down to ``out_channels``, then a 3x3x3 one among them."""
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 1, bias=False),
+                         nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
                          nn.BatchNorm3d(out_channels), nn.SiLU())
 
 
