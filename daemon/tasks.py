@@ -23,8 +23,10 @@ def _load_model_at_start(**_) -> None:
     settings = runtime.settings
     if runtime.inference and settings is not None and settings.worker.use_model:
         import torch
-        # several inference processes on one CPU: share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.worker.concurrency))
+        # several inference processes on one CPU: share the cores instead of oversubscribing them, unless
+        # the operator has set OMP_NUM_THREADS (torch follows it)
+        if not os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.worker.concurrency))
         model_dir = settings.worker.model_dir
         load_predictor(str(model_dir) if model_dir else None, settings.worker.device)
 

@@ -29,11 +29,13 @@ def test_model_folder_describes_itself(quick_model, phantom_cache):
     assert len(states) == 2
 
 
-def test_training_loss_falls(quick_model):
+def test_training_learns(quick_model):
+    """Three short epochs: each epoch's loss is a mean over 32 random samples, so the folds' mean is what
+    falls; and on the case each fold never saw, its predictions already rank the candidates."""
     history = json.loads((quick_model / "history.json").read_text())
-    for fold in (0, 1):
-        losses = [h["train_loss"] for h in history if h["fold"] == fold]
-        assert len(losses) == 3 and losses[-1] < losses[0], losses
+    losses = np.array([[h["train_loss"] for h in history if h["fold"] == fold] for fold in (0, 1)])
+    assert losses.shape == (2, 3) and losses[:, -1].mean() < losses[:, 0].mean(), losses
+    assert read_card(quick_model).cross_validation["spearman"] > 0.3
 
 
 def test_resume_continues_exactly_where_it_stopped(phantom, phantom_cache, tmp_path):
