@@ -228,11 +228,12 @@ def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def soft_dice(probabilities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Dice per sample between a drawn reference's probabilities and a (resampled) mask, both (N, 1, D, H, W);
-    1 when both are empty, as two empty contours agree."""
+    """Dice per sample between a drawn reference's probabilities and a (resampled) mask, both (N, 1, D, H, W).
+    An empty mask scores 0 even where nothing is drawn: the organ it names exists, so an empty contour of
+    it has Dice 0, whatever the crop shows."""
     overlap = (probabilities * mask).sum(dim=(1, 2, 3, 4))
     total = probabilities.sum(dim=(1, 2, 3, 4)) + mask.sum(dim=(1, 2, 3, 4))
-    return (2 * overlap + 1e-3) / (total + 1e-3)
+    return 2 * overlap / (total + 1e-3)
 
 
 def build_network(architecture: str, in_channels: int = 2) -> nn.Module:
