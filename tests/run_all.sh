@@ -20,8 +20,10 @@ fi
 python -m pip install -q -e '.[test]'
 
 set +e
-# two workers, each test file on one of them (module fixtures stay in one process): about half the time on 2 cores
-python -m pytest -n "${CONTOURQA_TEST_WORKERS:-2}" --dist loadfile "$@"
+# three workers, each test file on one of them (module fixtures stay in one process). Many tests wait on
+# nodes, peers and subprocesses: on 2 cores two workers kept 1.6 cores busy on average, and a third
+# fills the gaps. Each process runs torch on one thread (tests/conftest.py), so they do not oversubscribe.
+python -m pytest -n "${CONTOURQA_TEST_WORKERS:-3}" --dist loadfile "$@"
 status=$?
 set -e
 if [ $status -eq 5 ]; then

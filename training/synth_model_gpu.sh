@@ -8,7 +8,8 @@
 #   dropped tenfold after epochs DROPS (default "20 26"); INIT (optional) a model folder to start from;
 #   TRAIN_SECONDS (default 0: no limit) stops training after that long and writes the model from the last
 #   whole epoch, so a lease of fixed length always ends with a model. Rerunning resumes.
-#   EXTRA (optional) more `train` options, e.g. EXTRA=--boundary-channels (see boundary_channels_trial.sh).
+#   EXTRA (optional) more `train` options, e.g. EXTRA=--boundary-channels or EXTRA="--arch efficientdet3d-seg
+#   --boundary-channels" (later options win; see boundary_channels_trial.sh).
 # Measured on an H200 with 16 cores: see docs/model.md. The guard and the evaluations need no GPU:
 # run `contourqa guard` and `contourqa evaluate` as synth_model.sh does.
 set -euo pipefail
