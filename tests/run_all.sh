@@ -20,10 +20,9 @@ fi
 python -m pip install -q -e '.[test]'
 
 set +e
-# three workers, each test file on one of them (module fixtures stay in one process). Many tests wait on
-# nodes, peers and subprocesses: on 2 cores two workers kept 1.6 cores busy on average, and a third
-# fills the gaps. Each process runs torch on one thread (tests/conftest.py), so they do not oversubscribe.
-python -m pytest -n "${CONTOURQA_TEST_WORKERS:-3}" --dist loadfile "$@"
+# two workers, each test file on one of them (module fixtures stay in one process), the longest files
+# first (tests/conftest.py); each process runs torch on one thread, so they do not oversubscribe the cores
+python -m pytest -n "${CONTOURQA_TEST_WORKERS:-2}" --dist loadfile "$@"
 status=$?
 set -e
 if [ $status -eq 5 ]; then
