@@ -25,20 +25,6 @@ SMALL = PhantomSpec(rows=128, columns=128, slices=28)
 THIGH = REALDATA / "ibsi_sts_008" / "MR_T1"  # real T1 MR of a thigh sarcoma (Philips), MIM RTSTRUCT
 
 
-# The files that take longest, longest first: test workers take whole files in collection order, so
-# these start first and the suite does not end with one worker running a long file while the other waits.
-LONGEST_FIRST = ("test_training.py", "test_node_e2e.py", "test_split_deployment.py", "test_training_runs.py",
-                 "test_cli.py", "test_audits.py", "test_domain.py", "test_synth_style.py", "test_default_model.py",
-                 "test_split_mode.py", "test_demo.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: a file's tests keep their order
-
-
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     if not REALDATA.is_dir():

@@ -20,8 +20,8 @@ fi
 python -m pip install -q -e '.[test]'
 
 set +e
-# two workers, each test file on one of them (module fixtures stay in one process), the longest files
-# first (tests/conftest.py); each process runs torch on one thread, so they do not oversubscribe the cores
+# two workers, each test file on one of them (module fixtures stay in one process); each process runs
+# torch on one thread (tests/conftest.py), so they do not oversubscribe the cores
 python -m pytest -n "${CONTOURQA_TEST_WORKERS:-2}" --dist loadfile "$@"
 status=$?
 set -e
