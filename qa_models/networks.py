@@ -175,9 +175,7 @@ class EfficientDet3D(nn.Module):
 
     def forward_with_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Dice per sample, logits of the reference drawn in the crop (N, 1, D, H, W)): for training."""
-        encoded = self.encode(x)
-        logits = self.head(encoded[:, :-1])
-        return soft_dice(torch.sigmoid(logits), encoded[:, -1:]), logits
+        return self._score_drawing(self.encode(x))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone, BiFPN and fusion nodes: everything before the dropout (run once for MC dropout)."""
@@ -212,8 +210,14 @@ class EfficientDet3D(nn.Module):
     def decode(self, encoded: torch.Tensor) -> torch.Tensor:
         """The head, where the dropout is: one Dice value per sample."""
         if self.reference_head:
-            return soft_dice(torch.sigmoid(self.head(encoded[:, :-1])), encoded[:, -1:])
+            return self._score_drawing(encoded)[0]
         return torch.sigmoid(self.head(encoded)).mean(dim=(1, 2, 3, 4))
+
+    def _score_drawing(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference head on ``encode``'s output (decoder features, then the candidate mask):
+        (soft Dice of the drawing against the mask, the drawing's logits)."""
+        logits = self.head(encoded[:, :-1])
+        return soft_dice(torch.sigmoid(logits), encoded[:, -1:]), logits
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -6,7 +6,7 @@
 # 2901) and cross-style (classic, seed 901, never trained on). A third arm, with the channels, is the
 # network that draws the reference and scores the candidate against its drawing (--arch
 # efficientdet3d-seg), also on the same samples. CPU only; each arm resumes. WORK as in
-# synth_model.sh (default /tmp/cqa_synth); both arms read one rasterised copy of the studies (--cache).
+# synth_model.sh (default /tmp/cqa_synth); every arm reads one rasterised copy of the studies (--cache).
 set -euo pipefail
 WORK=${WORK:-/tmp/cqa_synth}
 mkdir -p "$WORK"
