@@ -5,7 +5,8 @@ fixed shape, image intensities mapped from their 0th/99th percentiles to [0, 1] 
 A model may also take two boundary channels made from the crop (issue 15): the mask's signed distance
 in mm and the image's edge strength. Whether a contour fits is mostly where the image's edges lie
 relative to it; given both as inputs, that is a local computation the network can learn whatever the
-image's contrast, instead of having to find it from grey values.
+image's contrast, instead of having to find it from grey values. A model may also leave the grey values
+out (``EDGE_LAYOUT``: the edge strength in the image's place), so it has no contrast of one style to learn.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .uncertainty import entropy_map
 
 ENTROPY_LAYOUT = ("image", "mask", "entropy")
 BOUNDARY_LAYOUT = ("image", "mask", "distance", "edge")
-CHANNEL_LAYOUTS = (("image", "mask"), ENTROPY_LAYOUT, BOUNDARY_LAYOUT)
+EDGE_LAYOUT = ("edge", "mask", "distance")  # the mask stays second: the reference head scores channel 1
+CHANNEL_LAYOUTS = (("image", "mask"), ENTROPY_LAYOUT, BOUNDARY_LAYOUT, EDGE_LAYOUT)
 DISTANCE_CLIP_MM = 10.0  # the distance channel saturates here: beyond it, no edge decides the contour's fit
 EDGE_SIGMA_VOXELS = 1.0  # Gaussian derivative scale: the edge channel sees organ boundaries, not single-voxel noise
 
@@ -38,7 +40,7 @@ class InputSpec(BaseModel):
     empty_extent_mm: float = Field(120.0, description="box edge, centred in the field of view, for an empty mask")
     normalisation: str = "percentile 0 -> 0, percentile 99 -> 1 (published 0..255 / 255), per crop"
     channels: tuple[str, ...] = Field(("image", "mask"),
-                                      description="image, mask[, entropy of a FRACTIONAL segment | distance, edge]")
+                                      description="image, mask[, entropy of a FRACTIONAL segment | distance, edge] or edge, mask, distance")
 
     @field_validator("shape")
     @classmethod
@@ -127,7 +129,10 @@ def crop_input(image: torch.Tensor, channels: list[torch.Tensor], box: Box, grid
     sampled[0] = normalise(sampled[0])
     if spec.uses_boundary:
         voxel_mm = np.asarray(box.extent_mm, float)[::-1] / np.asarray(spec.shape, float)  # along k, j, i
-        sampled = torch.cat([sampled, boundary_channels(sampled[0].numpy(), sampled[1].numpy(), voxel_mm)])
+        distance, edge = boundary_channels(sampled[0].numpy(), sampled[1].numpy(), voxel_mm)
+        if spec.channels == EDGE_LAYOUT:
+            return torch.stack([edge, sampled[1], distance])
+        sampled = torch.cat([sampled, distance[None], edge[None]])
     return sampled
 
 

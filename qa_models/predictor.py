@@ -274,8 +274,11 @@ class DicePredictor:
         mean = points.mean(dim=0).float().cpu().numpy()
         if self.card.calibration is not None:  # monotone, so percentiles map onto percentiles
             values, mean = self.card.calibration.apply(values), self.card.calibration.apply(mean)
-        return [Prediction(float(mean[n]), float(np.percentile(values[:, n], 5)), float(np.percentile(values[:, n], 95)),
-                           scores[n]) for n in range(batch)]
+        # the point estimate is the dropout-free pass, which can lie just outside the draws' 5-95 % range
+        # (with few draws, all of them above it): the interval reported always contains it
+        low = np.minimum(np.percentile(values, 5, axis=0), mean)
+        high = np.maximum(np.percentile(values, 95, axis=0), mean)
+        return [Prediction(float(mean[n]), float(low[n]), float(high[n]), scores[n]) for n in range(batch)]
 
 
 def content_seed(x: NetworkInput) -> int:

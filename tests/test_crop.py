@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from contourqa.qa_models.crop import InputSpec, bounding_box, crop_input, mask_input, normalise
+from contourqa.qa_models.crop import BOUNDARY_LAYOUT, EDGE_LAYOUT, InputSpec, bounding_box, crop_input, mask_input, normalise
 from contourqa.qa_models.uncertainty import entropy_map, voxelwise_entropy_sum
 from contourqa.qa_models.geometry import Grid
 
@@ -99,3 +99,18 @@ def test_the_distance_channel_of_an_empty_mask_is_far_outside_everywhere():
     spec = InputSpec(shape=(16, 32, 32), channels=("image", "mask", "distance", "edge"))
     image = np.random.default_rng(0).random(GRID.shape).astype(np.float32)
     assert torch.all(mask_input(image, np.zeros(GRID.shape, bool), GRID, spec)[2] == 1.0)
+
+
+def test_the_edge_layout_holds_no_grey_values():
+    # edge, mask, distance: the same channels as the boundary layout, without the image itself, so an image
+    # and its inverted, rescaled copy give the same input
+    mask = block(10, 20, 30, 50, 20, 40)
+    image = np.where(mask, 300.0, 100.0).astype(np.float32)
+    image += np.random.default_rng(1).normal(0, 5, image.shape).astype(np.float32)
+    boundary = mask_input(image, mask, GRID, InputSpec(shape=(16, 32, 32), channels=BOUNDARY_LAYOUT))
+    edge_only = mask_input(image, mask, GRID, InputSpec(shape=(16, 32, 32), channels=EDGE_LAYOUT))
+    assert edge_only.shape == (3, 16, 32, 32)
+    assert torch.equal(edge_only, boundary[[3, 1, 2]])
+    inverted = mask_input((1000 - 3 * image).astype(np.float32), mask, GRID,
+                          InputSpec(shape=(16, 32, 32), channels=EDGE_LAYOUT))
+    assert np.allclose(inverted.numpy(), edge_only.numpy(), atol=0.05)

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from contourqa.training.diagnose import boundary_error, boundary_offsets, contrast_to_noise, edge_fit
+from contourqa.training.diagnose import (boundary_error, boundary_offsets, contrast_to_noise, edge_fit,
+                                        interior_edge_ratio)
 from scipy import ndimage
 
 SPACING = np.array([2.0, 1.0, 1.0])
@@ -45,3 +46,17 @@ def test_the_boundary_error_measures_how_far_the_edge_lies_whatever_the_contrast
         assert boundary_error(gradient, grown, SPACING) > on_edge + 2
         shifted = np.roll(mask, 2, axis=2)
         assert on_edge < boundary_error(gradient, shifted, SPACING) < boundary_error(gradient, grown, SPACING) + 1
+
+
+def test_the_interior_edge_ratio_tells_a_flat_organ_from_a_textured_one():
+    image, mask = _organ()  # flat inside but for noise a twentieth of its contrast
+
+    def ratio(volume):
+        gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(volume, 0.7), *SPACING)))
+        return interior_edge_ratio(gradient, mask, SPACING)
+    texture = ndimage.gaussian_filter(np.random.default_rng(2).normal(0, 1, mask.shape), 1.0)
+    textured = image + mask * 150 * texture / texture.std()
+    assert ratio(image) < 0.25 < 0.6 < ratio(textured)
+    thin = np.zeros_like(mask)
+    thin[10, 20, 10:30] = True  # no voxel 3 mm inside
+    assert np.isnan(interior_edge_ratio(np.ones(mask.shape), thin, SPACING))

@@ -10,6 +10,8 @@ import torch
 
 from conftest import run_cli
 from contourqa.qa_models.predictor import DicePredictor, read_card
+from contourqa.training.cache import load_cases
+from contourqa.training.manifest import read_manifest
 
 
 def test_resume_continues_exactly_where_it_stopped(phantom, phantom_cache, tmp_path):
@@ -43,8 +45,6 @@ def test_sample_workers_train_reproducibly_and_resume_exactly(phantom, phantom_c
 
 
 def test_cases_rasterised_by_several_processes_equal_those_of_one(phantom, tmp_path):
-    from contourqa.training.cache import load_cases
-    from contourqa.training.manifest import read_manifest
 
     rows = read_manifest(phantom / "manifest.csv")
     parallel = load_cases(rows, tmp_path / "parallel", workers=2)
@@ -71,8 +71,6 @@ def test_entropy_channel_model_learns_from_fractional_segments(phantom, tmp_path
     the card records the third channel, and at inference the entropy reaches the network."""
     from contourqa.qa_models.assessment import load_structure, structure_masks, AssessConfig
     from contourqa.qa_models.series import load_series
-    from contourqa.training.cache import load_cases
-    from contourqa.training.manifest import read_manifest
 
     out = tmp_path / "entropy"
     result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--entropy-channel",
@@ -100,17 +98,29 @@ def test_entropy_channel_model_learns_from_fractional_segments(phantom, tmp_path
 
 def test_reference_drawing_model_trains_and_assesses_with_an_interval(phantom, phantom_cache, tmp_path):
     """`train --arch efficientdet3d-seg` trains on reference crops as well as Dice values, and `assess`
-    gives its Dice with a Monte Carlo dropout interval."""
+    gives its Dice with a Monte Carlo dropout interval; here on the edge layout (`--edge-only`: no grey
+    values), whose mask channel is the one the reference head scores."""
     out = tmp_path / "seg"
-    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick",
+    result = run_cli("train", "--manifest", phantom / "manifest.csv", "--out", out, "--quick", "--edge-only",
                      "--arch", "efficientdet3d-seg", "--epochs", "1", "--steps-per-epoch", "3", "--cache", phantom_cache)
     assert result.returncode == 0, result.stderr
-    assert read_card(out).architecture == "efficientdet3d-seg"
+    card = read_card(out)
+    assert (card.architecture, card.input.channels) == ("efficientdet3d-seg", ("edge", "mask", "distance"))
     study = phantom / "case000"
     report = run_cli("assess", study / "image", study / "reference.dcm", "--model", out, "--mc-samples", "4", "--json")
     assert report.returncode == 0, report.stderr
     for roi in json.loads(report.stdout)["rois"]:
         assert 0 <= roi["predicted_dice_interval"][0] <= roi["predicted_dice"] <= roi["predicted_dice_interval"][1] <= 1
+    # one network, so the point estimate is its dropout-free pass alone, and with one dropout draw the 5th and
+    # 95th percentiles of the two values both lie strictly between them: the interval must be widened to
+    # contain the estimate it is reported with
+    predictor = DicePredictor.from_model_folder(out)
+    assert len(predictor.networks) == 1
+    case = load_cases(read_manifest(phantom / "manifest.csv"), phantom_cache)[0]
+    for name, mask in case.references.items():
+        prediction = predictor.predict(case.image, mask, case.grid, mc_samples=1)
+        assert prediction.low < prediction.high, name  # the dropout draw differs from the pass without it
+        assert prediction.low <= prediction.dice <= prediction.high, name
 
 
 def test_reference_crops_are_cropped_and_augmented_as_the_input(phantom, phantom_cache):
@@ -119,8 +129,6 @@ def test_reference_crops_are_cropped_and_augmented_as_the_input(phantom, phantom
     the crops is near the true Dice."""
     from contourqa.qa_models.crop import InputSpec
     from contourqa.reporting.overlap import dice
-    from contourqa.training.cache import load_cases
-    from contourqa.training.manifest import read_manifest
     from contourqa.training.samples import SampleGenerator, perturb
     cases = load_cases(read_manifest(phantom / "manifest.csv"), phantom_cache)
     generator = SampleGenerator(cases, InputSpec(shape=(16, 32, 32)), np.random.default_rng(4), with_reference=True)
@@ -178,7 +186,6 @@ def test_cached_cases_hold_candidates_compactly(phantom, tmp_path):
     unchanged, with the candidates' true Dice."""
     from contourqa.reporting.overlap import dice
     from contourqa.training.cache import load_case
-    from contourqa.training.manifest import read_manifest
 
     rows = read_manifest(phantom / "manifest.csv")
     rows = [r for r in rows if r.case_id == rows[0].case_id]
@@ -203,7 +210,6 @@ def test_candidate_share_sets_how_often_the_manifest_candidates_are_drawn(phanto
     keep their default proportions."""
     from contourqa.qa_models.crop import InputSpec
     from contourqa.training.cache import load_case
-    from contourqa.training.manifest import read_manifest
     from contourqa.training.samples import SOURCES, SampleGenerator, source_shares
 
     shares = source_shares(0.6)

@@ -5,8 +5,10 @@
 # twice on the same studies and samples, with and without them, then evaluated in-style (synth, seed
 # 2901) and cross-style (classic, seed 901, never trained on). A third arm, with the channels, is the
 # network that draws the reference and scores the candidate against its drawing (--arch
-# efficientdet3d-seg), also on the same samples. CPU only; each arm resumes. WORK as in
-# synth_model.sh (default /tmp/cqa_synth); every arm reads one rasterised copy of the studies (--cache).
+# efficientdet3d-seg), also on the same samples. A fourth leaves the grey values out (--edge-only: the
+# image's edge strength, the mask and its signed distance), so no style's contrast can be learned.
+# CPU only; each arm resumes. WORK as in synth_model.sh (default /tmp/cqa_synth); every arm reads one
+# rasterised copy of the studies (--cache).
 set -euo pipefail
 WORK=${WORK:-/tmp/cqa_synth}
 mkdir -p "$WORK"
@@ -35,3 +37,4 @@ studies classic_eval classic 12 901
 leg1 channels efficientdet3d --boundary-channels
 leg1 plain efficientdet3d
 leg1 seg efficientdet3d-seg --boundary-channels
+leg1 edge efficientdet3d --edge-only

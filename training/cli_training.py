@@ -62,6 +62,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
                                 help="a third input channel: the voxel-wise entropy of FRACTIONAL SEG candidates")
     extra_channels.add_argument("--boundary-channels", action="store_true",
                                 help="two more input channels: the mask's signed distance and the image's edge strength")
+    extra_channels.add_argument("--edge-only", action="store_true",
+                                help="as --boundary-channels, but without the image's grey values: the network "
+                                     "sees the image's edge strength, the mask and its signed distance")
     train.add_argument("--quick", action="store_true", help="a tiny configuration that trains in minutes on a CPU")
     _add_cache_option(train, ", shared by every model trained on them (default: OUT/cache)")
     train.set_defaults(run=_run_train)
@@ -127,7 +130,7 @@ def _add_cache_option(command: argparse.ArgumentParser, detail: str = " (default
 def _run_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from contourqa.qa_models.crop import BOUNDARY_LAYOUT, ENTROPY_LAYOUT, InputSpec
+    from contourqa.qa_models.crop import BOUNDARY_LAYOUT, EDGE_LAYOUT, ENTROPY_LAYOUT, InputSpec
     from contourqa.training.train import TrainConfig, train
 
     overrides = {key: value for key, value in {
@@ -143,6 +146,8 @@ def _run_train(args: argparse.Namespace) -> int:
             input_changes["channels"] = ENTROPY_LAYOUT
         if args.boundary_channels:
             input_changes["channels"] = BOUNDARY_LAYOUT
+        if args.edge_only:
+            input_changes["channels"] = EDGE_LAYOUT
         config.input = InputSpec.model_validate({**config.input.model_dump(), **input_changes})
     except ValidationError as error:
         raise InputError(f"invalid training option: {_first_validation_message(error)}") from None

@@ -7,6 +7,9 @@ ratio against a 0.5-4 mm rim outside it:
 - the edge fit: the image gradient along the candidate's surface over the gradient within 8 mm of it;
 - the boundary error: the mean distance from each surface voxel to the strongest edge along its normal.
 
+And, per reference organ, how textured it is inside against its boundary (the interior edge ratio): a
+network trained where organs are textured inside has rarely seen a flat organ with one sharp boundary.
+
 If they rank the candidates where the organs stand out and not where they do not, the images carry the
 answer only for visible organs, and a regressor trained on invisible ones learns their mean. A network
 that ranks worse than these measures has not learned what the images show.
@@ -76,11 +79,28 @@ def boundary_error(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
     return float(np.abs(boundary_offsets(gradient, mask, spacing, signed=signed)).mean())
 
 
+def interior_edge_ratio(gradient: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+    """Mean gradient 3 mm and more inside the mask over the mean within 1 mm of its surface: near 0 for a
+    flat organ with a sharp boundary, near 1 where its texture is as strong as its boundary; NaN for a
+    mask too thin to have an inside."""
+    signed = signed_distance(mask, spacing)
+    inside = signed <= -3.0
+    if not inside.any():
+        return float("nan")
+    return float(gradient[inside].mean() / (gradient[np.abs(signed) <= 1.0].mean() + 1e-6))
+
+
+def _gradient(case: CachedCase) -> tuple[np.ndarray, np.ndarray]:
+    """(gradient magnitude per mm, voxel spacing along k, j, i) of a case's image."""
+    spacing = case.grid.spacing[::-1]
+    smoothed = ndimage.gaussian_filter(case.image.astype(np.float32), 0.7)
+    return np.sqrt(sum(g ** 2 for g in np.gradient(smoothed, *spacing))), spacing
+
+
 def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
     """(true Dice, edge fit, boundary error, reference CNR) of each realistic, non-empty candidate of one case."""
     image = case.image.astype(np.float32)
-    spacing = case.grid.spacing[::-1]  # (k, j, i)
-    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(image, 0.7), *spacing)))
+    gradient, spacing = _gradient(case)
     cnr = {name: contrast_to_noise(image, ref, spacing) for name, ref in case.references.items() if ref.any()}
     rows = []
     for candidate in case.candidates:
@@ -93,8 +113,16 @@ def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
     return rows
 
 
+def interior_edge_ratios(case: CachedCase) -> list[float]:
+    """interior_edge_ratio of each non-empty reference of one case."""
+    gradient, spacing = _gradient(case)
+    return [interior_edge_ratio(gradient, ref, spacing) for ref in case.references.values() if ref.any()]
+
+
 def report(manifest: Path, cache_dir: Path | None) -> str:
-    rows = np.array([r for case in load_cases(read_manifest(manifest), cache_dir) for r in case_rows(case)])
+    cases = load_cases(read_manifest(manifest), cache_dir)
+    rows = np.array([r for case in cases for r in case_rows(case)])
+    ratios = np.array([r for case in cases for r in interior_edge_ratios(case)])
     dice, fit, error, cnr = rows.T
 
     def rank(chosen: np.ndarray) -> str:
@@ -108,6 +136,8 @@ def report(manifest: Path, cache_dir: Path | None) -> str:
         chosen = (cnr >= low) & (cnr < high)
         if chosen.sum() >= 10:
             lines.append(f"  reference CNR {low}-{high}: n {chosen.sum()}, {rank(chosen)}")
+    lines.append(f"  reference interior edge ratio: median {np.nanmedian(ratios):.2f}, "
+                 f"share below 0.25 {np.nanmean(ratios < 0.25):.2f} ({len(ratios)} organs)")
     return "\n".join(lines)
 
 
