@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported where it is used: it costs every node and CLI process about a second
+# at start, and most of them never compute a statistic
 
 DICE_BANDS = ((0.0, 0.5), (0.5, 0.75), (0.75, 0.8), (0.8, 0.9), (0.9, 1.0001))
 
@@ -20,6 +22,7 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray, flag_below: floa
     A prediction fails the global rule when it is below ``flag_below`` while the truth is above
     ``accept_above``, or above ``accept_above`` while the truth is below ``flag_below``.
     """
+    from scipy import stats
     true, predicted = np.asarray(true, float), np.asarray(predicted, float)
     error = np.abs(predicted - true)
     wrong = _misjudged(true, predicted, flag_below, accept_above)
@@ -59,6 +62,7 @@ def case_bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, cases: lis
     so they are not independent draws; resampling cases keeps that, where resampling candidates would
     give intervals too narrow. With fewer than two cases there is nothing to resample: empty.
     """
+    from scipy import stats
     true, predicted = np.asarray(true, float), np.asarray(predicted, float)
     names, case_index = np.unique(np.asarray(cases), return_inverse=True)
     if len(names) < 2:

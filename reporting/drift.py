@@ -12,7 +12,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported where it is used: it costs every node and CLI process about a second
+# at start, and most of them never compute a statistic
 
 MIN_RECENT, MIN_REFERENCE = 5, 20
 PSI_BINS = 10
@@ -43,6 +45,7 @@ def psi(reference: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
     change, so a small recent window is not read as drift (the usual fixed 0.25 cut would be, at n = 40).
     About twenty recent values per bin (at most ten bins) and half a count added to each keep that true
     where a bin would be empty."""
+    from scipy import stats
     bins = int(np.clip(len(recent) // 20, 2, PSI_BINS))
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
 
@@ -60,6 +63,7 @@ def compare_distributions(group: str, metric: str, reference: np.ndarray, recent
                           with_psi: bool = False, only_larger: bool = False) -> list[Finding]:
     """Two-sample Kolmogorov-Smirnov of a numeric metric, and ``with_psi`` its PSI; ``only_larger``: the KS
     test asks only whether the recent values are larger (an error that shrinks is no alarm)."""
+    from scipy import stats
     if len(recent) < MIN_RECENT or len(reference) < MIN_REFERENCE:
         return []
     # scipy's "greater": the reference's distribution function lies above the recent one's somewhere
@@ -79,6 +83,7 @@ def compare_rate(group: str, metric: str, reference_hits: int, reference_n: int,
     """Is the recent rate above the reference's? Fisher's exact test, the exact test for two binomial
     samples: testing against the reference's rate as if it were known mistakes its sampling error for drift
     (1 of 271 before, 4 of 56 now, at a true 2 %). A falling rate is no alarm."""
+    from scipy import stats
     if recent_n < MIN_RECENT or reference_n < MIN_REFERENCE:
         return []
     table = [[recent_hits, recent_n - recent_hits], [reference_hits, reference_n - reference_hits]]
@@ -89,6 +94,7 @@ def compare_rate(group: str, metric: str, reference_hits: int, reference_n: int,
 
 def compare_categories(group: str, metric: str, reference: list[str], recent: list[str]) -> list[Finding]:
     """Chi-square test of homogeneity of a categorical metric (a scanner never seen before is a new column)."""
+    from scipy import stats
     if len(recent) < MIN_RECENT or len(reference) < MIN_REFERENCE:
         return []
     categories = sorted(set(reference) | set(recent))
