@@ -18,7 +18,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from node_harness import Destination, Node, approved_copy, clone_study, dcmtk, free_port, send, wait_for
+from node_harness import DCMTK_ENV, Destination, Node, approved_copy, clone_study, dcmtk, free_port, send, wait_for
 from conftest import THIGH, require_tool, run_cli
 from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
@@ -195,7 +195,8 @@ def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, t
     node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 0}).start()
     studies = [clone_study(phantom / "case001", tmp_path / f"study{n}") for n in range(8)]
     senders = [subprocess.Popen([dcmtk("storescu"), "-R", "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
-                                 str(node.port), str(study)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 str(node.port), str(study)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=DCMTK_ENV)
                for study in studies]
     assert [p.wait(timeout=300) for p in senders] == [0] * 8
     wait_for(lambda: len(destination.received()) == 8, 300, "eight SRs")

@@ -21,7 +21,7 @@ from contourqa.daemon.db import Case, Instance, open_database
 from contourqa.daemon.metrics import Metrics
 from contourqa.daemon.scp import Ingest, start_scp
 from contourqa.daemon.store import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, Store, StoreError
-from node_harness import clone_study, dcmtk, send
+from node_harness import DCMTK_ENV, clone_study, dcmtk, send
 
 
 class Scp:
@@ -159,7 +159,7 @@ def test_eight_concurrent_associations_store_every_instance_once(phantom, scp_on
     server = scp_on_each_database()
     studies = [clone_study(phantom / "case001", tmp_path / f"s{n}") for n in range(8)]
     senders = [subprocess.Popen([dcmtk("storescu"), "-R", "+sd", "-aet", "PACS", "-aec", "CONTOURQA", "127.0.0.1",
-                                 str(server.port), str(s)]) for s in studies]
+                                 str(server.port), str(s)], env=DCMTK_ENV) for s in studies]
     assert [p.wait(timeout=120) for p in senders] == [0] * 8
     assert server.instances() == 8 * 29 and len(server.stored_files()) == 8 * 29
     assert len(server.dispatched) == 8 == len(set(server.dispatched))
