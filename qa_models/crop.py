@@ -39,8 +39,8 @@ class InputSpec(BaseModel):
     min_extent_mm: float = Field(40.0, description="smallest box edge")
     empty_extent_mm: float = Field(120.0, description="box edge, centred in the field of view, for an empty mask")
     normalisation: str = "percentile 0 -> 0, percentile 99 -> 1 (published 0..255 / 255), per crop"
-    channels: tuple[str, ...] = Field(("image", "mask"),
-                                      description="image, mask[, entropy of a FRACTIONAL segment | distance, edge] or edge, mask, distance")
+    channels: tuple[str, ...] = Field(("image", "mask"), description="image, mask[, entropy of a FRACTIONAL "
+                                                                     "segment | distance, edge]; or edge, mask, distance")
 
     @field_validator("shape")
     @classmethod

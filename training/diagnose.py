@@ -123,6 +123,7 @@ def report(manifest: Path, cache_dir: Path | None) -> str:
     cases = load_cases(read_manifest(manifest), cache_dir)
     rows = np.array([r for case in cases for r in case_rows(case)])
     ratios = np.array([r for case in cases for r in interior_edge_ratios(case)])
+    ratios = ratios[~np.isnan(ratios)]  # organs too thin to have an inside
     dice, fit, error, cnr = rows.T
 
     def rank(chosen: np.ndarray) -> str:
@@ -136,8 +137,8 @@ def report(manifest: Path, cache_dir: Path | None) -> str:
         chosen = (cnr >= low) & (cnr < high)
         if chosen.sum() >= 10:
             lines.append(f"  reference CNR {low}-{high}: n {chosen.sum()}, {rank(chosen)}")
-    lines.append(f"  reference interior edge ratio: median {np.nanmedian(ratios):.2f}, "
-                 f"share below 0.25 {np.nanmean(ratios < 0.25):.2f} ({len(ratios)} organs)")
+    lines.append(f"  reference interior edge ratio: median {np.median(ratios):.2f}, "
+                 f"share below 0.25 {np.mean(ratios < 0.25):.2f} ({len(ratios)} organs)")
     return "\n".join(lines)
 
 
