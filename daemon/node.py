@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from contourqa.qa_models.atomic import write_text_atomically
+
 from .assembler import Assembler
 from .celery_app import INFERENCE_QUEUE, IO_QUEUE, app, configure, dispatch_case, runtime
 from .config import Settings
@@ -67,7 +69,9 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
     server = start_scp(settings.scp, Ingest(store, assembler, metrics), settings.home / "incoming")
     port = server.server_address[1]
     (settings.home / "run").mkdir(parents=True, exist_ok=True)
-    (settings.home / "run" / "scp.port").write_text(f"{port}\n")  # the port actually bound (0 = any free one)
+    # the port actually bound (0 = any free one), renamed into place: a script waiting for the file never
+    # reads it empty
+    write_text_atomically(settings.home / "run" / "scp.port", f"{port}\n")
     scheduler = start_scheduler(settings, sessions) if with_scheduler else None
     http = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
     web = start_web(settings, sessions) if settings.web.port is not None else None
