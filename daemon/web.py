@@ -21,6 +21,7 @@ from scipy import ndimage
 from sqlalchemy.orm import sessionmaker
 
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
+from contourqa.qa_models.atomic import write_text_atomically
 from contourqa.qa_models.errors import ContourQAError
 from contourqa.reporting.html import render_text
 
@@ -177,6 +178,6 @@ def start_web(settings: Settings, sessions: sessionmaker) -> ThreadingHTTPServer
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     port = server.server_address[1]
     (settings.home / "run").mkdir(parents=True, exist_ok=True)
-    (settings.home / "run" / "web.port").write_text(f"{port}\n")
+    write_text_atomically(settings.home / "run" / "web.port", f"{port}\n")  # never read half-written
     log.info("web page on %s://%s:%d/", "https" if settings.web.tls_cert else "http", settings.web.bind, port)
     return server
