@@ -4,10 +4,11 @@ contrast, texture, resolution or noise and has to learn the contour's fit to the
 
 Per study: a label map of ~20 tissues (``synth_anatomy``) under a smooth random deformation; per label
 a mean and a spread from a contrast family (T2-like, T1-like, CT-like, fully random, or random and
-inverted), redrawn until each structure's boundary is visible; within-tissue texture from a smooth random field; partial-volume blur; a random resolution
-(a 200-240 mm field of view, in-plane blur up to 1.5 pixels, slices 1-6 mm, thick slices simulated by
-blurring a finer stack before sampling);
-a bias field; Rician or Gaussian noise; a gamma. The reference structure set is traced from the label
+inverted), redrawn until each structure's boundary is visible; within-tissue texture from a smooth
+random field, at a study-wide scale from nearly flat to fully textured; partial-volume blur; a random
+resolution (a 200-240 mm field of view, in-plane blur up to 1.5 pixels, slices 1-6 mm, thick slices
+simulated by blurring a finer stack before sampling); a bias field; Rician or Gaussian noise from nearly
+none to strong; a gamma. The reference structure set is traced from the label
 map at the acquired slices (marching squares), and the candidates are the label-derived masks under
 the same kinds of error as the classic style, traced the same way. Everything follows from the seed.
 """
@@ -51,6 +52,8 @@ _CT = {"air": (0, 0.02), "skin": (0.48, 0.52), "subcutaneous_fat": (0.38, 0.42),
 CONTRASTS = ("t2", "t1", "ct", "random", "inverted")
 VISIBLE_SHARE, DRAWS = 0.5, 30
 NOISE_FLOOR = 0.03  # the typical noise the acquisition adds, on the same 0-1 scale
+NOISE_RANGE = (0.002, 0.06)  # the noise drawn per study, on that scale
+TEXTURE_SCALE_MIN = 0.05  # the smallest study-wide scale of the within-tissue texture
 
 
 def boundary_visibility(labels: np.ndarray, means: np.ndarray, spreads: np.ndarray) -> dict[str, float]:
@@ -105,7 +108,10 @@ def label_intensities(contrast: str, rng: np.random.Generator) -> tuple[np.ndarr
     else:
         table = {"t2": _T2, "t1": _T1, "ct": _CT}[contrast]
         means = np.array([rng.uniform(*table.get(name, table["soft"])) for name in LABELS])
-    spreads = rng.uniform(0.005, 0.06, len(LABELS))
+    # a study-wide texture scale, log-uniform down to a twentieth: some studies' organs are nearly flat
+    # inside, as in a smooth acquisition, where without it nearly every organ was textured and a network
+    # trained on them scored good contours of flat organs low (docs/model.md, "Without grey values")
+    spreads = rng.uniform(0.005, 0.06, len(LABELS)) * np.exp(rng.uniform(np.log(TEXTURE_SCALE_MIN), 0))
     return means, spreads
 
 
@@ -160,7 +166,7 @@ def synthesise_image(labels_fine: np.ndarray, grid: Grid, sub: int, rng: np.rand
                   + coefficients[4] * i ** 2 + coefficients[5] * j ** 2)
     volume = volume * bias
     volume = np.clip(volume, 0, None) / max(float(np.percentile(volume, 99.5)), 1e-6)
-    sigma = rng.uniform(0.01, 0.06)
+    sigma = np.exp(rng.uniform(*np.log(NOISE_RANGE)))  # log-uniform: nearly noiseless studies as often as noisy ones
     if contrast != "ct" and rng.random() < 0.7:  # magnitude images: Rician
         volume = np.hypot(volume + rng.normal(0, sigma, volume.shape), rng.normal(0, sigma, volume.shape))
     else:
