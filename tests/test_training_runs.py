@@ -45,7 +45,6 @@ def test_sample_workers_train_reproducibly_and_resume_exactly(phantom, phantom_c
 
 
 def test_cases_rasterised_by_several_processes_equal_those_of_one(phantom, tmp_path):
-
     rows = read_manifest(phantom / "manifest.csv")
     parallel = load_cases(rows, tmp_path / "parallel", workers=2)
     serial = load_cases(rows, tmp_path / "serial")
