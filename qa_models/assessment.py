@@ -259,7 +259,12 @@ def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: D
 def assess_files(image_dir: str | Path, structure_file: str | Path, config: AssessConfig | None = None,
                  roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
                  strict_model: bool = False) -> Assessment:
-    """``assess`` from paths: load the structure first (cheap to refuse), then the series."""
-    structure = load_structure(structure_file)
-    series = load_series(image_dir, structure_references(structure).frames)
+    """``assess`` from paths."""
+    series, structure = load_inputs(image_dir, structure_file)
     return assess(series, structure, config, roi_names, predictor, strict_model)
+
+
+def load_inputs(image_dir: str | Path, structure_file: str | Path) -> tuple[ImageSeries, Dataset]:
+    """The image series and the structure set: the structure first (cheap to refuse), then the series."""
+    structure = load_structure(structure_file)
+    return load_series(image_dir, structure_references(structure).frames), structure

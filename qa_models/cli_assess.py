@@ -52,7 +52,7 @@ def _predictor(args: argparse.Namespace) -> "DicePredictor | None":
 
 
 def _run_assess(args: argparse.Namespace) -> int:
-    from .assessment import AssessConfig, assess_files
+    from .assessment import AssessConfig, assess, load_inputs
     from .sr_report import write_sr
 
     if args.mc_samples < 0:
@@ -60,8 +60,9 @@ def _run_assess(args: argparse.Namespace) -> int:
     if args.sr is not None:
         _check_writable(args.sr)
     config = AssessConfig(mc_samples=args.mc_samples)
-    assessment = assess_files(args.image_dir, args.structure_file, config, args.roi, _predictor(args),
-                              strict_model=args.model is not None)
+    # the inputs before the model: a bad file is refused without waiting for torch and the weights to load
+    series, structure = load_inputs(args.image_dir, args.structure_file)
+    assessment = assess(series, structure, config, args.roi, _predictor(args), strict_model=args.model is not None)
     if args.sr:
         write_sr(assessment, args.sr)
     if args.json:

@@ -126,6 +126,12 @@ def test_missing_image_folder(phantom, tmp_path):
                           "no such folder")
 
 
+def test_a_bad_input_is_refused_before_the_model_is_loaded(phantom, tmp_path):
+    # the inputs are read before torch and the weights load, so the error names the input, and comes fast
+    result = run_cli("assess", phantom / "case001" / "image", tmp_path / "nothing.dcm", "--model", tmp_path / "no-model")
+    assert_one_line_error(result, f"{tmp_path / 'nothing.dcm'}: no such file")
+
+
 def test_swapped_arguments_say_which_is_which(phantom):
     study = phantom / "case001"
     result = run_cli("assess", study / "reference.dcm", study / "image")
