@@ -97,10 +97,10 @@ def _gradient(case: CachedCase) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(sum(g ** 2 for g in np.gradient(smoothed, *spacing))), spacing
 
 
-def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
-    """(true Dice, edge fit, boundary error, reference CNR) of each realistic, non-empty candidate of one case."""
+def case_rows(case: CachedCase, gradient: np.ndarray, spacing: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """(true Dice, edge fit, boundary error, reference CNR) of each realistic, non-empty candidate of one case,
+    given its image's ``_gradient``."""
     image = case.image.astype(np.float32)
-    gradient, spacing = _gradient(case)
     cnr = {name: contrast_to_noise(image, ref, spacing) for name, ref in case.references.items() if ref.any()}
     rows = []
     for candidate in case.candidates:
@@ -113,16 +113,18 @@ def case_rows(case: CachedCase) -> list[tuple[float, float, float, float]]:
     return rows
 
 
-def interior_edge_ratios(case: CachedCase) -> list[float]:
-    """interior_edge_ratio of each non-empty reference of one case."""
-    gradient, spacing = _gradient(case)
+def interior_edge_ratios(case: CachedCase, gradient: np.ndarray, spacing: np.ndarray) -> list[float]:
+    """interior_edge_ratio of each non-empty reference of one case, given its image's ``_gradient``."""
     return [interior_edge_ratio(gradient, ref, spacing) for ref in case.references.values() if ref.any()]
 
 
 def report(manifest: Path, cache_dir: Path | None) -> str:
-    cases = load_cases(read_manifest(manifest), cache_dir)
-    rows = np.array([r for case in cases for r in case_rows(case)])
-    ratios = np.array([r for case in cases for r in interior_edge_ratios(case)])
+    rows, ratios = [], []
+    for case in load_cases(read_manifest(manifest), cache_dir):
+        gradient, spacing = _gradient(case)  # once per case, for both measures
+        rows += case_rows(case, gradient, spacing)
+        ratios += interior_edge_ratios(case, gradient, spacing)
+    rows, ratios = np.array(rows), np.array(ratios)
     ratios = ratios[~np.isnan(ratios)]  # organs too thin to have an inside
     dice, fit, error, cnr = rows.T
 
