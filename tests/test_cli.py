@@ -34,6 +34,20 @@ def test_assess_json_reports_every_roi(phantom, tmp_path):
     assert (tmp_path / "sr.dcm").is_file()
 
 
+def test_the_installed_command_in_a_fresh_process_answers_as_the_tests_forked_ones(phantom, tmp_path):
+    """The suite forks its commands from a process that has imported the libraries (tests/cli_runner.py);
+    the console script a user runs, started cold, must give the same answer and the same one-line errors."""
+    command = require_tool("contourqa")
+    study = phantom / "case001"
+    args = ["assess", str(study / "image"), str(study / "candidates" / "auto01.dcm"), "--json"]
+    fresh = subprocess.run([command, *args], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["rois"] == json.loads(run_cli(*args).stdout)["rois"]
+    missing = subprocess.run([command, "assess", str(study / "image"), str(tmp_path / "none.dcm")],
+                             capture_output=True, text=True, timeout=300)
+    assert_one_line_error(missing, "none.dcm")
+
+
 @pytest.mark.parametrize("candidate", ["failure_empty.dcm", "failure_all_ones.dcm", "failure_noise_seg.dcm"])
 def test_failure_modes_are_rejected(phantom, candidate):
     study = phantom / "case001"
