@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from conftest import run_cli
 from contourqa.qa_models.assessment import AssessConfig, load_structure, structure_masks
@@ -12,7 +13,7 @@ from contourqa.reporting.overlap import dice
 from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
-from contourqa.training.synth_anatomy import LABEL, LABELS, ROI_LABELS, pelvis_labels
+from contourqa.training.synth_anatomy import LABEL, LABELS, RECTAL_WALL_SHARE, ROI_LABELS, pelvis_labels, roi_labels
 from contourqa.training.synth_style import (VISIBLE_SHARE, _acquisition, _fine_coordinates, boundary_visibility,
                                             label_intensities, trace, visible_intensities)
 
@@ -108,7 +109,7 @@ def test_reference_rtstruct_rasterises_back_to_its_label_map():
     labels = pelvis_labels(_fine_coordinates(grid, sub, rng), rng)[sub // 2::sub][:grid.shape[0]]
     from contourqa.qa_models.polygon_fill import fill_polygons
 
-    for name, tissues in ROI_LABELS.items():
+    for name, tissues in [*ROI_LABELS.items(), ("Rectum (wall)", ("rectal_wall",))]:
         mask = np.isin(labels, [LABEL[t] for t in tissues])
         filled = np.zeros_like(mask)
         for k, loops in trace(mask, grid):
@@ -147,3 +148,18 @@ def test_an_unknown_style_a_tiny_size_or_no_workers_is_refused(tmp_path):
     result = run_cli("phantom", tmp_path, "--workers", "0")
     assert result.returncode == 2 and result.stderr.startswith("contourqa: error: --workers") and "Traceback" not in result.stderr
 
+
+
+def test_the_rectum_is_the_whole_organ_in_some_studies_and_its_wall_alone_in_others(synth):
+    # the classic style contours the rectal wall, a ring round the lumen, as some sites do; a network that
+    # only ever saw the solid organ scored good wall contours far too low (docs/model.md)
+    walls = [roi_labels(np.random.default_rng(seed))["Rectum"] == ("rectal_wall",) for seed in range(400)]
+    assert abs(np.mean(walls) - RECTAL_WALL_SHARE) < 0.07
+    hollow = []
+    for case in ("case000", "case001", "case002"):
+        series = load_series(synth / case / "image")
+        rectum = next(m.mask for m, _ in structure_masks(load_structure(synth / case / "reference.dcm"), series,
+                                                         AssessConfig()) if m.name == "Rectum")
+        filled = np.stack([ndimage.binary_fill_holes(plane) for plane in rectum])
+        hollow.append(bool((filled & ~rectum).sum() > 0.2 * rectum.sum()))  # the lumen left out
+    assert hollow.count(True) >= 1 and hollow.count(False) >= 1, hollow

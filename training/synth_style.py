@@ -10,7 +10,9 @@ resolution (a 200-240 mm field of view, in-plane blur up to 1.5 pixels, slices 1
 simulated by blurring a finer stack before sampling); a bias field; Rician or Gaussian noise from nearly
 none to strong; a gamma. The reference structure set is traced from the label
 map at the acquired slices (marching squares), and the candidates are the label-derived masks under
-the same kinds of error as the classic style, traced the same way. Everything follows from the seed.
+the same kinds of error as the classic style, traced the same way. The rectum is the whole organ in most
+studies and its wall alone (a ring) in some, as sites contour it either way. Everything follows from the
+seed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from skimage import measure
 from contourqa.qa_models.geometry import Grid
 
 from .phantom_dicom import StudyIdentity, mr_series_datasets, rtstruct_dataset, save, seg_dataset
-from .synth_anatomy import LABEL, LABELS, ROI_LABELS, Coordinates, pelvis_labels, smooth_displacement
+from .synth_anatomy import LABEL, LABELS, ROI_LABELS, Coordinates, pelvis_labels, roi_labels, smooth_displacement
 
 ROI_NAMES = tuple(ROI_LABELS)
 REALISTIC_KINDS = ("good", "dilate", "erode", "warp", "missed_slices", "leak", "shift")
@@ -242,6 +244,7 @@ def perturb(mask: np.ndarray, kind: str, grid: Grid, others: list[np.ndarray], r
 def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: int, columns: int,
                   min_slices: int) -> list[dict]:
     """One study: image, reference, candidates and failures under ``out_dir/case_id``; its manifest rows."""
+    definitions = roi_labels(rng)
     grid, sub = _acquisition(rng, rows, columns, min_slices)
     labels_fine = pelvis_labels(_fine_coordinates(grid, sub, rng), rng)
     volume, contrast = synthesise_image(labels_fine, grid, sub, rng)
@@ -251,7 +254,7 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
     case_dir = out_dir / case_id
     for ds in images:
         save(ds, case_dir / "image" / f"{rng.integers(16**8):08x}.dcm")
-    masks = {name: np.isin(labels, [LABEL[t] for t in tissues]) for name, tissues in ROI_LABELS.items()}
+    masks = {name: np.isin(labels, [LABEL[t] for t in tissues]) for name, tissues in definitions.items()}
     save(rtstruct_dataset(images, identity, {n: trace(m, grid) for n, m in masks.items()}, "Reference"),
          case_dir / "reference.dcm")
     prostate_ml = float(masks["Prostate"].sum()) * grid.voxel_volume_ml
