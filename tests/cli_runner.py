@@ -43,10 +43,11 @@ def _child(request: dict) -> None:
         from contourqa.cli import main
         try:
             code = main(request["args"]) or 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-            if exit_.code is not None and not isinstance(exit_.code, int):
-                print(exit_.code, file=sys.stderr)
+        except SystemExit as exit_:  # as the interpreter ends: None is 0, a message is printed and gives 1
+            code = 0 if exit_.code is None else exit_.code
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
         except BaseException:
             import traceback
             traceback.print_exc()
