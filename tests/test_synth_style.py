@@ -84,6 +84,17 @@ def test_boundary_visibility_measures_the_contrast_across_each_roi_surface():
     assert boundary_visibility(labels, means, spreads)["Prostate"] == 0
 
 
+def test_a_rectum_contoured_as_its_wall_must_show_the_lumen_too():
+    labels = np.full((12, 12, 12), LABEL["visceral_fat"])
+    labels[2:10, 2:10, 2:10] = LABEL["rectal_wall"]
+    labels[4:8, 4:8, 4:8] = LABEL["rectal_lumen"]
+    means, spreads = np.full(len(LABELS), 0.5), np.full(len(LABELS), 0.01)
+    means[LABEL["rectal_wall"]] = means[LABEL["rectal_lumen"]] = 0.8  # wall and lumen alike, fat darker
+    assert boundary_visibility(labels, means, spreads)["Rectum"] == 1
+    wall = boundary_visibility(labels, means, spreads, roi_labels(np.random.default_rng(11)))["Rectum"]
+    assert 0.7 < wall < 0.9  # the lumen's surface, a fifth of the ring's, is not visible
+
+
 def test_some_studies_are_nearly_flat_inside_their_organs_and_some_textured():
     # a network trained only on textured organs scored good contours of flat ones low (docs/model.md): the
     # texture's study-wide scale reaches nearly none. Per label alone (0.005-0.06) the largest of the 23

@@ -58,7 +58,8 @@ NOISE_RANGE = (0.002, 0.06)  # the noise drawn per study, on that scale
 TEXTURE_SCALE_MIN = 0.05  # the smallest study-wide scale of the within-tissue texture
 
 
-def boundary_visibility(labels: np.ndarray, means: np.ndarray, spreads: np.ndarray) -> dict[str, float]:
+def boundary_visibility(labels: np.ndarray, means: np.ndarray, spreads: np.ndarray,
+                        definitions: dict[str, tuple[str, ...]] = ROI_LABELS) -> dict[str, float]:
     """Per ROI, the share of its surface (voxel faces between a label of the ROI and one outside it)
     where the two tissues differ by more than their texture and noise: |mean difference| above the
     root sum of squares of both textures (3 x spread, as ``synthesise_image`` draws them) and the noise floor.
@@ -69,7 +70,7 @@ def boundary_visibility(labels: np.ndarray, means: np.ndarray, spreads: np.ndarr
     """
     texture = 3 * spreads
     shares = {}
-    for roi, tissues in ROI_LABELS.items():
+    for roi, tissues in definitions.items():
         members = np.zeros(len(LABELS), dtype=bool)
         members[[LABEL[t] for t in tissues]] = True
         visible = total = 0
@@ -85,14 +86,15 @@ def boundary_visibility(labels: np.ndarray, means: np.ndarray, spreads: np.ndarr
     return shares
 
 
-def visible_intensities(contrast: str, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def visible_intensities(contrast: str, labels: np.ndarray, rng: np.random.Generator,
+                        definitions: dict[str, tuple[str, ...]] = ROI_LABELS) -> tuple[np.ndarray, np.ndarray]:
     """``label_intensities`` drawn until every ROI is visible along at least ``VISIBLE_SHARE`` of its surface;
     after ``DRAWS`` tries (CT-like contrast rarely shows the prostate), the draw that comes closest."""
     best, best_score = None, -1.0
     for _ in range(DRAWS):
         means, spreads = label_intensities(contrast, rng)
         score = float(np.mean([min(share, VISIBLE_SHARE)
-                               for share in boundary_visibility(labels, means, spreads).values()]))
+                               for share in boundary_visibility(labels, means, spreads, definitions).values()]))
         if score >= VISIBLE_SHARE:
             return means, spreads
         if score > best_score:
@@ -150,10 +152,12 @@ def _fine_coordinates(grid: Grid, sub: int, rng: np.random.Generator) -> Coordin
     return Coordinates(xr + dx, yr + dy, zz + dz)
 
 
-def synthesise_image(labels_fine: np.ndarray, grid: Grid, sub: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """The acquired volume (uint16) from the fine label map, and the contrast family drawn."""
+def synthesise_image(labels_fine: np.ndarray, grid: Grid, sub: int, rng: np.random.Generator,
+                     definitions: dict[str, tuple[str, ...]] = ROI_LABELS) -> tuple[np.ndarray, str]:
+    """The acquired volume (uint16) from the fine label map, and the contrast family drawn; every ROI of
+    ``definitions`` visible."""
     contrast = str(rng.choice(CONTRASTS))
-    means, spreads = visible_intensities(contrast, labels_fine, rng)
+    means, spreads = visible_intensities(contrast, labels_fine, rng, definitions)
     fine_spacing = np.array([grid.spacing[2] / sub, grid.spacing[1], grid.spacing[0]])
     texture = ndimage.gaussian_filter(rng.normal(size=labels_fine.shape).astype(np.float32),
                                       rng.uniform(0.7, 3.0) / fine_spacing)
@@ -247,7 +251,7 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
     definitions = roi_labels(rng)
     grid, sub = _acquisition(rng, rows, columns, min_slices)
     labels_fine = pelvis_labels(_fine_coordinates(grid, sub, rng), rng)
-    volume, contrast = synthesise_image(labels_fine, grid, sub, rng)
+    volume, contrast = synthesise_image(labels_fine, grid, sub, rng, definitions)
     labels = labels_fine[sub // 2::sub][:grid.shape[0]]  # the label at each acquired slice's centre
     identity = StudyIdentity.new(case_id, rng)
     images = mr_series_datasets(volume, grid, identity, description=f"synthetic pelvis ({contrast} contrast)")
