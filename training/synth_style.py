@@ -248,7 +248,8 @@ def perturb(mask: np.ndarray, kind: str, grid: Grid, others: list[np.ndarray], r
 def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: int, columns: int,
                   min_slices: int) -> list[dict]:
     """One study: image, reference, candidates and failures under ``out_dir/case_id``; its manifest rows."""
-    definitions = roi_labels(rng)
+    # drawn from a child of the study's seed: the rectum's definition changes no other draw of a study
+    definitions = roi_labels(np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0]))
     grid, sub = _acquisition(rng, rows, columns, min_slices)
     labels_fine = pelvis_labels(_fine_coordinates(grid, sub, rng), rng)
     volume, contrast = synthesise_image(labels_fine, grid, sub, rng, definitions)
