@@ -160,7 +160,6 @@ def test_an_unknown_style_a_tiny_size_or_no_workers_is_refused(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("contourqa: error: --workers") and "Traceback" not in result.stderr
 
 
-
 def test_the_rectum_is_the_whole_organ_in_some_studies_and_its_wall_alone_in_others(synth):
     # the classic style contours the rectal wall, a ring round the lumen, as some sites do; a network that
     # only ever saw the solid organ scored good wall contours far too low (docs/model.md)
