@@ -161,8 +161,7 @@ def test_an_unknown_style_a_tiny_size_or_no_workers_is_refused(tmp_path):
 
 
 def test_the_rectum_is_the_whole_organ_in_some_studies_and_its_wall_alone_in_others(synth):
-    # the classic style contours the rectal wall, a ring round the lumen, as some sites do; a network that
-    # only ever saw the solid organ scored good wall contours far too low (docs/model.md)
+    # the classic style contours the rectal wall, a ring round the lumen, as some sites do
     walls = [roi_labels(np.random.default_rng(seed))["Rectum"] == ("rectal_wall",) for seed in range(400)]
     assert abs(np.mean(walls) - RECTAL_WALL_SHARE) < 0.07
     hollow = []

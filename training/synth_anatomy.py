@@ -28,8 +28,8 @@ ROI_LABELS = {
     "FemoralHead_R": ("femoral_head_r",),
 }
 # Sites differ in what they contour as the rectum: the whole organ, or its wall alone (a ring round the
-# lumen, for dose to the wall), as the classic style draws it. A network trained only on the solid organ
-# scored good wall contours 0.46 too low (docs/model.md), so a share of studies define it as the wall.
+# lumen, for dose to the wall), as the classic style draws it; a share of studies define it as the wall. (It
+# did not lower the classic rectum's cross-style bias in a CPU trial; docs/model.md.)
 RECTAL_WALL_SHARE = 0.3
 
 
