@@ -15,7 +15,7 @@ from contourqa.daemon.export import deliver
 from contourqa.daemon.ledger import due_outbox, requeue_dead
 from contourqa.qa_models.assessment import assess_files
 from contourqa.qa_models.sr_report import write_sr
-from node_harness import Destination, free_port
+from node_harness import Destination, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def test_delivered_once_to_storescp(tmp_path, database_url, sr_file):
         sessions = _outbox(database_url, sr_file, destination.address)
         assert deliver(ExportSettings(), sessions, 1) == "sent"
         assert deliver(ExportSettings(), sessions, 1) == "skipped"  # a redelivered message sends nothing
-        assert len(destination.received()) == 1
+        # storescp acknowledges before its --exec-on-reception has moved the file into the folder
+        assert len(wait_for(lambda: destination.received(), 10, "storescp to file the SR")) == 1
     finally:
         destination.stop()
 
