@@ -8,9 +8,9 @@
 # efficientdet3d-seg), also on the same samples. A fourth leaves the grey values out (--edge-only: the
 # image's edge strength, the mask and its signed distance), so no style's contrast can be learned.
 # CPU only; each arm resumes. WORK as in synth_model.sh (default /tmp/cqa_synth); every arm reads one
-# rasterised copy of the studies (--cache). The figures in docs/model.md came from the synth generator of
-# commit f7a3140; the generator has since made flat organs as common as textured ones, so a run now trains
-# and tests on other synth studies.
+# rasterised copy of the studies (--cache). The synth generator has changed between the trials in
+# docs/model.md (flat organs, wall-only rectums); each figure there names the generator it came from, and a
+# run now trains and tests on the current generator's studies.
 set -euo pipefail
 WORK=${WORK:-/tmp/cqa_synth}
 mkdir -p "$WORK"
