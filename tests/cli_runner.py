@@ -8,20 +8,20 @@ traceback and exits 1, as the interpreter does. Nothing of the test process is i
 cannot see or change the test's state. Tests that are about how a process starts (the node's `serve`,
 Ctrl-C) start `python -m contourqa.cli` themselves.
 
-Protocol, one JSON line each way: the caller sends {"args", "cwd", "env", "stdout", "stderr"}, the server
-answers {"pid"} at once and {"returncode"} when the child ends.
+Protocol, one JSON line each way: the caller sends {"args", "cwd", "env", "stdout", "stderr", "timeout"},
+the server answers {"returncode", "timed_out"} when the child has ended (killed once past its timeout).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 PRELOADED = ("torch", "highdicom", "SimpleITK", "scipy.ndimage", "scipy.stats", "sklearn.ensemble", "pynetdicom",
@@ -71,11 +71,21 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             _child(request)
-        answers.write(json.dumps({"pid": pid}) + "\n")
+        returncode, timed_out = _wait(pid, request["timeout"])
+        answers.write(json.dumps({"returncode": returncode, "timed_out": timed_out}) + "\n")
         answers.flush()
-        _, status = os.waitpid(pid, 0)
-        answers.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
-        answers.flush()
+
+
+def _wait(pid: int, timeout: float) -> tuple[int, bool]:
+    """The child's exit status, and whether it had to be killed for running past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), True
 
 
 class CliRunner:
@@ -91,33 +101,22 @@ class CliRunner:
                                             text=True, bufsize=1)
         return self._server
 
-    def _answer(self, server: subprocess.Popen, timeout: float | None) -> dict:
-        ready, _, _ = select.select([server.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError("the CLI test server ended")
-        return json.loads(line)
-
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
         with self._lock, tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
             out.touch(), err.touch()
             server = self._start()
             server.stdin.write(json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ),
-                                           "stdout": str(out), "stderr": str(err)}) + "\n")
+                                           "stdout": str(out), "stderr": str(err), "timeout": timeout}) + "\n")
             server.stdin.flush()
-            pid = self._answer(server, 60)["pid"]
-            try:
-                returncode = self._answer(server, timeout)["returncode"]
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
-                self._answer(server, 60)
-                raise subprocess.TimeoutExpired(["contourqa", *args], timeout,
-                                                out.read_text(errors="replace"), err.read_text(errors="replace"))
-            return subprocess.CompletedProcess(["contourqa", *args], returncode, out.read_text(errors="replace"),
-                                               err.read_text(errors="replace"))
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError("the CLI test server ended")
+            answer = json.loads(line)
+            stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+            if answer["timed_out"]:
+                raise subprocess.TimeoutExpired(["contourqa", *args], timeout, stdout, stderr)
+            return subprocess.CompletedProcess(["contourqa", *args], answer["returncode"], stdout, stderr)
 
     def close(self) -> None:
         if self._server is not None and self._server.poll() is None:
