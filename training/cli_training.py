@@ -1,4 +1,4 @@
-"""Training's commands: `phantom`, `train`, `calibrate`, `guard`, `combine` and `evaluate`."""
+"""Training's commands: `phantom`, `candidates`, `train`, `calibrate`, `guard`, `combine` and `evaluate`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--workers", type=int, default=1, metavar="N",
                          help="processes writing studies at once (default 1); the studies are the same")
     phantom.set_defaults(run=_run_phantom)
+
+    candidates = commands.add_parser(
+        "candidates", help="write realistic auto-contour errors of a site's own reference contours, with a manifest "
+                           "for evaluate")
+    candidates.add_argument("image_dir", type=Path, help="folder of the image series")
+    candidates.add_argument("reference", type=Path, help="the expert's RTSTRUCT or SEG on that series")
+    candidates.add_argument("--out", type=Path, required=True, help="folder for the candidates and manifest.csv")
+    candidates.add_argument("--roi", action="append", metavar="NAME", help="only this ROI (repeatable; default all)")
+    candidates.add_argument("--count", type=int, default=6,
+                            help="candidate structure sets, each with one realistic error per ROI (default 6)")
+    candidates.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    candidates.add_argument("--case-id", help="the case's name in the manifest (default: the Study Instance UID)")
+    candidates.set_defaults(run=_run_candidates)
 
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")
     train.add_argument("--manifest", type=Path, required=True, help="CSV: case_id,image,reference,candidate,roi[,...]")
@@ -119,6 +132,13 @@ def _run_phantom(args: argparse.Namespace) -> int:
     manifest = generate_phantom_studies(args.out_dir, args.cases, args.seed, PhantomSpec(rows, columns, slices),
                                         style=args.style, workers=args.workers)
     print(manifest)
+    return EXIT_OK
+
+
+def _run_candidates(args: argparse.Namespace) -> int:
+    from contourqa.training.site_candidates import write_site_candidates
+
+    print(write_site_candidates(args.image_dir, args.reference, args.out, args.roi, args.count, args.seed, args.case_id))
     return EXIT_OK
 
 

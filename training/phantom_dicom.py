@@ -22,14 +22,16 @@ MANUFACTURER = "contourqa phantom"
 
 @dataclass(frozen=True)
 class StudyIdentity:
-    """Synthetic patient and study; every phantom object of one case shares it."""
+    """The patient and study every object of one case shares: a phantom's, or a real image's."""
 
     patient_name: str
     patient_id: str
     study_instance_uid: str
     frame_of_reference_uid: str
     study_date: str
-    patient_age: int
+    patient_age: int | None
+    patient_sex: str = "M"
+    study_id: str = "1"
 
     @classmethod
     def new(cls, case_id: str, rng: np.random.Generator) -> "StudyIdentity":
@@ -47,10 +49,11 @@ def _base_dataset(identity: StudyIdentity, sop_class_uid: str, sop_instance_uid:
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName, ds.PatientID = identity.patient_name, identity.patient_id
-    ds.PatientBirthDate, ds.PatientSex = "", "M"
-    ds.PatientAge = f"{identity.patient_age:03d}Y"
+    ds.PatientBirthDate, ds.PatientSex = "", identity.patient_sex
+    if identity.patient_age is not None:
+        ds.PatientAge = f"{identity.patient_age:03d}Y"
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = identity.study_instance_uid, identity.study_date, "090000"
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
+    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", identity.study_id, ""
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName, ds.SoftwareVersions = NAME, __version__
     ds.InstanceCreationDate, ds.InstanceCreationTime = identity.study_date, "090000"
