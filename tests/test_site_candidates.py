@@ -28,7 +28,8 @@ def thigh_candidates(realdata, tmp_path_factory):
     reference = next((THIGH / "mask").glob("*.dcm"))
     folders = [tmp_path_factory.mktemp("candidates") for _ in range(2)]
     for folder in folders:
-        result = run_cli("candidates", THIGH / "image", reference, "--out", folder, "--count", "8", "--seed", "4")
+        result = run_cli("candidates", THIGH / "image", reference, "--out", folder, "--count", "8", "--seed", "4",
+                         "--case-id", "thigh")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == str(folder / "manifest.csv")
     return reference, folders
@@ -65,12 +66,28 @@ def test_candidates_belong_to_the_real_study_and_validate(thigh_candidates):
     image = pydicom.dcmread(next((THIGH / "image").iterdir()), stop_before_pixels=True)
     dciodvfy = require_tool("dciodvfy")
     for name in ("auto01.dcm", "failure_noise_seg.dcm"):
-        ds = pydicom.dcmread(folder / "candidates" / name)
+        ds = pydicom.dcmread(folder / "thigh" / name)
         assert (ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (
             image.PatientID, image.StudyInstanceUID, image.FrameOfReferenceUID)
         assert len(ds.StudyID) <= 16 < len(image.StudyID)  # the input's own is too long for SH
-        result = subprocess.run([dciodvfy, str(folder / "candidates" / name)], capture_output=True, text=True)
+        result = subprocess.run([dciodvfy, str(folder / "thigh" / name)], capture_output=True, text=True)
         assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == [], name
+
+
+def test_one_folder_gathers_a_sites_cases_and_a_case_written_again_replaces_its_rows(realdata, tmp_path):
+    reference = next((THIGH / "mask").glob("*.dcm"))
+
+    def case_rows() -> list[str]:
+        return [row["case_id"] for row in csv.DictReader((tmp_path / "manifest.csv").open())]
+
+    for case, count in (("first", "2"), ("second", "3"), ("first", "1")):
+        result = run_cli("candidates", THIGH / "image", reference, "--out", tmp_path, "--count", count, "--case-id", case)
+        assert result.returncode == 0, result.stderr
+    assert case_rows() == ["second"] * (3 + 4) + ["first"] * (1 + 4)
+    assert {r.candidate.parent.name for r in read_manifest(tmp_path / "manifest.csv")} == {"first", "second"}
+    # without --case-id the case is the reference's own SOP Instance UID
+    assert run_cli("candidates", THIGH / "image", reference, "--out", tmp_path, "--count", "1").returncode == 0
+    assert case_rows()[-1] == pydicom.dcmread(reference).SOPInstanceUID
 
 
 def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_the_image(
@@ -93,7 +110,13 @@ def test_bad_input_is_one_line_error(tmp_path):
                     "--count must be at least 1")
     _one_line_error(run_cli("candidates", reference, THIGH / "image", "--out", tmp_path),
                     "a folder, not a structure set file")
-    assert not (tmp_path / "manifest.csv").exists()
+    _one_line_error(run_cli("candidates", THIGH / "image", reference, "--out", tmp_path, "--case-id", "../up"),
+                    "--case-id '../up' cannot name a folder")
+    assert not (tmp_path / "manifest.csv").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "manifest.csv").write_text("case_id,image,reference,candidate,roi,kind,age\n")
+    _one_line_error(run_cli("candidates", THIGH / "image", reference, "--out", tmp_path),
+                    "exists and is not a manifest of `contourqa candidates`")
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.csv"]  # refused before anything was written
 
 
 def test_a_reference_without_contours_on_the_series_is_refused(realdata, tmp_path):

@@ -34,12 +34,14 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
                            "for evaluate")
     candidates.add_argument("image_dir", type=Path, help="folder of the image series")
     candidates.add_argument("reference", type=Path, help="the expert's RTSTRUCT or SEG on that series")
-    candidates.add_argument("--out", type=Path, required=True, help="folder for the candidates and manifest.csv")
+    candidates.add_argument("--out", type=Path, required=True,
+                            help="folder gathering the cases and their manifest.csv (a case's rows replace its own)")
     candidates.add_argument("--roi", action="append", metavar="NAME", help="only this ROI (repeatable; default all)")
     candidates.add_argument("--count", type=int, default=6,
                             help="candidate structure sets, each with one realistic error per ROI (default 6)")
     candidates.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    candidates.add_argument("--case-id", help="the case's name in the manifest (default: the Study Instance UID)")
+    candidates.add_argument("--case-id", help="the case's name in the manifest and its folder under --out "
+                                              "(default: the reference's SOP Instance UID)")
     candidates.set_defaults(run=_run_candidates)
 
     train = commands.add_parser("train", help="train a Dice regressor on a manifest of images, references and candidates")

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from scipy import ndimage
 
 from contourqa.qa_models.assessment import AssessConfig, load_inputs, structure_masks
 from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.errors import InputError
 
-from .phantom_dicom import StudyIdentity, rtstruct_dataset, save, seg_dataset
-from .synth_style import REALISTIC_KINDS, perturb, trace
+from .phantom_dicom import StudyIdentity, rtstruct_dataset, save
+from .synth_style import constructed_failures, realistic_errors, trace
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,11 @@ def site_identity(image: Dataset) -> StudyIdentity:
 def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out_dir: str | Path,
                           roi_names: list[str] | None = None, count: int = 6, seed: int = 0,
                           case_id: str | None = None) -> Path:
-    """``count`` candidate structure sets (one realistic error per ROI in each) and four failures under
-    ``out_dir``, on the series of ``image_dir``; returns the manifest, whose rows name the site's own
-    images and reference file by absolute path (case ID: the Study Instance UID unless given)."""
+    """``count`` candidate structure sets (one realistic error per ROI in each) and four failures on the
+    series of ``image_dir``, under ``out_dir/CASE_ID``; returns ``out_dir/manifest.csv``, where this
+    case's rows replace any it had and other cases' rows stay, so one folder can gather a site's
+    studies. Rows name the site's own images and reference file by absolute path. The case ID is the
+    reference's SOP Instance UID unless given."""
     if count < 1:
         raise InputError("--count must be at least 1")
     image_dir, structure_file, out_dir = Path(image_dir).resolve(), Path(structure_file).resolve(), Path(out_dir)
@@ -55,42 +56,38 @@ def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out
     masks = {name: mask for name, mask in masks.items() if mask.any()}
     if not masks:
         raise InputError(f"{structure_file}: no ROI with a contour on this series")
-    case_id = case_id or series.study_instance_uid
+    case_id = case_id or str(structure.SOPInstanceUID)
+    if not case_id or "/" in case_id or case_id.startswith("."):
+        raise InputError(f"--case-id '{case_id}' cannot name a folder")
+    manifest = out_dir / "manifest.csv"
+    kept = _other_cases(manifest, case_id)  # refused before anything is written
     rng = np.random.default_rng(seed)
     grid, images, identity = series.grid, series.datasets, site_identity(series.first_dataset)
-    rows: list[dict] = []
-
-    def write(name: str, dataset: Dataset, kinds: dict[str, str]) -> None:
-        save(dataset, out_dir / "candidates" / name)
-        rows.extend({"case_id": case_id, "image": str(image_dir), "reference": str(structure_file),
-                     "candidate": f"candidates/{name}", "roi": roi, "kind": kind} for roi, kind in kinds.items())
-
+    objects = []
     for number in range(1, count + 1):
-        kinds = {name: str(rng.choice(REALISTIC_KINDS)) for name in masks}
-        drawn = {name: perturb(mask, kinds[name], grid, [m for n, m in masks.items() if n != name], rng)
-                 for name, mask in masks.items()}
-        write(f"auto{number:02d}.dcm",
-              rtstruct_dataset(images, identity, {n: trace(m, grid) for n, m in drawn.items()}, f"Candidate {number}"),
-              kinds)
-    write("failure_empty.dcm", rtstruct_dataset(images, identity, {n: [] for n in masks}, "Failure empty"),
-          {n: "failure_empty" for n in masks})
-    everything = trace(np.ones(grid.shape, dtype=bool), grid)
-    write("failure_all_ones.dcm", rtstruct_dataset(images, identity, {n: everything for n in masks}, "Failure all ones"),
-          {n: "failure_all_ones" for n in masks})
-    noise = seg_dataset(images, {n: rng.random(grid.shape) < 0.5 for n in masks}, False, "Failure noise")
-    noise.StudyID = identity.study_id  # highdicom copies the images' own, which may be too long for SH
-    write("failure_noise_seg.dcm", noise, {n: "failure_noise" for n in masks})
-    rows_, columns = grid.shape[1:]
-    fraction, angle = rng.uniform(0.3, 0.5), rng.uniform(0, 2 * np.pi)
-    offset = (0, fraction * rows_ * np.sin(angle), fraction * columns * np.cos(angle))
-    shifted = {n: trace(ndimage.shift(m.astype(np.uint8), offset, order=0) > 0, grid) for n, m in masks.items()}
-    write("failure_shifted.dcm", rtstruct_dataset(images, identity, shifted, "Failure shifted"),
-          {n: "failure_shifted" for n in masks})
-
-    manifest = out_dir / "manifest.csv"
+        kinds, drawn = realistic_errors(masks, grid, rng)
+        contours = {n: trace(m, grid) for n, m in drawn.items()}
+        objects.append((f"auto{number:02d}.dcm", rtstruct_dataset(images, identity, contours, f"Candidate {number}"),
+                        kinds))
+    rows = []
+    for name, dataset, kinds in objects + constructed_failures(masks, grid, images, identity, rng):
+        save(dataset, out_dir / case_id / name)
+        rows.extend({"case_id": case_id, "image": str(image_dir), "reference": str(structure_file),
+                     "candidate": f"{case_id}/{name}", "roi": roi, "kind": kind} for roi, kind in kinds.items())
+    log.info("case %s: %d candidates of %d ROIs written", case_id, len(objects) + 4, len(masks))
     with atomic_path(manifest) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
-    log.info("case %s: %d candidates of %d ROIs written", case_id, count + 4, len(masks))
+        writer.writerows(kept + rows)
     return manifest
+
+
+def _other_cases(manifest: Path, case_id: str) -> list[dict]:
+    """The rows of every other case in an existing manifest of this command (none when there is none)."""
+    if not manifest.exists():
+        return []
+    with manifest.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != MANIFEST_COLUMNS:
+            raise InputError(f"{manifest}: exists and is not a manifest of `contourqa candidates`")
+        return [row for row in reader if row["case_id"] != case_id]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 from scipy import ndimage
 from skimage import measure
 
@@ -274,9 +275,7 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
 
     candidates = case_dir / "candidates"
     for number in range(1, CANDIDATES_PER_CASE + 1):
-        kinds = {name: str(rng.choice(REALISTIC_KINDS)) for name in ROI_NAMES}
-        drawn = {name: perturb(masks[name], kinds[name], grid, [m for n, m in masks.items() if n != name], rng)
-                 for name in ROI_NAMES}
+        kinds, drawn = realistic_errors(masks, grid, rng)
         name = f"auto{number:02d}.dcm"
         contours = {n: trace(m, grid) for n, m in drawn.items()}
         save(rtstruct_dataset(images, identity, contours, f"AutoSeg {number}"), candidates / name)
@@ -284,19 +283,36 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
         if number == 1:  # the same candidate as a binary SEG
             save(seg_dataset(images, drawn, False, "AutoSeg 1 SEG"), candidates / "auto01_binary_seg.dcm")
             add("auto01_binary_seg.dcm", kinds)
+    for name, dataset, kinds in constructed_failures(masks, grid, images, identity, rng):
+        save(dataset, candidates / name)
+        add(name, kinds)
+    return rows_out
 
-    save(rtstruct_dataset(images, identity, {n: [] for n in ROI_NAMES}, "Failure empty"), candidates / "failure_empty.dcm")
-    add("failure_empty.dcm", {n: "failure_empty" for n in ROI_NAMES})
+
+def realistic_errors(masks: dict[str, np.ndarray], grid: Grid,
+                     rng: np.random.Generator) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """One auto-contour of every ROI, each with a realistic kind of error drawn at random: (kinds, masks)."""
+    kinds = {name: str(rng.choice(REALISTIC_KINDS)) for name in masks}
+    drawn = {name: perturb(mask, kinds[name], grid, [m for n, m in masks.items() if n != name], rng)
+             for name, mask in masks.items()}
+    return kinds, drawn
+
+
+def constructed_failures(masks: dict[str, np.ndarray], grid: Grid, images: list[Dataset], identity: StudyIdentity,
+                         rng: np.random.Generator) -> list[tuple[str, Dataset, dict[str, str]]]:
+    """The four failure modes of every ROI as (file name, structure set, kind per ROI): empty, all ones,
+    noise (a SEG) and the reference shifted by 30-50 % of the field of view."""
     everything = trace(np.ones(grid.shape, dtype=bool), grid)
-    save(rtstruct_dataset(images, identity, {n: everything for n in ROI_NAMES}, "Failure all ones"),
-         candidates / "failure_all_ones.dcm")
-    add("failure_all_ones.dcm", {n: "failure_all_ones" for n in ROI_NAMES})
-    save(seg_dataset(images, {n: rng.random(grid.shape) < 0.5 for n in ROI_NAMES}, False, "Failure noise"),
-         candidates / "failure_noise_seg.dcm")
-    add("failure_noise_seg.dcm", {n: "failure_noise" for n in ROI_NAMES})
+    noise = seg_dataset(images, {n: rng.random(grid.shape) < 0.5 for n in masks}, False, "Failure noise")
+    noise.StudyID = identity.study_id  # highdicom copies the images' own, which may be too long for SH
     fraction, angle = rng.uniform(0.3, 0.5), rng.uniform(0, 2 * np.pi)
+    rows, columns = grid.shape[1:]
     offset = (0, fraction * rows * np.sin(angle), fraction * columns * np.cos(angle))
     shifted = {n: trace(ndimage.shift(m.astype(np.uint8), offset, order=0) > 0, grid) for n, m in masks.items()}
-    save(rtstruct_dataset(images, identity, shifted, "Failure shifted"), candidates / "failure_shifted.dcm")
-    add("failure_shifted.dcm", {n: "failure_shifted" for n in ROI_NAMES})
-    return rows_out
+    objects = [("failure_empty.dcm", rtstruct_dataset(images, identity, {n: [] for n in masks}, "Failure empty")),
+               ("failure_all_ones.dcm", rtstruct_dataset(images, identity, {n: everything for n in masks},
+                                                         "Failure all ones")),
+               ("failure_noise_seg.dcm", noise),
+               ("failure_shifted.dcm", rtstruct_dataset(images, identity, shifted, "Failure shifted"))]
+    return [(name, dataset, {n: name.removesuffix(".dcm").removesuffix("_seg") for n in masks})
+            for name, dataset in objects]
