@@ -90,6 +90,22 @@ def test_one_folder_gathers_a_sites_cases_and_a_case_written_again_replaces_its_
     assert case_rows()[-1] == pydicom.dcmread(reference).SOPInstanceUID
 
 
+def test_a_seg_reference_on_a_series_without_a_character_set(realdata, tmp_path):
+    # dcmqi's liver SEG on three GE CT slices whose SpecificCharacterSet is empty (highdicom refuses that as is)
+    folder = realdata / "dcmqi" / "data" / "segmentations"
+    assert not pydicom.dcmread(folder / "ct-3slice" / "01.dcm", stop_before_pixels=True).get("SpecificCharacterSet")
+    result = run_cli("candidates", folder / "ct-3slice", folder / "liver.dcm", "--out", tmp_path, "--count", "3",
+                     "--case-id", "liver", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    (case,) = load_cases(read_manifest(tmp_path / "manifest.csv"))
+    dice = {c.row.kind: c.dice for c in case.candidates}
+    assert dice["failure_empty"] == 0 and dice["failure_noise"] < 0.9
+    assert all(0.3 < d < 1.0 for kind, d in dice.items() if not kind.startswith("failure")), dice
+    check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "liver" / "failure_noise_seg.dcm")],
+                           capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+
+
 def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_the_image(
         thigh_named_prostate, tmp_path):
     # the workflow a site runs before trusting the model: its own expert contour, the shipped model

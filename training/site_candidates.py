@@ -10,6 +10,7 @@ the DICOM objects as contourqa rasterises them.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 from pathlib import Path
@@ -62,7 +63,8 @@ def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out
     manifest = out_dir / "manifest.csv"
     kept = _other_cases(manifest, case_id)  # refused before anything is written
     rng = np.random.default_rng(seed)
-    grid, images, identity = series.grid, series.datasets, site_identity(series.first_dataset)
+    grid, identity = series.grid, site_identity(series.first_dataset)
+    images = [_with_character_set(image) for image in series.datasets]
     objects = []
     for number in range(1, count + 1):
         kinds, drawn = realistic_errors(masks, grid, rng)
@@ -70,7 +72,11 @@ def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out
         objects.append((f"auto{number:02d}.dcm", rtstruct_dataset(images, identity, contours, f"Candidate {number}"),
                         kinds))
     rows = []
-    for name, dataset, kinds in objects + constructed_failures(masks, grid, images, identity, rng):
+    try:
+        objects += constructed_failures(masks, grid, images, identity, rng)
+    except (ValueError, AttributeError, TypeError) as error:  # highdicom refusing the series' headers for a SEG
+        raise InputError(f"{image_dir}: cannot write the noise failure's SEG on this series ({error})") from None
+    for name, dataset, kinds in objects:
         save(dataset, out_dir / case_id / name)
         rows.extend({"case_id": case_id, "image": str(image_dir), "reference": str(structure_file),
                      "candidate": f"{case_id}/{name}", "roi": roi, "kind": kind} for roi, kind in kinds.items())
@@ -80,6 +86,16 @@ def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out
         writer.writeheader()
         writer.writerows(kept + rows)
     return manifest
+
+
+def _with_character_set(image: Dataset) -> Dataset:
+    """A copy of an image header that names its character set: highdicom refuses an empty one, which
+    DICOM reads as the default repertoire (ASCII), of which Latin-1 is a superset."""
+    if str(image.get("SpecificCharacterSet", "") or ""):
+        return image
+    image = copy.copy(image)
+    image.SpecificCharacterSet = "ISO_IR 100"
+    return image
 
 
 def _other_cases(manifest: Path, case_id: str) -> list[dict]:
