@@ -71,16 +71,16 @@ def write_site_candidates(image_dir: str | Path, structure_file: str | Path, out
         contours = {n: trace(m, grid) for n, m in drawn.items()}
         objects.append((f"auto{number:02d}.dcm", rtstruct_dataset(images, identity, contours, f"Candidate {number}"),
                         kinds))
-    rows = []
     try:
         objects += constructed_failures(masks, grid, images, identity, rng)
     except (ValueError, AttributeError, TypeError) as error:  # highdicom refusing the series' headers for a SEG
         raise InputError(f"{image_dir}: cannot write the noise failure's SEG on this series ({error})") from None
+    rows = []
     for name, dataset, kinds in objects:
         save(dataset, out_dir / case_id / name)
         rows.extend({"case_id": case_id, "image": str(image_dir), "reference": str(structure_file),
                      "candidate": f"{case_id}/{name}", "roi": roi, "kind": kind} for roi, kind in kinds.items())
-    log.info("case %s: %d candidates of %d ROIs written", case_id, len(objects) + 4, len(masks))
+    log.info("case %s: %d candidate structure sets of %d ROIs written", case_id, len(objects), len(masks))
     with atomic_path(manifest) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
