@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from contourqa.training.diagnose import (boundary_error, boundary_offsets, contrast_to_noise, edge_fit,
-                                        interior_edge_ratio)
+from contourqa.training.diagnose import (boundary_error, boundary_evidence, boundary_offsets, contrast_to_noise,
+                                        edge_fit, interior_edge_ratio)
 from scipy import ndimage
 
 SPACING = np.array([2.0, 1.0, 1.0])
@@ -60,3 +60,15 @@ def test_the_interior_edge_ratio_tells_a_flat_organ_from_a_textured_one():
     thin = np.zeros_like(mask)
     thin[10, 20, 10:30] = True  # no voxel 3 mm inside
     assert np.isnan(interior_edge_ratio(np.ones(mask.shape), thin, SPACING))
+
+
+def test_boundary_evidence_is_found_along_a_visible_organ_and_not_on_a_flat_image():
+    image, mask = _organ()
+
+    def evidence(volume, candidate):
+        gradient = np.sqrt(sum(g ** 2 for g in np.gradient(ndimage.gaussian_filter(volume, 0.7), *SPACING)))
+        return boundary_evidence(volume, gradient, candidate, SPACING)
+    assert evidence(image, mask) and evidence(-image, mask)  # a dark organ shows its boundary as well
+    assert evidence(image, ndimage.binary_dilation(mask, iterations=2))  # a poor contour of it still has evidence
+    flat = np.random.default_rng(3).normal(100, 10, mask.shape)
+    assert not evidence(flat, mask)
