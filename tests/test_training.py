@@ -209,8 +209,11 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     assert set(by_roi) == {"Prostate", "Bladder", "Rectum", "FemoralHead_L", "FemoralHead_R"}
     assert all(r["n"] == 2 * 8 for r in by_roi.values())
     assert sum(r["mae"] * r["n"] for r in by_roi.values()) / 80 == pytest.approx(report["realistic"]["mae"], abs=1e-6)
+    naive = report["baselines"]["naive (mean training Dice)"]["mae"]
+    assert sum(r["naive_mae"] * r["n"] for r in by_roi.values()) / 80 == pytest.approx(naive, abs=1e-6)
+    assert len({round(r["naive_mae"], 4) for r in by_roi.values()}) > 1  # each organ's own, not the overall one
     html = html_file.read_text()
-    assert "By ROI" in html and html.count("<td>Rectum</td>") == 1
+    assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
     assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html

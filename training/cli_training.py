@@ -232,7 +232,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             interval = f"{low:.1%}-{high:.1%}" if name == "global_accuracy" else f"{low:.4f}-{high:.4f}"
             print(f"  95% interval by case bootstrap: {name} {interval}")
         for roi, r in report["realistic_by_roi"].items():
-            print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f}")
+            print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} naive MAE={r['naive_mae']:.4f}")
         if report["domain"]["guard"]:
             d = report["domain"]
             print(f"  domain guard: {d['inside_realistic']:.1%} of realistic candidates inside (given a number)")

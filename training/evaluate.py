@@ -143,6 +143,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     if realistic.any():
         report["baselines"]["naive (mean training Dice)"] = regression_metrics(true[realistic], naive,
                                                                                config.reject_below, config.review_below)
+        # per ROI beside the model's: whether the model beats the mean on each organ, not only on all of them
+        for roi, naive_roi in metrics_by_group(true[realistic], naive, [r.roi for r in realistic_rows]).items():
+            report["realistic_by_roi"][roi]["naive_mae"] = naive_roi["mae"]
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
