@@ -42,14 +42,12 @@ CNR_BANDS = ((0, 1), (1, 2), (2, np.inf))
 EVIDENCE_RIM_CNR, EVIDENCE_EDGE_FIT = 0.35, 1.1
 
 
-def _band(mask: np.ndarray, spacing: np.ndarray, low_mm: float, high_mm: float) -> np.ndarray:
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    return (outside > low_mm) & (outside <= high_mm)
-
-
-def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
-    """|mean inside - mean of the 0.5-4 mm rim outside| / the rim's standard deviation."""
-    rim = image[_band(mask, spacing, 0.5, 4.0)]
+def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
+                      signed: np.ndarray | None = None) -> float:
+    """|mean inside - mean of the 0.5-4 mm rim outside| / the rim's standard deviation. ``signed``, when
+    given, is the mask's ``signed_distance`` (positive outside), so no distance transform is run again."""
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing) if signed is None else signed
+    rim = image[(outside > 0.5) & (outside <= 4.0)]
     return float(abs(image[mask].mean() - rim.mean()) / (rim.std() + 1e-6))
 
 
@@ -94,7 +92,8 @@ def boundary_evidence(image: np.ndarray, gradient: np.ndarray, mask: np.ndarray,
                       signed: np.ndarray | None = None) -> bool:
     """Whether the image shows a boundary along the mask (no reference needed): the mask stands out from
     its rim, or its surface follows stronger edges than its surroundings."""
-    return (contrast_to_noise(image, mask, spacing) >= EVIDENCE_RIM_CNR
+    signed = signed_distance(mask, spacing) if signed is None else signed
+    return (contrast_to_noise(image, mask, spacing, signed) >= EVIDENCE_RIM_CNR
             or edge_fit(gradient, mask, spacing, signed) >= EVIDENCE_EDGE_FIT)
 
 
