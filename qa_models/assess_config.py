@@ -44,3 +44,6 @@ class AssessConfig(BaseModel):
     # Stricter than half a spacing: a contour midway between two planes is reported, not assigned to either.
     plane_tolerance: float = Field(0.25, gt=0, le=0.5,
                                    description="largest contour distance from its image plane, in slice spacings")
+    extra_body_parts: list[str] = Field(default_factory=list,
+                                        description="this site's Body Part Examined terms for the anatomy the model "
+                                                    "was fitted on (e.g. BECKEN), accepted beside its card's")

@@ -63,7 +63,7 @@ def verdict_reasons(screens: list[ScreenResult], predicted_dice: float | None, c
     reasons = [_screen_reason(s) for s in screens if not s.passed]
     if domain is not None and not domain.inside:
         reasons.append(VerdictReason("outside_domain", f"image outside the model's training domain "
-                                     f"(score {domain.score:.1f} > {domain.threshold:.1f})", Verdict.REVIEW))
+                                     f"({domain.reason()})", Verdict.REVIEW))
     if predicted_dice is not None and predicted_dice < config.reject_below:
         reasons.append(VerdictReason("dice_reject", f"predicted Dice {predicted_dice:.3f} < "
                                      f"{config.reject_below:.2f}", Verdict.REJECT))
@@ -251,7 +251,8 @@ def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: D
               for n in covered]
     results: list[Prediction | None] = [None] * len(masks)
     names = [masks[n][0].name for n in covered]
-    for n, prediction in zip(covered, predictor.predict_batch(inputs, config.mc_samples, names)):
+    predictions = predictor.predict_batch(inputs, config.mc_samples, names, series.body_part, config.extra_body_parts)
+    for n, prediction in zip(covered, predictions):
         results[n] = prediction
     return results
 

@@ -29,6 +29,9 @@ def add_assess_commands(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--model", type=Path, help="model folder for the Dice prediction (default: the shipped model)")
     model.add_argument("--no-model", action="store_true", help="screens only, no Dice prediction")
     assess.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes for the interval (default 10)")
+    assess.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",
+                        help="a Body Part Examined term of this site for the anatomy the model knows, accepted beside "
+                             "its card's (repeatable; e.g. BECKEN)")
     assess.set_defaults(run=_run_assess)
 
     rasterise = commands.add_parser("rasterise", help="write one NIfTI mask per ROI on the image grid")
@@ -59,7 +62,7 @@ def _run_assess(args: argparse.Namespace) -> int:
         raise InputError("--mc-samples must be 0 or more")
     if args.sr is not None:
         _check_writable(args.sr)
-    config = AssessConfig(mc_samples=args.mc_samples)
+    config = AssessConfig(mc_samples=args.mc_samples, extra_body_parts=args.extra_body_parts)
     # the inputs before the model: a bad file is refused without waiting for torch and the weights to load
     series, structure = load_inputs(args.image_dir, args.structure_file)
     assessment = assess(series, structure, config, args.roi, _predictor(args), strict_model=args.model is not None)

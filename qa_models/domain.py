@@ -7,6 +7,12 @@ distance of the pooled encoder features to the mean of the inputs of the same RO
 shared by all ROIs (Lee et al., NeurIPS 2018). The threshold is a high quantile of the distances of
 held-out in-domain studies. Beyond it the product withholds the number and says why.
 
+Features of a crop around one ROI see style, not anatomy: a network trained on randomised contrast
+found a thigh sarcoma's crop no further from its training inputs than a pelvis of another style
+(docs/model.md). So the guard also reads the image's Body Part Examined: a model whose card records the
+body parts it was fitted on withholds its number on an image that names another. An image that names
+none is judged by its features alone.
+
 The means and the precision matrix sit in ``domain.npz`` beside the weights; the card holds the rest.
 """
 
@@ -24,8 +30,14 @@ from .errors import InputError
 DOMAIN_FILE = "domain.npz"
 FEATURES = ("per network, unmirrored input: mean and standard deviation over space of the stem, the first stage "
             "and the encoder output (EfficientDet3D); of the first block, and the pooled encoding (RegNet3D)")
-OUTSIDE_WARNING = ("image outside the model's training domain (domain score {score:.1f} > {threshold:.1f}): "
+OUTSIDE_WARNING = ("image outside the model's training domain ({reason}): "
                    "no Dice predicted; retrain on this site's data (contourqa train --init-from ...)")
+
+
+def normalise_body_part(value: object) -> str | None:
+    """Body Part Examined as the guard compares it: upper case, without padding; None when empty."""
+    text = str(value or "").strip().upper()
+    return text or None
 
 
 class DomainCard(BaseModel):
@@ -37,22 +49,46 @@ class DomainCard(BaseModel):
     quantile: float = Field(description="quantile of the held-out distances the threshold was set at")
     fitted_on: dict = Field(default_factory=dict, description="manifest, cases and candidates of the means")
     threshold_from: dict = Field(default_factory=dict, description="held-out manifest the threshold came from")
+    body_parts: list[str] = Field(default_factory=list,
+                                  description="Body Part Examined of the images the guard was fitted on, upper case; "
+                                              "an image naming another is outside; empty: not checked")
 
 
 @dataclass(frozen=True)
 class DomainScore:
     score: float
     threshold: float
+    body_part: str | None = None  # the image's Body Part Examined, normalised
+    known_body_parts: tuple[str, ...] = ()  # empty: the model records none, so none is checked
+
+    @property
+    def body_part_known(self) -> bool | None:
+        """None when nothing can be said: the model records no body parts, or the image names none."""
+        if not self.known_body_parts or self.body_part is None:
+            return None
+        return self.body_part in self.known_body_parts
 
     @property
     def inside(self) -> bool:
-        return self.score <= self.threshold
+        return self.score <= self.threshold and self.body_part_known is not False
 
     def as_dict(self) -> dict:
-        return {"score": round(self.score, 2), "threshold": round(self.threshold, 2), "inside": self.inside}
+        result = {"score": round(self.score, 2), "threshold": round(self.threshold, 2), "inside": self.inside}
+        if self.body_part_known is not None:
+            result.update(body_part=self.body_part, body_part_known=self.body_part_known)
+        return result
+
+    def reason(self) -> str:
+        """Why the image is outside, e.g. "domain score 41.2 > 31.7; body part EXTREMITY, not PELVIS"."""
+        reasons = []
+        if self.score > self.threshold:
+            reasons.append(f"domain score {self.score:.1f} > {self.threshold:.1f}")
+        if self.body_part_known is False:
+            reasons.append(f"body part {self.body_part}, not {' or '.join(self.known_body_parts)}")
+        return "; ".join(reasons)
 
     def warning(self) -> str:
-        return OUTSIDE_WARNING.format(score=self.score, threshold=self.threshold)
+        return OUTSIDE_WARNING.format(reason=self.reason())
 
 
 class DomainGuard:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .atomic import write_text_atomically
 from .crop import InputSpec, mask_input
-from .domain import DOMAIN_FILE, DomainCard, DomainGuard, DomainScore
+from .domain import DOMAIN_FILE, DomainCard, DomainGuard, DomainScore, normalise_body_part
 from .errors import InputError
 from .geometry import Grid
 from .networks import build_network
@@ -196,6 +197,14 @@ class DicePredictor:
             return False
         return True
 
+    def known_body_parts(self, extra: Sequence[str] = ()) -> tuple[str, ...]:
+        """The body parts the guard accepts: its card's, with a site's own terms for them; none (so
+        unchecked) where the card records none."""
+        recorded = self.card.domain.body_parts if self.card.domain is not None else []
+        if not recorded:
+            return ()
+        return tuple(dict.fromkeys(filter(None, map(normalise_body_part, [*recorded, *extra]))))
+
     def member_specs(self) -> list[InputSpec]:
         shapes = self.card.member_shapes or [self.card.input.shape] * len(self.networks)
         return [self.card.input.model_copy(update={"shape": tuple(shape)}) for shape in shapes]
@@ -243,12 +252,15 @@ class DicePredictor:
 
     @torch.no_grad()
     def predict_batch(self, inputs: list[NetworkInput], mc_samples: int = 0,
-                      roi_names: list[str | None] | None = None) -> list[Prediction]:
+                      roi_names: list[str | None] | None = None, body_part: str | None = None,
+                      extra_body_parts: Sequence[str] = ()) -> list[Prediction]:
         """One forward pass per network for all ``inputs`` (all ROIs of a structure set: batched on a GPU).
 
         The interval comes from ``mc_samples`` Monte Carlo dropout passes per network and from the
         ensemble members; without either it collapses to the point estimate. With a domain guard each
-        prediction carries its domain score (against the mean of its ROI in ``roi_names``).
+        prediction carries its domain score (against the mean of its ROI in ``roi_names``) and, where the
+        card records body parts, whether the image's ``body_part`` is one of them or of the site's
+        ``extra_body_parts``.
         """
         if not inputs:
             return []
@@ -259,7 +271,9 @@ class DicePredictor:
         scores: list[DomainScore | None] = [None] * batch
         if self.guard is not None:
             distances = self.guard.distances(features, roi_names or [None] * batch)
-            scores = [DomainScore(float(d), self.card.domain.threshold) for d in distances]
+            known = self.known_body_parts(extra_body_parts)
+            scores = [DomainScore(float(d), self.card.domain.threshold, normalise_body_part(body_part), known)
+                      for d in distances]
         points = torch.stack([n.decode(e) for n, e in zip(self.networks, encoded)]).reshape(-1, batch)  # (draws, batch)
         samples = [points]
         if mc_samples > 0:

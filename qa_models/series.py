@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .domain import normalise_body_part
 from .errors import GeometryError, InputError
 from .geometry import Grid
 
@@ -75,6 +76,11 @@ class ImageSeries:
     @property
     def first_dataset(self) -> Dataset:
         return self.datasets[0]
+
+    @property
+    def body_part(self) -> str | None:
+        """Body Part Examined (upper case), or None where the header names none."""
+        return normalise_body_part(self.first_dataset.get("BodyPartExamined"))
 
     def slice_of_instance(self, sop_instance_uid: str, frame: int | None = None) -> int | None:
         """The slice index k of an instance (and frame), or None when it is not in the series."""

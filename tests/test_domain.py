@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from conftest import THIGH, require_tool, run_cli
-from contourqa.qa_models.assessment import assess_files
+from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.domain import DomainCard, DomainGuard
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card, write_card
@@ -71,7 +71,42 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
     check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "sr.dcm")], capture_output=True, text=True)
     assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
     table = run_cli("assess", THIGH / "image", thigh_named_prostate, "--mc-samples", "0").stdout.splitlines()
-    assert "withheld" in table[1] and "image outside the model's training domain (score" in table[1]
+    assert "withheld" in table[1] and "image outside the model's training domain (domain score" in table[1]
+    # its header says so too: Body Part Examined EXTREMITY is not an anatomy the shipped model was fitted on
+    assert roi["domain"]["body_part"] == "EXTREMITY" and roi["domain"]["body_part_known"] is False
+    assert "; body part EXTREMITY, not ABDOMENPELVIS or BLADDER or PELVIS" in table[1]
+
+
+def _set_body_part(image_dir, value):
+    for path in image_dir.iterdir():
+        dataset = pydicom.dcmread(path)
+        if value is None:
+            del dataset.BodyPartExamined
+        else:
+            dataset.BodyPartExamined = value
+        dataset.save_as(path)
+
+
+def test_an_image_naming_another_body_part_gets_no_number_whatever_its_features(case_copy):
+    """Features of a crop see style, not anatomy: the header's body part is checked beside them."""
+    predictor = DicePredictor.from_model_folder(default_model_dir())
+    quick = AssessConfig(mc_samples=0)
+    _set_body_part(case_copy / "image", " knee")  # padded and lower case, as some scanners write it
+    roi = assess_files(case_copy / "image", case_copy / "reference.dcm", quick, predictor=predictor).rois[0]
+    assert roi.prediction is None and roi.outside_domain and roi.verdict.value == "review"
+    assert roi.domain.score <= roi.domain.threshold  # its features alone would have let it through
+    assert roi.domain.as_dict()["body_part"] == "KNEE" and roi.domain.as_dict()["body_part_known"] is False
+    assert any("body part KNEE, not ABDOMENPELVIS or BLADDER or PELVIS or PROSTATE or RECTUM" in w
+               for w in roi.warnings)
+    assert [r.rule for r in roi.reasons] == ["outside_domain"]
+    # a site's own term for the anatomy, on the command line (or assess.extra_body_parts in the node's config)
+    report = json.loads(run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json",
+                                "--mc-samples", "0", "--body-part", "Knee").stdout)
+    assert all(r["predicted_dice"] is not None and r["domain"]["body_part_known"] for r in report["rois"])
+    # an image naming no body part is judged by its features alone
+    _set_body_part(case_copy / "image", None)
+    roi = assess_files(case_copy / "image", case_copy / "reference.dcm", quick, predictor=predictor).rois[0]
+    assert roi.prediction is not None and "body_part" not in roi.domain.as_dict()
 
 
 def test_real_ct_is_outside_whatever_the_modality_check_says(realdata):
@@ -111,8 +146,12 @@ def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thi
     predictor = DicePredictor.from_model_folder(model)
     assert predictor.card.domain.fitted_on["cases"] == 1 and predictor.card.domain.threshold_from["cases"] == 1
     assert predictor.card.domain.quantile == 0.99  # one far held-out study must not set the threshold
+    assert predictor.card.domain.body_parts == ["PELVIS"]  # what the fitted phantom images name
     assessment = assess_files(THIGH / "image", thigh_named_prostate, predictor=predictor)
     assert assessment.rois[0].outside_domain and assessment.rois[0].prediction is None
+    aliases = run_cli("guard", "--fit", fit, "--threshold", held, "--model", model, "--body-part", "prostate ")
+    assert "body parts PELVIS, PROSTATE" in aliases.stdout
+    assert DicePredictor.from_model_folder(model).card.domain.body_parts == ["PELVIS", "PROSTATE"]
 
 
 def test_a_card_naming_a_guard_without_its_file_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
 
-def test_model_folder_describes_itself(quick_model, phantom_cache):
+def test_model_folder_describes_itself(quick_model, phantom, phantom_cache):
     assert not (quick_model / "cache").exists() and len(list(phantom_cache.glob("*.npz"))) == 2  # `--cache DIR`
     card = read_card(quick_model)
     assert card.architecture == "regnet3d" and card.ensemble_size == 2
@@ -27,6 +27,11 @@ def test_model_folder_describes_itself(quick_model, phantom_cache):
     assert (quick_model / "checkpoints" / "fold1-epoch0003.pt").is_file()
     states = torch.load(quick_model / "weights.pt", weights_only=True)
     assert len(states) == 2
+    # the cache keeps what the domain guard reads from the header, as read from DICOM
+    from contourqa.training.cache import load_cases
+    from contourqa.training.manifest import read_manifest
+
+    assert [c.body_part for c in load_cases(read_manifest(phantom / "manifest.csv"), phantom_cache)] == ["PELVIS"] * 2
 
 
 def test_training_learns(quick_model):

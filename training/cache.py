@@ -28,7 +28,7 @@ from .progress import progress
 log = logging.getLogger(__name__)
 
 
-CACHE_FORMAT = 2  # part of every cache key: a new format never reads an old file
+CACHE_FORMAT = 3  # part of every cache key: a new format never reads an old file
 
 
 def _unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -78,6 +78,7 @@ class CachedCase:
     modality: str
     references: dict[str, np.ndarray]
     candidates: list[Candidate]
+    body_part: str | None = None  # Body Part Examined, upper case: the domain guard reads it
 
 
 def _masks_by_roi(path: Path, series, rois: set[str]) -> dict[str, RoiMask]:
@@ -112,7 +113,7 @@ def load_case(rows: list[ManifestRow], cache_dir: Path | None = None, keep: bool
             by_file[row.candidate] = _masks_by_roi(row.candidate, series, {r.roi for r in rows if r.candidate == row.candidate})
         roi = by_file[row.candidate][row.roi.lower()]
         candidates.append(Candidate(row, roi.mask, dice(roi.mask, references[row.roi.lower()]), roi.probabilities))
-    case = CachedCase(case_id, series.array, series.grid, series.modality, references, candidates)
+    case = CachedCase(case_id, series.array, series.grid, series.modality, references, candidates, series.body_part)
     if cache_file is not None:
         _write(cache_file, case)
     return case if keep else None
@@ -122,6 +123,7 @@ def _write(path: Path, case: CachedCase) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"image": case.image, "origin": case.grid.origin, "spacing": case.grid.spacing,
               "direction": case.grid.direction, "modality": np.array(case.modality),
+              "body_part": np.array(case.body_part or ""),
               "dice": np.array([c.dice for c in case.candidates])}
     arrays.update({f"reference/{name}": np.packbits(mask) for name, mask in case.references.items()})
     arrays.update({f"candidate/{n}": c.packed_mask for n, c in enumerate(case.candidates)})
@@ -140,7 +142,8 @@ def _read(path: Path, rows: list[ManifestRow]) -> CachedCase:
         candidates = [Candidate.from_stored(row, data[f"candidate/{n}"], image.shape, float(data["dice"][n]),
                                             data.get(f"probabilities/{n}"))
                       for n, row in enumerate(rows)]
-        return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates)
+        return CachedCase(rows[0].case_id, image, grid, str(data["modality"]), references, candidates,
+                          str(data["body_part"]) or None)
 
 
 def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None, workers: int = 1) -> list[CachedCase]:

@@ -98,6 +98,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     guard.add_argument("--quantile", type=float, default=0.99,
                        help="quantile of the held-out distances taken as threshold (default 0.99; 1: the largest)")
+    guard.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",
+                       help="another Body Part Examined term for the anatomy of the fitted images (repeatable); the "
+                            "card records these with the fitted images' own, and images naming others are outside")
     _add_cache_option(guard)
     guard.set_defaults(run=_run_guard)
 
@@ -205,10 +208,12 @@ def _run_guard(args: argparse.Namespace) -> int:
 
     if not 0.5 <= args.quantile <= 1:
         raise InputError("--quantile must be between 0.5 and 1")
-    s = fit_guard(args.model, args.fit, args.threshold, args.quantile, cache_dir=args.cache)
+    s = fit_guard(args.model, args.fit, args.threshold, args.quantile, cache_dir=args.cache,
+                  extra_body_parts=args.extra_body_parts)
+    body_parts = ", ".join(s["body_parts"]) or "none named by the fitted images: not checked"
     print(f"{args.model}: domain guard on {s['features']} features fitted on {s['fit_candidates']} candidates; "
           f"threshold {s['threshold']:.2f} (the {args.quantile:.1%} quantile of {s['held_cases']} held-out studies); "
-          f"median distance fitted {s['fit_median']:.2f}, held-out {s['held_median']:.2f}")
+          f"median distance fitted {s['fit_median']:.2f}, held-out {s['held_median']:.2f}; body parts {body_parts}")
     return EXIT_OK
 
 

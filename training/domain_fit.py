@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contourqa.qa_models.domain import DomainCard, DomainGuard
+from contourqa.qa_models.domain import DomainCard, DomainGuard, normalise_body_part
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, write_card
 
@@ -46,8 +46,9 @@ def case_features(predictor: DicePredictor, cases: list[CachedCase]) -> tuple[np
 
 
 def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifest: str | Path,
-              quantile: float = 0.99, cache_dir: Path | None = None) -> dict:
-    """Fit the guard, write ``domain.npz`` and the card, and return what was measured."""
+              quantile: float = 0.99, cache_dir: Path | None = None, extra_body_parts: list[str] | None = None) -> dict:
+    """Fit the guard, write ``domain.npz`` and the card, and return what was measured. The card records the
+    Body Part Examined of the fitted images, with ``extra_body_parts`` (other terms for that anatomy)."""
     model_dir = Path(model_dir)
     fit_rows, held_rows = read_manifest(fit_manifest), read_manifest(threshold_manifest)
     shared = {r.image.resolve() for r in fit_rows} & {r.image.resolve() for r in held_rows}
@@ -68,7 +69,11 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
     held_distances = guard.distances(held, held_names)
     threshold = float(np.quantile(held_distances, quantile))
     fitted = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    card = DomainCard(roi_names=guard.roi_names, threshold=threshold, quantile=quantile,
+    body_parts = sorted({c.body_part for c in fit_cases if c.body_part}
+                        | set(filter(None, map(normalise_body_part, extra_body_parts or []))))
+    if not body_parts:
+        log.warning("no fitted image names its Body Part Examined: the guard will not check it")
+    card = DomainCard(roi_names=guard.roi_names, threshold=threshold, quantile=quantile, body_parts=body_parts,
                       fitted_on={"manifest": Path(fit_manifest).name, "cases": len(fit_cases),
                                  "candidates": len(features), "fitted": fitted},
                       threshold_from={"manifest": Path(threshold_manifest).name, "cases": len(held_cases),
@@ -78,4 +83,5 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
     fit_distances = guard.distances(features, names)
     return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": threshold,
             "fit_median": float(np.median(fit_distances)), "held_median": float(np.median(held_distances)),
-            "held_inside": float((held_distances <= threshold).mean()), "held_cases": len(set(held_ids))}
+            "held_inside": float((held_distances <= threshold).mean()), "held_cases": len(set(held_ids)),
+            "body_parts": body_parts}

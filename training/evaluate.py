@@ -85,7 +85,8 @@ def candidate_predictions(predictor: DicePredictor, case: CachedCase,
     for start in range(0, len(case.candidates), batch_size):
         chunk = case.candidates[start:start + batch_size]
         inputs = [predictor.network_input(case.image, c.mask, case.grid, c.probabilities) for c in chunk]
-        yield from zip(chunk, predictor.predict_batch(inputs, roi_names=[c.row.roi for c in chunk]))
+        yield from zip(chunk, predictor.predict_batch(inputs, roi_names=[c.row.roi for c in chunk],
+                                                      body_part=case.body_part))
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
