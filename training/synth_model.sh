@@ -27,7 +27,9 @@ fi
 studies synth_guard synth 12 2903      # held out: the guard's threshold
 studies synth_eval synth 8 2901        # held out: in-style evaluation
 studies classic_eval classic 12 901    # a style leg 1 never saw: cross-style evaluation
-[ -f leg1/domain.npz ] || contourqa guard --fit synth_train/manifest.csv --threshold synth_guard/manifest.csv --model leg1
+# the studies name PELVIS; the other DICOM terms for the region of the five ROIs, as the shipped card has them
+PELVIC_TERMS="--body-part ABDOMENPELVIS --body-part BLADDER --body-part PROSTATE --body-part RECTUM"
+[ -f leg1/domain.npz ] || contourqa guard --fit synth_train/manifest.csv --threshold synth_guard/manifest.csv --model leg1 $PELVIC_TERMS
 contourqa evaluate --manifest synth_eval/manifest.csv --model leg1 --baseline-trials 3 --json > leg1-in-style.json
 contourqa evaluate --manifest classic_eval/manifest.csv --model leg1 --baseline-trials 3 --json > leg1-cross-style.json
 
@@ -37,6 +39,6 @@ if [ ! -f leg2/weights.pt ]; then
         --init-from leg1 --epochs 20 --steps-per-epoch 80 --batch-size 8 --learning-rate 1e-3 --lr-drop-epochs 14 \
         --candidate-share 0.5 --seed 52 --name contourqa-pelvis-synth --model-version 2 --resume
 fi
-[ -f leg2/domain.npz ] || contourqa guard --fit synth_train120/manifest.csv --threshold synth_guard/manifest.csv --model leg2
+[ -f leg2/domain.npz ] || contourqa guard --fit synth_train120/manifest.csv --threshold synth_guard/manifest.csv --model leg2 $PELVIC_TERMS
 contourqa evaluate --manifest synth_eval/manifest.csv --model leg2 --baseline-trials 3 --json > leg2-in-style.json
 contourqa evaluate --manifest classic_eval/manifest.csv --model leg2 --baseline-trials 3 --json > leg2-cross-style.json
