@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .celery_app import INFERENCE_QUEUE, dispatch_case, dispatch_export
 from .config import Settings
 from .daily_summary import write_due_summaries
 from .db import Case, Instance, short_reason, utcnow
-from .status import messages_held
+from .status import broker_problem, messages_held
 from .store import read_header
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,55 @@ def redispatch_lost(settings: Settings, sessions: sessionmaker) -> list[str]:
         sessions, ready_grace_s=READY_GRACE_S, queued_lease_s=settings.worker.time_limit_s * 2 + 60,
         heartbeat_lease_s=settings.worker.heartbeat_s * 3, held=messages_held(settings.broker_url, INFERENCE_QUEUE))
     for case_id in case_ids:
-        log.warning("case %s: its message or worker was lost; dispatched again", case_id, extra={"case_id": case_id})
-        dispatch_case(sessions, case_id)
+        if dispatch_case(sessions, case_id):  # a failed dispatch has said why; the case stays ready
+            log.warning("case %s: its message or worker was lost; dispatched again", case_id,
+                        extra={"case_id": case_id})
     return case_ids
 
 
-def sweep(settings: Settings, sessions: sessionmaker) -> None:
-    assembler = Assembler(sessions, lambda case_id: dispatch_case(sessions, case_id))
+class Outage:
+    """One dependency's outage as the sweep sees it: logged when it begins and when it ends, not at every
+    sweep (every few seconds for as long as it lasts)."""
+
+    def __init__(self, began: str, ended: str) -> None:
+        self.began, self.ended, self.down = began, ended, False
+
+    def update(self, problem: str | None) -> bool:
+        """Record whether the dependency answered (``problem`` None: it did) and return that."""
+        if problem is not None and not self.down:
+            log.error(self.began, problem)
+        elif problem is None and self.down:
+            log.warning(self.ended)
+        self.down = problem is not None
+        return not self.down
+
+
+@dataclass
+class SweepWatch:
+    """What the sweep found away at its last run. While the broker is away nothing is handed to it: cases
+    stay ready and exports pending in the database, and the first sweep after it dispatches them."""
+
+    broker: Outage = field(default_factory=lambda: Outage(
+        "broker unavailable (%s): cases and exports wait in the database until it is back",
+        "broker back: dispatching the cases and exports that waited"))
+    database: Outage = field(default_factory=lambda: Outage(
+        "sweep skipped: database unavailable (%s); skipped until it is back", "database back: sweeping again"))
+
+
+def sweep(settings: Settings, sessions: sessionmaker, watch: SweepWatch | None = None) -> None:
+    watch = watch or SweepWatch()
+    broker_up = watch.broker.update(broker_problem(settings.broker_url))
+    assembler = Assembler(sessions, lambda case_id: dispatch_case(sessions, case_id) if broker_up else None)
     try:
         open_missed_cases(sessions, assembler)
+        watch.database.update(None)  # it answered
         assembler.expire_stale(settings.assembly.stable_age_s)
-        redispatch_lost(settings, sessions)
+        if broker_up:
+            redispatch_lost(settings, sessions)
         answer_failed_cases(settings, sessions)
-        outbox_ids = ledger.due_outbox(sessions, settings.export.sending_lease_s)
+        outbox_ids = ledger.due_outbox(sessions, settings.export.sending_lease_s) if broker_up else []
     except OperationalError as error:  # the next sweep after the database is back does it all
-        log.warning("sweep skipped: database unavailable (%s)", short_reason(error))
+        watch.database.update(short_reason(error))
         return
     for outbox_id in outbox_ids:
         dispatch_export(outbox_id)
@@ -102,7 +137,8 @@ def start_scheduler(settings: Settings, sessions: sessionmaker, blocking: bool =
         scheduler: BaseScheduler = BlockingScheduler(timezone="UTC")
     else:
         scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(sweep, "interval", seconds=settings.scheduler.sweep_interval_s, args=[settings, sessions],
+    scheduler.add_job(sweep, "interval", seconds=settings.scheduler.sweep_interval_s,
+                      args=[settings, sessions, SweepWatch()],
                       id="sweep", max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
     jobs.attach(scheduler, settings, sessions)
     scheduler.add_job(write_due_summaries, "date", args=[settings, sessions], id="daily-summary-catch-up")

@@ -47,6 +47,17 @@ def _first_argument(raw: bytes | str) -> str | None:
         return None
 
 
+def broker_problem(broker_url: str | None) -> str | None:
+    """Why the broker does not answer, in one line; None when it does (or none is configured)."""
+    if broker_url is None:
+        return None
+    try:
+        redis_client(broker_url).ping()
+    except redis.RedisError as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
 def messages_held(broker_url: str | None, queue: str) -> set[str] | None:
     """Case IDs the broker still holds for ``queue``: waiting, or delivered and not yet acknowledged.
     None when the broker cannot be asked, so nothing is taken for lost."""

