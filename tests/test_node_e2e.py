@@ -207,7 +207,8 @@ def test_eight_concurrent_senders_each_study_stored_and_reported_once(phantom, t
     assert sorted(Counter(destination.received_uids()).values()) == [1] * 8
 
 
-def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(phantom, destination, node_factory):
+def test_a_killed_worker_has_its_case_redone_within_30_s_and_a_killed_redis_is_started_again(
+        phantom, tmp_path, destination, node_factory):
     # its pool process dies with it; the default heartbeat (5 s, released after three missed beats) decides
     # how soon another worker takes the case, not the broker's visibility timeout (2 x time_limit_s + 60 s)
     node = node_running_a_case(phantom, destination, node_factory)
@@ -222,6 +223,16 @@ def test_a_worker_whose_main_process_is_killed_has_its_case_redone_within_30_s(p
     wait_for(lambda: destination.received(), 180, "the SR of the redone case")
     wait_for(lambda: node.status()["outbox"]["sent"] == 1, 30, "the outbox to record delivery")
     assert len(destination.received()) == 1
+
+    # the embedded Redis dies (killed, out of memory): serve starts it again and the next study is answered
+    [redis] = node.embedded_redis()
+    os.kill(redis, signal.SIGKILL)
+    wait_for(lambda: node.embedded_redis() not in ([], [redis]), 30, "serve to start Redis again")
+    study = clone_study(phantom / "case001", tmp_path / "after-redis")
+    assert send(node.port, study).returncode == 0
+    wait_for(lambda: len(destination.received()) == 2, 180, "the SR of a study sent after Redis came back")
+    assert "embedded Redis exited with status -9; starting it again" in node.log_text()
+    assert "Traceback" not in node.log_text()
 
 
 def test_the_approved_version_of_an_auto_contour_gives_its_real_dice(phantom, destination, node_factory, tmp_path):
