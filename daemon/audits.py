@@ -144,12 +144,14 @@ class Observation:
 
 
 def observations(sessions: sessionmaker, start: datetime, end: datetime, audit: Audit) -> list[Observation]:
-    query = (select(Case, RoiResult).join(RoiResult, RoiResult.case_id == Case.case_id)
+    # only the columns an observation holds: whole rows would decode every ROI's screens and warnings (JSON)
+    query = (select(Case.finished_at, RoiResult.name, Case.source_software, RoiResult.verdict, RoiResult.predicted_dice,
+                    RoiResult.domain_inside, RoiResult.volume_ml, Case.case_id, Case.image_profile, RoiResult.real_dice)
+             .join(RoiResult, RoiResult.case_id == Case.case_id)
              .where(Case.state == CaseState.DONE.value, Case.finished_at >= start, Case.finished_at < end))
     with sessions() as session:
         rows = session.execute(query).all()
-    result = [Observation(c.finished_at, r.name, c.source_software or "unknown", r.verdict, r.predicted_dice,
-                          r.domain_inside, r.volume_ml, c.case_id, c.image_profile, r.real_dice) for c, r in rows]
+    result = [Observation(finished, roi, source or "unknown", *rest) for finished, roi, source, *rest in rows]
     return [o for o in result if (audit.roi is None or o.roi.lower() == audit.roi.lower())
             and (audit.source is None or o.source == audit.source)]
 
