@@ -117,6 +117,11 @@ def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["realistic"]["n"] == 6 and report["domain"]["inside_realistic"] == 0.0
+    # and says why: the header names a body part the model was not fitted on
+    assert report["domain"]["body_part_unknown_realistic"] == 1.0 and report["domain"]["unknown_body_parts"] == ["EXTREMITY"]
+    text = run_cli("evaluate", "--manifest", tmp_path / "manifest.csv").stdout
+    assert ("domain guard: 0.0% of realistic candidates inside (given a number); 100.0% on images naming a body "
+            "part the model was not fitted on (EXTREMITY)") in text
     assert all(f["flagged"] == f["n"] == 1 for f in report["failures"].values()) and len(report["failures"]) == 4
     # on this T1 MR the tumour does not stand out from the muscle round it: no candidate has boundary
     # evidence, and the diagnosis pairs the model's error with it the way evaluate measured it

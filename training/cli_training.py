@@ -240,7 +240,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} naive MAE={r['naive_mae']:.4f}")
         if report["domain"]["guard"]:
             d = report["domain"]
-            print(f"  domain guard: {d['inside_realistic']:.1%} of realistic candidates inside (given a number)")
+            print(f"  domain guard: {d['inside_realistic']:.1%} of realistic candidates inside (given a number)"
+                  + (f"; {d['body_part_unknown_realistic']:.1%} on images naming a body part the model was not "
+                     f"fitted on ({', '.join(d['unknown_body_parts'])})" if d["unknown_body_parts"] else ""))
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():

@@ -96,7 +96,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     rows = read_manifest(manifest)
     predictor = DicePredictor.from_model_folder(model_dir)
     cases = load_cases(rows, cache_dir)
-    ordered_rows, true, predicted, flagged, inside = [], [], [], [], []
+    ordered_rows, true, predicted, flagged, inside, body_part_unknown = [], [], [], [], [], []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
@@ -104,6 +104,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
             inside.append(prediction.trusted)
+            known = prediction.domain.body_part_known if prediction.domain else None
+            body_part_unknown.append(prediction.domain.body_part if known is False else None)
             ordered_rows.append(candidate.row)
             true.append(candidate.dice)
             predicted.append(prediction.dice)
@@ -134,7 +136,12 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "domain": {"guard": card.domain is not None, "inside_realistic": float(inside[realistic].mean()) if realistic.any() else None,
                    "inside_failures": float(inside[failure].mean()) if failure.any() else None,
                    "mae_inside_realistic": float(np.abs(predicted - true)[realistic & inside].mean())
-                   if (realistic & inside).any() else None},
+                   if (realistic & inside).any() else None,
+                   # of those outside, the ones whose image names a body part the model was not fitted on
+                   "body_part_unknown_realistic": float(np.mean([b is not None for b, keep in
+                                                                  zip(body_part_unknown, realistic) if keep]))
+                   if realistic.any() else None,
+                   "unknown_body_parts": sorted({b for b in body_part_unknown if b is not None})},
         "baselines": {},
         "points": {"true": true.round(4).tolist(), "predicted": predicted.round(4).tolist(),
                    "failure": failure.tolist()},
