@@ -120,7 +120,7 @@ def run_scheduler(settings: Settings) -> None:
 
 
 class _Child:
-    """A worker subprocess that is started again when it dies unexpectedly (as the embedded Redis is)."""
+    """A worker subprocess that is started again when it dies unexpectedly."""
 
     def __init__(self, command: list[str]):
         self.command = command
