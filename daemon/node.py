@@ -20,6 +20,7 @@ from .celery_app import INFERENCE_QUEUE, IO_QUEUE, app, configure, dispatch_case
 from .config import Settings
 from .db import open_database
 from .embedded_redis import EmbeddedRedis
+from .home_lock import hold_lock
 from .metrics import Metrics
 from .scheduler import start_scheduler
 from .scp import Ingest, start_scp
@@ -59,6 +60,9 @@ def clear_incoming(incoming: Path) -> int:
 def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[], None] | None = None) -> None:
     """The SCP (and, in serve, the scheduler) in this process until SIGINT/SIGTERM."""
     prepare_home(settings)
+    # one SCP per home: a second would clear the first's incoming transfers, then share its port file
+    lock = hold_lock(settings.home / "run" / "scp.lock", f"{settings.home}: another contourqa SCP is running on "
+                     "this home; stop it first, or give this one another --home")
     clear_incoming(settings.home / "incoming")
     configure(settings, settings.broker_url)
     sessions = open_database(settings.resolved_database_url(), wait_s=settings.database_wait_s)
@@ -87,6 +91,7 @@ def run_scp(settings: Settings, with_scheduler: bool = False, tick: Callable[[],
             http[0].shutdown()
         if web is not None:
             web.shutdown()
+        lock.close()
 
 
 def run_web(settings: Settings) -> None:

@@ -1,6 +1,6 @@
 """Split mode as an operator starts it: `contourqa scp`, `worker` and `scheduler` launched at the same
 moment on a home that does not exist yet, sharing one real Redis. Every process must come up, whichever
-creates the folders and the schema first."""
+creates the folders and the schema first; a second SCP on the same home is refused."""
 
 import signal
 import subprocess
@@ -57,6 +57,14 @@ def test_scp_worker_and_scheduler_started_at_once_on_fresh_homes_all_come_up(tmp
                                      "--broker", broker, "--json"], capture_output=True, text=True, timeout=60)
             assert status.returncode == 0, status.stderr
             assert {"store", "reports", "incoming", "run"} <= {p.name for p in home.iterdir()}
+            if attempt == 0:  # a second SCP on the same home, by mistake: refused before it clears anything
+                (home / "incoming" / "transfer-in-progress.dcm").write_bytes(b"DICM")
+                second = subprocess.run([sys.executable, "-m", "contourqa.cli", "scp", "--config", str(config),
+                                         "--broker", broker], capture_output=True, text=True, timeout=60)
+                assert second.returncode == 2 and second.stderr.strip().splitlines() == [
+                    f"contourqa: error: {home}: another contourqa SCP is running on this home; stop it first, "
+                    "or give this one another --home"], second.stderr[-2000:]
+                assert (home / "incoming" / "transfer-in-progress.dcm").exists()
         finally:
             for process in processes.values():
                 process.send_signal(signal.SIGTERM)
