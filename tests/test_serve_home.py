@@ -9,14 +9,15 @@ from node_harness import send, wait_for
 
 def test_a_second_serve_on_the_same_home_is_refused_and_the_first_goes_on(phantom, destination, node_factory):
     node = node_factory(export={"default_destination": destination.address}, assess={"mc_samples": 0}).start()
-    incoming_before = sorted((node.home / "incoming").iterdir())
+    in_flight = node.home / "incoming" / "transfer-in-progress.dcm"  # what a second SCP would clear at start
+    in_flight.write_bytes(b"DICM")
     second = subprocess.run([sys.executable, "-m", "contourqa.cli", "serve", "--config", str(node.home / "config.yaml")],
                             capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr[-2000:]
     assert second.stderr.strip().splitlines() == [
         f"contourqa: error: {node.home.resolve()}: another contourqa serve is running on this home; stop it first, "
         "or give this one another --home"]
-    assert sorted((node.home / "incoming").iterdir()) == incoming_before
+    assert in_flight.exists()
     case = phantom / "case001"
     assert send(node.port, case / "image", case / "candidates" / "auto02.dcm").returncode == 0
     wait_for(lambda: len(destination.received()) == 1, 120, "the first node's SR")
