@@ -33,6 +33,19 @@ def realdata() -> Path:
     return REALDATA
 
 
+def set_image_tags(image_dir: Path, **tags) -> None:
+    """Change these header keywords in every image of a series folder (None deletes one), as another
+    scanner would have written them."""
+    for path in image_dir.iterdir():
+        dataset = pydicom.dcmread(path)
+        for keyword, value in tags.items():
+            if value is None:
+                delattr(dataset, keyword)
+            else:
+                setattr(dataset, keyword, value)
+        dataset.save_as(path)
+
+
 @pytest.fixture(scope="session")
 def thigh_named_prostate(realdata, tmp_path_factory):
     """Real T1 MR of a thigh sarcoma (Philips, MIM contour) whose ROI is renamed to one the pelvis model covers."""

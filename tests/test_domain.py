@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import THIGH, require_tool, run_cli
+from conftest import THIGH, require_tool, run_cli, set_image_tags
 from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.domain import DomainCard, DomainGuard
 from contourqa.qa_models.errors import InputError
@@ -77,21 +77,11 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
     assert "; body part EXTREMITY, not ABDOMENPELVIS or BLADDER or PELVIS" in table[1]
 
 
-def _set_body_part(image_dir, value):
-    for path in image_dir.iterdir():
-        dataset = pydicom.dcmread(path)
-        if value is None:
-            del dataset.BodyPartExamined
-        else:
-            dataset.BodyPartExamined = value
-        dataset.save_as(path)
-
-
 def test_an_image_naming_another_body_part_gets_no_number_whatever_its_features(case_copy):
     """Features of a crop see style, not anatomy: the header's body part is checked beside them."""
     predictor = DicePredictor.from_model_folder(default_model_dir())
     quick = AssessConfig(mc_samples=0)
-    _set_body_part(case_copy / "image", " knee")  # padded and lower case, as some scanners write it
+    set_image_tags(case_copy / "image", BodyPartExamined=" knee")  # padded and lower case, as some scanners write it
     roi = assess_files(case_copy / "image", case_copy / "reference.dcm", quick, predictor=predictor).rois[0]
     assert roi.prediction is None and roi.outside_domain and roi.verdict.value == "review"
     assert roi.domain.score <= roi.domain.threshold  # its features alone would have let it through
@@ -104,7 +94,7 @@ def test_an_image_naming_another_body_part_gets_no_number_whatever_its_features(
                                 "--mc-samples", "0", "--body-part", "Knee").stdout)
     assert all(r["predicted_dice"] is not None and r["domain"]["body_part_known"] for r in report["rois"])
     # an image naming no body part is judged by its features alone
-    _set_body_part(case_copy / "image", None)
+    set_image_tags(case_copy / "image", BodyPartExamined=None)
     roi = assess_files(case_copy / "image", case_copy / "reference.dcm", quick, predictor=predictor).rois[0]
     assert roi.prediction is not None and "body_part" not in roi.domain.as_dict()
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 
-from conftest import headless_chromium, run_cli
+from conftest import headless_chromium, run_cli, set_image_tags
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
@@ -116,10 +116,7 @@ def test_model_refuses_a_roi_it_was_not_trained_for(quick_model, case_copy):
 
 
 def test_model_refuses_another_modality(quick_model, case_copy):
-    for path in (case_copy / "image").iterdir():
-        image = pydicom.dcmread(path)
-        image.Modality = "CT"
-        image.save_as(path)
+    set_image_tags(case_copy / "image", Modality="CT")
     result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--model", quick_model)
     assert result.returncode == 2 and "valid for MR images, not CT" in result.stderr
 
