@@ -201,7 +201,8 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     assert report["realistic"]["n"] == 2 * 5 * 8
     assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
     assert all(f["n"] == 10 for f in report["failures"].values())
-    assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns"}
+    assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns",
+                                        "edge profile (nothing fitted)"}
     for metrics in (report["realistic"], *report["baselines"].values()):
         assert {"mae", "max_error", "spearman", "pearson", "global_accuracy", "flag_precision", "flag_recall",
                 "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
@@ -214,6 +215,9 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     naive = report["baselines"]["naive (mean training Dice)"]["mae"]
     assert sum(r["naive_mae"] * r["n"] for r in by_roi.values()) / 80 == pytest.approx(naive, abs=1e-6)
     assert len({round(r["naive_mae"], 4) for r in by_roi.values()}) > 1  # each organ's own, not the overall one
+    # nothing fitted, yet on organs that stand out the edges rank the candidates and beat the mean
+    edge = report["baselines"]["edge profile (nothing fitted)"]
+    assert edge["n"] == 80 and edge["spearman"] > 0.5 and edge["mae"] < naive
     html = html_file.read_text()
     assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
     assert "resampling whole cases" in html

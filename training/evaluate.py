@@ -1,8 +1,9 @@
-"""`contourqa evaluate`: how a model does on a manifest's candidates, beside two baselines.
+"""`contourqa evaluate`: how a model does on a manifest's candidates, beside three baselines.
 
-Baselines in the same report: the naive predictor (the mean Dice the model was trained on) and a
+Baselines in the same report: the naive predictor (the mean Dice the model was trained on), a
 gradient-boosted model on the clinical columns only (CatBoost tuned with Optuna, cross-validated by
-case), so a user sees what the image adds.
+case), so a user sees what the image adds, and the edge profile (``edge_profile``: nothing fitted, no
+grey value read), so a user sees whether the network reads more from the image than where its edges lie.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_g
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
+from .edge_profile import estimate_dice
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
 
@@ -96,10 +98,13 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     rows = read_manifest(manifest)
     predictor = DicePredictor.from_model_folder(model_dir)
     cases = load_cases(rows, cache_dir)
-    ordered_rows, true, predicted, flagged, inside, body_part_unknown = [], [], [], [], [], []
+    ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
+            if not candidate.row.kind.startswith("failure"):
+                mask = candidate.mask
+                edge.append(np.nan if mask is None else estimate_dice(case.image, mask, case.grid.spacing[::-1]))
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -154,6 +159,11 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         # per ROI beside the model's: whether the model beats the mean on each organ, not only on all of them
         for roi, naive_roi in metrics_by_group(true[realistic], naive, [r.roi for r in realistic_rows]).items():
             report["realistic_by_roi"][roi]["naive_mae"] = naive_roi["mae"]
+        edge = np.array(edge)
+        measured = np.isfinite(edge)  # a missing or empty mask has no surface to measure
+        if measured.any():
+            report["baselines"]["edge profile (nothing fitted)"] = regression_metrics(
+                true[realistic][measured], edge[measured], config.reject_below, config.review_below)
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
