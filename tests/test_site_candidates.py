@@ -122,6 +122,9 @@ def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_
     text = run_cli("evaluate", "--manifest", tmp_path / "manifest.csv").stdout
     assert ("domain guard: 0.0% of realistic candidates inside (given a number); 100.0% on images naming a body "
             "part the model was not fitted on (EXTREMITY)") in text
+    edge = report["baselines"]["edge profile (nothing fitted)"]
+    assert (f"baseline edge profile (nothing fitted): n=6 MAE={edge['mae']:.4f} Spearman=" in text
+            and f"global accuracy={edge['global_accuracy']:.1%}" in text)
     assert all(f["flagged"] == f["n"] == 1 for f in report["failures"].values()) and len(report["failures"]) == 4
     # on this T1 MR the tumour does not stand out from the muscle round it: no candidate has boundary
     # evidence, and the diagnosis pairs the model's error with it the way evaluate measured it

@@ -246,7 +246,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         for kind, f in report["failures"].items():
             print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():
-            print(f"baseline {name}: MAE={b['mae']:.4f} Spearman={_rounded(b['spearman'])}")
+            print(f"baseline {name}: n={b['n']} MAE={b['mae']:.4f} Spearman={_rounded(b['spearman'])} "
+                  f"global accuracy={b['global_accuracy']:.1%}")
     return EXIT_OK
 
 
