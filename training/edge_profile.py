@@ -8,8 +8,8 @@ likely the organ's). The offsets, averaged over ``SMOOTH_MM`` of surface (real e
 patches; noise moves single vertices), place an implied reference surface, and the Dice between the two
 surfaces follows from the volume between them. It reads neither the images' grey values nor the sign of
 their contrast, so it cannot learn one generator's appearance: a baseline for what a network must do
-across styles (docs/model.md, "The edge profile"). Its three lengths were chosen on held-out synth
-studies (seed 2903) only.
+across styles (docs/model.md, "The edge profile"). ``PRIOR_MM`` and ``SMOOTH_MM`` were chosen on held-out
+synth studies (seed 2903) only.
 """
 
 from __future__ import annotations
