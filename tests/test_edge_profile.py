@@ -5,7 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from contourqa.training.edge_profile import estimate_dice
+from contourqa.training.edge_profile import INCOHERENCE_LIMIT_MM, edge_profile
+
+
+def estimate_dice(image, mask, spacing) -> float:
+    return edge_profile(image, mask, spacing).dice
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
 
@@ -62,3 +66,12 @@ def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(organ)
 def test_an_empty_mask_has_no_estimate(organ):
     image, reference, _ = organ
     assert math.isnan(estimate_dice(image, np.zeros_like(reference), SPACING))
+
+
+def test_its_edges_cohere_where_the_image_shows_the_boundary_and_not_where_it_does_not(organ):
+    image, _, radius = organ
+    noise_only = np.random.default_rng(1).normal(0, 5, image.shape)  # the same contours, no organ to see
+    for r in (17, 20, 23):  # wherever the contour lies, the image's one boundary is found at one depth
+        shown, hidden = edge_profile(image, radius < r, SPACING), edge_profile(noise_only, radius < r, SPACING)
+        assert shown.coherent and shown.incoherence_mm < 0.5 * INCOHERENCE_LIMIT_MM, r
+        assert not hidden.coherent, r

@@ -202,7 +202,7 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
     assert all(f["n"] == 10 for f in report["failures"].values())
     assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns",
-                                        "edge profile (nothing fitted)"}
+                                        "edge profile (nothing fitted)", "edge profile where its edges cohere"}
     for metrics in (report["realistic"], *report["baselines"].values()):
         assert {"mae", "max_error", "spearman", "pearson", "global_accuracy", "flag_precision", "flag_recall",
                 "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
@@ -218,6 +218,9 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom_cache):
     # nothing fitted, yet on organs that stand out the edges rank the candidates and beat the mean
     edge = report["baselines"]["edge profile (nothing fitted)"]
     assert edge["n"] == 80 and edge["spearman"] > 0.5 and edge["mae"] < naive
+    coherent = report["baselines"]["edge profile where its edges cohere"]
+    # the candidates whose edges do not cohere are those it gets worst
+    assert 40 < coherent["n"] < 80 and coherent["mae"] < edge["mae"]
     html = html_file.read_text()
     assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
     assert "resampling whole cases" in html

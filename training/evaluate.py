@@ -23,7 +23,7 @@ from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_g
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
-from .edge_profile import estimate_dice
+from .edge_profile import NO_SURFACE, edge_profile
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
 
@@ -104,7 +104,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         for candidate, prediction in candidate_predictions(predictor, case):
             if not candidate.row.kind.startswith("failure"):
                 mask = candidate.mask
-                edge.append(np.nan if mask is None else estimate_dice(case.image, mask, case.grid.spacing[::-1]))
+                edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, case.grid.spacing[::-1]))
             screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -159,11 +159,14 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         # per ROI beside the model's: whether the model beats the mean on each organ, not only on all of them
         for roi, naive_roi in metrics_by_group(true[realistic], naive, [r.roi for r in realistic_rows]).items():
             report["realistic_by_roi"][roi]["naive_mae"] = naive_roi["mae"]
-        edge = np.array(edge)
-        measured = np.isfinite(edge)  # a missing or empty mask has no surface to measure
-        if measured.any():
-            report["baselines"]["edge profile (nothing fitted)"] = regression_metrics(
-                true[realistic][measured], edge[measured], config.reject_below, config.review_below)
+        edge_dice = np.array([e.dice for e in edge])
+        measured = np.isfinite(edge_dice)  # a missing or empty mask has no surface to measure
+        coherent = np.array([e.coherent for e in edge])  # False where NaN
+        for name, given in (("edge profile (nothing fitted)", measured),
+                            ("edge profile where its edges cohere", coherent)):
+            if given.any():
+                report["baselines"][name] = regression_metrics(true[realistic][given], edge_dice[given],
+                                                               config.reject_below, config.review_below)
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
