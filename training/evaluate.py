@@ -3,7 +3,8 @@
 Baselines in the same report: the naive predictor (the mean Dice the model was trained on), a
 gradient-boosted model on the clinical columns only (CatBoost tuned with Optuna, cross-validated by
 case), so a user sees what the image adds, and the edge profile (``edge_profile``: nothing fitted, no
-grey value read), so a user sees whether the network reads more from the image than where its edges lie.
+grey value read; on every candidate, and on those where its edges cohere, that is where the image shows
+the boundary), so a user sees whether the network reads more from the image than where its edges lie.
 """
 
 from __future__ import annotations
