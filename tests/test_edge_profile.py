@@ -8,9 +8,6 @@ import pytest
 from contourqa.training.edge_profile import INCOHERENCE_LIMIT_MM, edge_profile
 
 
-def estimate_dice(image, mask, spacing) -> float:
-    return edge_profile(image, mask, spacing).dice
-
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
 
 
@@ -26,6 +23,10 @@ def organ():
     radius = _radius_mm((30, 100, 100), (15, 50, 50))
     image = 100.0 * (radius < 20) + np.random.default_rng(0).normal(0, 5, radius.shape)
     return image, radius < 20, radius
+
+
+def estimate_dice(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+    return edge_profile(image, mask, spacing).dice
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
