@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from contourqa.reporting.overlap import dice
 from contourqa.training.edge_profile import INCOHERENCE_LIMIT_MM, edge_profile
-
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
 
@@ -29,15 +29,11 @@ def estimate_dice(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> f
     return edge_profile(image, mask, spacing).dice
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * (a & b).sum() / (a.sum() + b.sum())
-
-
 def test_it_estimates_the_dice_of_eroded_dilated_and_shifted_contours(organ):
     image, reference, radius = organ
     shifted = _radius_mm(reference.shape, (15, 53, 50)) < 20
     candidates = {f"radius {r} mm": radius < r for r in (14, 17, 20, 23, 26)} | {"shifted 3 mm": shifted}
-    true = {name: _dice(mask, reference) for name, mask in candidates.items()}
+    true = {name: dice(mask, reference) for name, mask in candidates.items()}
     estimate = {name: estimate_dice(image, mask, SPACING) for name, mask in candidates.items()}
     assert true["radius 20 mm"] == 1.0 and estimate["radius 20 mm"] > 0.97
     for name in candidates:
@@ -61,7 +57,7 @@ def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(organ)
     assert reference[cut][-1].any()
     assert estimate_dice(image[cut], reference[cut], SPACING) > 0.97
     assert estimate_dice(image[cut], (radius < 23)[cut], SPACING) == pytest.approx(
-        _dice((radius < 23)[cut], reference[cut]), abs=0.04)
+        dice((radius < 23)[cut], reference[cut]), abs=0.04)
 
 
 def test_an_empty_mask_has_no_estimate(organ):

@@ -103,10 +103,10 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
+            mask = candidate.mask  # unpacked from its bits at every read: once here
             if not candidate.row.kind.startswith("failure"):
-                mask = candidate.mask
                 edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, case.grid.spacing[::-1]))
-            screens = run_screens(candidate.mask, case.grid, candidate.row.roi, body, config.screens)
+            screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
             inside.append(prediction.trusted)
