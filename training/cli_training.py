@@ -1,4 +1,4 @@
-"""Training's commands: `phantom`, `candidates`, `train`, `calibrate`, `guard`, `combine` and `evaluate`."""
+"""Training's commands: `phantom`, `candidates`, `train`, `calibrate`, `guard`, `combine`, `picker` and `evaluate`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,16 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
                          help="average each prediction with that of the left-right mirrored input")
     combine.set_defaults(run=_run_combine)
 
+    picker = commands.add_parser("picker", help="train an edge picker: which edge along each normal is the organ's "
+                                               "(a trial reported by evaluate --picker)")
+    picker.add_argument("--manifest", type=Path, required=True, help="training manifest (its references give the targets)")
+    picker.add_argument("--out", type=Path, required=True, help="picker file to write")
+    picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
+    picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
+    picker.add_argument("--seed", type=int, default=0)
+    _add_cache_option(picker)
+    picker.set_defaults(run=_run_picker)
+
     evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
@@ -120,6 +130,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
+    evaluate.add_argument("--picker", type=Path, metavar="FILE",
+                          help="also report this edge picker (`contourqa picker`) as a baseline")
     _add_cache_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -217,12 +229,26 @@ def _run_guard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_picker(args: argparse.Namespace) -> int:
+    from contourqa.training.cache import load_cases
+    from contourqa.training.edge_picker import save_picker, train_picker, training_vertices
+    from contourqa.training.manifest import read_manifest
+
+    if args.epochs < 1 or args.vertices < 1:
+        raise InputError("--epochs and --vertices must be at least 1")
+    features, offsets = training_vertices(load_cases(read_manifest(args.manifest), args.cache), args.vertices, args.seed)
+    save_picker(train_picker(features, offsets, args.epochs, args.seed), args.out, str(args.manifest))
+    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}")
+    return EXIT_OK
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from contourqa.qa_models.predictor import default_model_dir
     from contourqa.training.evaluate import evaluate, record_in_card, render_html
 
     model_dir = args.model or default_model_dir()
-    report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials, cache_dir=args.cache)
+    report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials, cache_dir=args.cache,
+                      picker_file=args.picker)
     if args.record:
         record_in_card(report, model_dir)
     if args.html:

@@ -59,24 +59,41 @@ def surface_mesh(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.
     return verts, faces, normals, area
 
 
+PROFILE_MM = np.arange(-BAND_MM, BAND_MM + 1e-6, STEP_MM)  # where each normal is sampled, outward
+
+
+def normal_profiles(image: np.ndarray, spacing: np.ndarray, verts: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """The (smoothed) image along each vertex's outward normal at ``PROFILE_MM``: vertices x samples."""
+    points = (verts[:, None, :] + PROFILE_MM[None, :, None] * normals[:, None, :]) / spacing
+    profile = ndimage.map_coordinates(image, points.reshape(-1, 3).T, order=1, mode="nearest")
+    return profile.reshape(len(verts), len(PROFILE_MM))
+
+
+def organ_polarity(derivative: np.ndarray, measured: np.ndarray) -> float:
+    """+1 where the organ is brighter inside than out (its edge's outward derivative negative), else -1:
+    decided by the strongest edge along each ``measured`` vertex's normal."""
+    strongest = derivative[np.arange(len(derivative)), np.abs(derivative).argmax(1)]
+    return float(-np.sign(np.sum(strongest[measured])))
+
+
+def peak_position(response: np.ndarray) -> np.ndarray:
+    """Where along ``PROFILE_MM`` each row of ``response`` peaks, to sub-sample precision by a parabola."""
+    rows = np.arange(len(response))
+    peak = np.clip(response.argmax(1), 1, len(PROFILE_MM) - 2)
+    before, at, after = (response[rows, peak + k] for k in (-1, 0, 1))
+    curvature = before - 2 * at + after
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(np.abs(curvature) > 1e-12, 0.5 * (before - after) / curvature, 0.0)
+    return PROFILE_MM[peak] + np.clip(shift, -1, 1) * STEP_MM
+
+
 def edge_offsets(image: np.ndarray, spacing: np.ndarray, verts: np.ndarray, normals: np.ndarray,
                  measured: np.ndarray) -> np.ndarray:
     """Offset in mm along the outward normal of the organ's edge from each vertex; ``image`` is already
     smoothed, and only the ``measured`` vertices decide the organ's polarity."""
-    t = np.arange(-BAND_MM, BAND_MM + 1e-6, STEP_MM)
-    points = (verts[:, None, :] + t[None, :, None] * normals[:, None, :]) / spacing
-    profile = ndimage.map_coordinates(image, points.reshape(-1, 3).T, order=1, mode="nearest")
-    derivative = np.gradient(profile.reshape(len(verts), len(t)), STEP_MM, axis=1)
-    rows = np.arange(len(verts))
-    strongest = derivative[rows, np.abs(derivative).argmax(1)]
-    polarity = -np.sign(np.sum(strongest[measured]))  # +1: brighter inside, the outward derivative negative
-    response = np.maximum(-polarity * derivative, 0) * np.exp(-0.5 * (t / PRIOR_MM) ** 2)
-    peak = np.clip(response.argmax(1), 1, len(t) - 2)
-    before, at, after = (response[rows, peak + k] for k in (-1, 0, 1))
-    curvature = before - 2 * at + after
-    with np.errstate(divide="ignore", invalid="ignore"):  # a parabola through the peak: sub-sample position
-        shift = np.where(np.abs(curvature) > 1e-12, 0.5 * (before - after) / curvature, 0.0)
-    return t[peak] + np.clip(shift, -1, 1) * STEP_MM
+    derivative = np.gradient(normal_profiles(image, spacing, verts, normals), STEP_MM, axis=1)
+    polarity = organ_polarity(derivative, measured)
+    return peak_position(np.maximum(-polarity * derivative, 0) * np.exp(-0.5 * (PROFILE_MM / PRIOR_MM) ** 2))
 
 
 def at_image_end(verts: np.ndarray, normals: np.ndarray, spacing: np.ndarray, start: np.ndarray,
@@ -91,17 +108,18 @@ def at_image_end(verts: np.ndarray, normals: np.ndarray, spacing: np.ndarray, st
 
 def smooth_on_mesh(values: np.ndarray, weights: np.ndarray, faces: np.ndarray, radius_mm: float,
                    edge_mm: float) -> np.ndarray:
-    """Weighted mean of ``values`` over about ``radius_mm`` of surface: a random walk along the mesh's
-    edges, which spreads about the square root of its steps in edges."""
+    """Weighted mean of ``values`` (one per vertex, or a row per vertex) over about ``radius_mm`` of
+    surface: a random walk along the mesh's edges, which spreads about the square root of its steps in edges."""
     n = len(values)
     rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], np.arange(n)])
     cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], np.arange(n)])
     adjacency = sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
     adjacency = ((adjacency + adjacency.T) > 0).astype(np.float64)
-    total, weight = values * weights, weights.astype(np.float64)
+    weight = weights.astype(np.float64).reshape(n, *([1] * (values.ndim - 1)))
+    total = values * weight
     for _ in range(int(round((radius_mm / edge_mm) ** 2))):
         total, weight = adjacency @ total, adjacency @ weight
-    return np.divide(total, weight, out=np.zeros(n), where=weight > 0)
+    return np.divide(total, weight, out=np.zeros(total.shape), where=weight > 0)
 
 
 def implied_dice(offsets: np.ndarray, area: np.ndarray, volume_mm3: float) -> float:
@@ -113,13 +131,26 @@ def implied_dice(offsets: np.ndarray, area: np.ndarray, volume_mm3: float) -> fl
     return float(np.clip(1 - between / max(2 * volume_mm3 + change, 1e-6), 0, 1))
 
 
-def edge_profile(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> EdgeProfile:
-    """The Dice the mask would score against the boundary the image shows, and how coherent that boundary
-    is, for an image and mask of one grid (arrays k, j, i; ``spacing`` in mm in the same order). NaN for an
-    empty mask, or one whose whole surface lies on the image's ends."""
+class ContourSurface(NamedTuple):
+    """A mask's surface in a crop of its image that holds every normal's profile."""
+    image: np.ndarray  # the crop of the image, smoothed by 0.8 mm
+    mask: np.ndarray  # the crop of the mask
+    spacing: np.ndarray
+    verts: np.ndarray  # mm in the crop
+    faces: np.ndarray
+    normals: np.ndarray
+    area: np.ndarray  # mm2 per vertex
+    measured: np.ndarray  # False where the image's own end cuts the surface
+    edge_mm: float  # the mesh's mean edge length
+    start: np.ndarray  # the crop's first index in the image
+
+
+def contour_surface(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> ContourSurface | None:
+    """The surface of ``mask`` on ``image`` (arrays k, j, i; ``spacing`` in mm in the same order); None for
+    an empty mask, or one whose whole surface lies on the image's ends."""
     spacing = np.asarray(spacing, dtype=float)
     if not mask.any():
-        return NO_SURFACE
+        return None
     margin = np.ceil((BAND_MM + 4) / spacing).astype(int)
     index = np.argwhere(mask)
     crop = tuple(slice(max(a - m, 0), min(b + m + 1, n))
@@ -127,13 +158,26 @@ def edge_profile(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Ed
     verts, faces, normals, area = surface_mesh(mask[crop], spacing)
     # a mask cut by the image's first or last slice (or its edge) has a surface there that no edge can
     # show; a reference drawn on that image is cut there too, so those vertices count as placed exactly
-    measured = ~at_image_end(verts, normals, spacing, np.array([c.start for c in crop]), mask.shape)
+    start = np.array([c.start for c in crop])
+    measured = ~at_image_end(verts, normals, spacing, start, mask.shape)
     if not measured.any():
+        return None
+    smoothed = ndimage.gaussian_filter(image[crop].astype(np.float32), 0.8 / spacing)
+    edge_mm = float(np.mean(np.linalg.norm(verts[faces[:, 1]] - verts[faces[:, 0]], axis=1)))
+    return ContourSurface(smoothed, mask[crop], spacing, verts, faces, normals, area, measured, edge_mm, start)
+
+
+def edge_profile(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> EdgeProfile:
+    """The Dice the mask would score against the boundary the image shows, and how coherent that boundary
+    is, for an image and mask of one grid (arrays k, j, i; ``spacing`` in mm in the same order). NaN for an
+    empty mask, or one whose whole surface lies on the image's ends."""
+    surface = contour_surface(image, mask, spacing)
+    if surface is None:
         return NO_SURFACE
-    image = ndimage.gaussian_filter(image[crop].astype(np.float32), 0.8 / spacing)
-    own = edge_offsets(image, spacing, verts, normals, measured)
-    edge = float(np.mean(np.linalg.norm(verts[faces[:, 1]] - verts[faces[:, 0]], axis=1)))
-    offsets = smooth_on_mesh(own, area * measured, faces, SMOOTH_MM, edge)
+    measured = surface.measured
+    own = edge_offsets(surface.image, surface.spacing, surface.verts, surface.normals, measured)
+    offsets = smooth_on_mesh(own, surface.area * measured, surface.faces, SMOOTH_MM, surface.edge_mm)
     incoherence = float(np.abs(own - offsets)[measured].mean())
     offsets[~measured] = 0.0
-    return EdgeProfile(implied_dice(offsets, area, float(mask.sum() * np.prod(spacing))), incoherence)
+    volume = float(surface.mask.sum() * np.prod(surface.spacing))
+    return EdgeProfile(implied_dice(offsets, surface.area, volume), incoherence)

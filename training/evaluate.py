@@ -4,7 +4,8 @@ Baselines in the same report: the naive predictor (the mean Dice the model was t
 gradient-boosted model on the clinical columns only (CatBoost tuned with Optuna, cross-validated by
 case), so a user sees what the image adds, and the edge profile (``edge_profile``: nothing fitted, no
 grey value read; on every candidate, and on those where its edges cohere, that is where the image shows
-the boundary), so a user sees whether the network reads more from the image than where its edges lie.
+the boundary), so a user sees whether the network reads more from the image than where its edges lie;
+and, on request, an edge picker (``edge_picker``), which learned which edge is the organ's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_g
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
+from .edge_picker import load_picker, picker_dice
 from .edge_profile import NO_SURFACE, edge_profile
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
@@ -93,19 +95,26 @@ def candidate_predictions(predictor: DicePredictor, case: CachedCase,
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
-             baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None) -> dict:
-    """Every metric of the report as one JSON-ready dictionary."""
+             baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None,
+             picker_file: Path | None = None) -> dict:
+    """Every metric of the report as one JSON-ready dictionary; with ``picker_file``, that edge picker
+    (``edge_picker``) is reported as a baseline too."""
     config = config or AssessConfig()
     rows = read_manifest(manifest)
     predictor = DicePredictor.from_model_folder(model_dir)
+    picker, picker_trained_on = load_picker(picker_file) if picker_file else (None, "")
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
+    picked = []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
             mask = candidate.mask  # unpacked from its bits at every read: once here
             if not candidate.row.kind.startswith("failure"):
-                edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, case.grid.spacing[::-1]))
+                spacing = case.grid.spacing[::-1]
+                edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, spacing))
+                if picker is not None:
+                    picked.append(np.nan if mask is None else picker_dice(picker, case.image, mask, spacing))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -168,6 +177,11 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             if given.any():
                 report["baselines"][name] = regression_metrics(true[realistic][given], edge_dice[given],
                                                                config.reject_below, config.review_below)
+        picked = np.array(picked)
+        if np.isfinite(picked).any():
+            given = np.isfinite(picked)
+            report["baselines"][f"edge picker (trained on {picker_trained_on})"] = regression_metrics(
+                true[realistic][given], picked[given], config.reject_below, config.review_below)
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(

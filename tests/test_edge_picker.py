@@ -1,0 +1,114 @@
+"""The edge picker on spheres whose true Dice is known: its geometry, its targets, its inputs' invariance,
+and that what it learns on one contrast holds on another."""
+
+import numpy as np
+import pytest
+import torch
+
+from contourqa.qa_models.errors import InputError
+from contourqa.qa_models.geometry import Grid
+from contourqa.reporting.overlap import dice
+from contourqa.training.cache import CachedCase, Candidate
+from contourqa.training.edge_picker import (load_picker, moved_surface_dice, picker_dice, save_picker,
+                                           signed_distance, train_picker, training_vertices, true_offsets,
+                                           vertex_features)
+from contourqa.training.edge_profile import contour_surface
+from contourqa.training.manifest import ManifestRow
+
+SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
+SHAPE = (24, 80, 80)
+
+
+def _radius_mm(centre: tuple[float, float, float]) -> np.ndarray:
+    k, j, i = np.indices(SHAPE)
+    return np.sqrt(((k - centre[0]) * SPACING[0]) ** 2 + ((j - centre[1]) * SPACING[1]) ** 2
+                   + ((i - centre[2]) * SPACING[2]) ** 2)
+
+
+RADIUS = _radius_mm((12, 40, 40))
+REFERENCE = RADIUS < 18
+
+
+def _organ(contrast: float, noise: float, seed: int) -> np.ndarray:
+    return contrast * REFERENCE + np.random.default_rng(seed).normal(0, noise, SHAPE)
+
+
+def _candidates() -> dict[str, np.ndarray]:
+    return {f"radius {r} mm": RADIUS < r for r in (13, 15.5, 18, 20.5, 23)} | {
+        "shifted 4 mm": _radius_mm((12, 44, 40)) < 18}
+
+
+def test_the_moved_surface_is_counted_voxel_by_voxel_as_the_true_dice_is():
+    surface = contour_surface(_organ(100, 5, 0), REFERENCE, SPACING)
+    offsets = np.ones(len(surface.verts))
+    assert moved_surface_dice(surface, 0 * offsets) == 1.0
+    true = {moved: dice(REFERENCE, RADIUS < 18 + moved) for moved in (-3, 3)}
+    estimate = {moved: moved_surface_dice(surface, moved * offsets) for moved in (-3, 3)}
+    # the surface moved 3 mm in or out is the sphere of radius 15 or 21, within what distances to the
+    # vertices of a voxel staircase cost (0.03 on a sphere this small with 3 mm slices)
+    assert estimate == pytest.approx(true, abs=0.035)
+    assert (estimate[-3] < estimate[3]) == (true[-3] < true[3])  # in is in, out is out
+
+
+def test_the_training_target_is_how_far_each_vertex_lies_from_the_reference():
+    surface = contour_surface(_organ(100, 5, 0), RADIUS < 22, SPACING)
+    offsets = true_offsets(surface, signed_distance(REFERENCE, SPACING))
+    assert np.median(offsets) == pytest.approx(-4, abs=0.6)  # the reference lies 4 mm inwards
+    assert np.percentile(np.abs(offsets + 4), 90) < 1.5
+
+
+def test_its_inputs_keep_neither_grey_values_nor_the_sign_of_the_contrast():
+    image = _organ(100, 5, 0)
+    for mask in (RADIUS < 15, RADIUS < 21):
+        plain = vertex_features(contour_surface(image, mask, SPACING))
+        inverted = vertex_features(contour_surface(5000 - 7 * image, mask, SPACING))
+        assert plain.shape[1] == 4 * 33 and np.allclose(plain, inverted, atol=1e-3)
+
+
+def _case(image: np.ndarray, name: str) -> CachedCase:
+    grid = Grid(np.zeros(3), SPACING[::-1].copy(), np.eye(3), SHAPE)
+    rows = [ManifestRow(name, None, None, None, "Organ", kind) for kind in _candidates()]
+    candidates = [Candidate(row, mask, dice(mask, REFERENCE)) for row, mask in zip(rows, _candidates().values())]
+    return CachedCase(name, image, grid, "MR", {"organ": REFERENCE}, candidates)
+
+
+@pytest.fixture(scope="module")
+def picker(tmp_path_factory):
+    """Trained on bright spheres of two contrasts, saved and loaded as `contourqa picker` and evaluate do."""
+    cases = [_case(_organ(contrast, 8, seed), f"train{seed}") for seed, contrast in enumerate((60, 120))]
+    features, offsets = training_vertices(cases, per_candidate=600)
+    path = tmp_path_factory.mktemp("picker") / "picker.pt"
+    save_picker(train_picker(features, offsets, epochs=15), path, "spheres")
+    loaded, trained_on = load_picker(path)
+    assert trained_on == "spheres"
+    return loaded
+
+
+def test_what_it_learned_holds_on_a_dark_organ_of_another_contrast(picker):
+    image = 300 - _organ(40, 6, 7)  # dark inside, another contrast and noise than any it was trained on
+    true = {name: dice(mask, REFERENCE) for name, mask in _candidates().items()}
+    estimate = {name: picker_dice(picker, image, mask, SPACING) for name, mask in _candidates().items()}
+    assert estimate["radius 18 mm"] > 0.97
+    for name in true:
+        assert estimate[name] == pytest.approx(true[name], abs=0.07), name  # the staircase of 3 mm slices
+    assert sorted(true, key=true.get) == sorted(true, key=estimate.get)
+
+
+def test_an_empty_mask_has_no_estimate(picker):
+    assert np.isnan(picker_dice(picker, _organ(100, 5, 0), np.zeros(SHAPE, bool), SPACING))
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"not a torch file", "not an edge picker"),
+    ({"format": 99, "state": {}}, "format 99"),
+    ({"format": 1, "state": {"0.weight": torch.zeros(2, 2)}}, "not an edge picker"),
+])
+def test_a_file_that_is_not_a_picker_is_refused_in_one_line(tmp_path, content, reason):
+    path = tmp_path / "picker.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(InputError, match=reason) as error:
+        load_picker(path)
+    assert "\n" not in str(error.value)
