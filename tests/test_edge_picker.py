@@ -112,3 +112,13 @@ def test_a_file_that_is_not_a_picker_is_refused_in_one_line(tmp_path, content, r
     with pytest.raises(InputError, match=reason) as error:
         load_picker(path)
     assert "\n" not in str(error.value)
+
+
+def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(picker):
+    """The image ends inside the organ: a reference drawn on it ends there too, and no edge can show there."""
+    cut = slice(0, 13)  # the sphere's centre is on slice 12: the last slice of this image halves it
+    image = _organ(90, 6, 5)[cut]
+    assert REFERENCE[cut][-1].any()
+    assert picker_dice(picker, image, REFERENCE[cut], SPACING) > 0.97
+    larger = (RADIUS < 20.5)[cut]
+    assert picker_dice(picker, image, larger, SPACING) == pytest.approx(dice(larger, REFERENCE[cut]), abs=0.07)
