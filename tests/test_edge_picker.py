@@ -9,9 +9,9 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.geometry import Grid
 from contourqa.reporting.overlap import dice
 from contourqa.training.cache import CachedCase, Candidate
-from contourqa.training.edge_picker import (load_picker, moved_surface_dice, picker_dice, save_picker,
-                                           signed_distance, train_picker, training_vertices, true_offsets,
-                                           vertex_features)
+from contourqa.training.edge_picker import (SavedPicker, load_picker, moved_surface_dice, picked_edge, save_picker,
+                                           signed_distance, spread_limit, train_picker, training_vertices,
+                                           true_offsets, vertex_features)
 from contourqa.training.edge_profile import contour_surface
 from contourqa.training.manifest import ManifestRow
 
@@ -73,15 +73,26 @@ def _case(image: np.ndarray, name: str) -> CachedCase:
 
 
 @pytest.fixture(scope="module")
-def picker(tmp_path_factory):
-    """Trained on bright spheres of two contrasts, saved and loaded as `contourqa picker` and evaluate do."""
+def saved(tmp_path_factory) -> SavedPicker:
+    """Trained on bright spheres of two contrasts, its spread limit set on a third, saved and loaded as
+    `contourqa picker` and evaluate do."""
     cases = [_case(_organ(contrast, 8, seed), f"train{seed}") for seed, contrast in enumerate((60, 120))]
     features, offsets = training_vertices(cases, per_candidate=600)
+    network = train_picker(features, offsets, epochs=15)
     path = tmp_path_factory.mktemp("picker") / "picker.pt"
-    save_picker(train_picker(features, offsets, epochs=15), path, "spheres")
-    loaded, trained_on = load_picker(path)
-    assert trained_on == "spheres"
+    save_picker(SavedPicker(network, "spheres", spread_limit(network, [_case(_organ(90, 8, 2), "held")])), path)
+    loaded = load_picker(path)
+    assert loaded.trained_on == "spheres" and 0 < loaded.spread_limit_mm < 8
     return loaded
+
+
+@pytest.fixture(scope="module")
+def picker(saved):
+    return saved.network
+
+
+def picker_dice(picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+    return picked_edge(picker, image, mask, spacing).dice
 
 
 def test_what_it_learned_holds_on_a_dark_organ_of_another_contrast(picker):
@@ -122,3 +133,13 @@ def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(picker
     assert picker_dice(picker, image, REFERENCE[cut], SPACING) > 0.97
     larger = (RADIUS < 20.5)[cut]
     assert picker_dice(picker, image, larger, SPACING) == pytest.approx(dice(larger, REFERENCE[cut]), abs=0.07)
+
+
+def test_it_is_sure_where_the_image_shows_the_boundary_and_not_where_it_does_not(saved):
+    noise_only = np.random.default_rng(1).normal(0, 5, SHAPE)  # the same contours, no organ to see
+    for mask in (RADIUS < 15.5, REFERENCE, RADIUS < 20.5):
+        shown, hidden = picked_edge(saved.network, _organ(70, 6, 4), mask, SPACING), picked_edge(
+            saved.network, noise_only, mask, SPACING)
+        assert saved.sure(shown) and not saved.sure(hidden)
+        assert hidden.spread_mm > 1.5 * shown.spread_mm
+    assert not SavedPicker(saved.network, "no limit").sure(shown)  # without held-out studies, never sure

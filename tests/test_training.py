@@ -192,8 +192,9 @@ def evaluation(quick_model, phantom, phantom_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluation")
     html, picker = folder / "report.html", folder / "picker.pt"
     trained = run_cli("picker", "--manifest", phantom / "manifest.csv", "--out", picker, "--epochs", "3",
-                      "--cache", phantom_cache)
+                      "--held", phantom / "manifest.csv", "--cache", phantom_cache)
     assert trained.returncode == 0 and "edge picker trained on 32000 vertices" in trained.stdout, trained.stderr
+    assert "not sure beyond a spread of" in trained.stdout
     result = run_cli("evaluate", "--manifest", phantom / "manifest.csv", "--model", quick_model, "--json",
                      "--html", html, "--baseline-trials", "2", "--cache", phantom_cache, "--picker", picker)
     assert result.returncode == 0, result.stderr
@@ -207,9 +208,10 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phanto
     assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
     assert all(f["n"] == 10 for f in report["failures"].values())
     picker_row = f"edge picker (trained on {phantom / 'manifest.csv'})"
+    sure_row = next(name for name in report["baselines"] if name.startswith("edge picker where it is sure (spread <= "))
     assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns",
                                         "edge profile (nothing fitted)", "edge profile where its edges cohere",
-                                        picker_row}
+                                        picker_row, sure_row}
     for metrics in (report["realistic"], *report["baselines"].values()):
         assert {"mae", "max_error", "spearman", "pearson", "global_accuracy", "flag_precision", "flag_recall",
                 "mean_dice_before_filter", "mean_dice_after_filter", "mae_by_band"} <= set(metrics)
@@ -232,6 +234,8 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phanto
     # across styles): it halves the edge profile's error and ranks the candidates
     picker = report["baselines"][picker_row]
     assert picker["n"] == 80 and picker["mae"] < edge["mae"] / 2 and picker["spearman"] > 0.9
+    # its limit is the 95 % quantile of its spread on these same studies: sure of about 95 % of them
+    assert 72 <= report["baselines"][sure_row]["n"] < 80
     html = html_file.read_text()
     assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
     assert "resampling whole cases" in html
@@ -260,11 +264,12 @@ def test_evaluation_page_renders_in_headless_chromium(evaluation, tmp_path):
     (["picker", "--epochs", "0"], "--epochs and --vertices must be at least 1"),
     (["evaluate", "--picker", "notes.txt"], "notes.txt: not an edge picker"),
     (["evaluate", "--picker", "missing.pt"], "missing.pt: no such edge picker file"),
+    (["picker", "--held", "missing.csv"], "no such manifest"),
 ])
 def test_picker_bad_input(phantom, tmp_path, arguments, message):
     (tmp_path / "notes.txt").write_text("not a picker")
     command, *options = arguments
-    paths = [str(tmp_path / o) if o.endswith((".txt", ".pt")) else o for o in options]
+    paths = [str(tmp_path / o) if o.endswith((".txt", ".pt", ".csv")) else o for o in options]
     extra = ["--out", str(tmp_path / "p.pt")] if command == "picker" else []
     result = run_cli(command, "--manifest", phantom / "manifest.csv", *extra, *paths)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -120,6 +120,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
     picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
     picker.add_argument("--seed", type=int, default=0)
+    picker.add_argument("--held", type=Path, metavar="HELD.csv",
+                        help="held-out studies (never trained on) that set the spread beyond which the picker "
+                             "is not sure: its 95 %% quantile over their candidates")
     _add_cache_option(picker)
     picker.set_defaults(run=_run_picker)
 
@@ -231,14 +234,19 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
-    from contourqa.training.edge_picker import save_picker, train_picker, training_vertices
+    from contourqa.training.edge_picker import SavedPicker, save_picker, spread_limit, train_picker, training_vertices
     from contourqa.training.manifest import read_manifest
 
     if args.epochs < 1 or args.vertices < 1:
         raise InputError("--epochs and --vertices must be at least 1")
+    held = read_manifest(args.held) if args.held else None  # a bad held-out manifest fails before training
     features, offsets = training_vertices(load_cases(read_manifest(args.manifest), args.cache), args.vertices, args.seed)
-    save_picker(train_picker(features, offsets, args.epochs, args.seed), args.out, str(args.manifest))
-    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}")
+    picker = SavedPicker(train_picker(features, offsets, args.epochs, args.seed), str(args.manifest))
+    if held is not None:
+        picker.spread_limit_mm = round(spread_limit(picker.network, load_cases(held, args.cache)), 2)
+    save_picker(picker, args.out)
+    limit = f"; not sure beyond a spread of {picker.spread_limit_mm} mm" if held is not None else ""
+    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}{limit}")
     return EXIT_OK
 
 

@@ -15,8 +15,10 @@ own grid, as the true Dice is. A trial beside the product's network, reported by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from scipy.spatial import cKDTree
 
 from contourqa.qa_models.errors import InputError
 
-from .cache import CachedCase
+from .cache import CachedCase, Candidate
 from .edge_profile import (BAND_MM, PROFILE_MM, SMOOTH_MM, STEP_MM, ContourSurface, contour_surface,
                            normal_profiles, organ_polarity, peak_position, smooth_on_mesh)
 from .progress import progress
@@ -34,6 +36,7 @@ CONTEXT_MM = 3.0  # the neighbourhood whose mean profile each vertex also reads
 NEAR_MM = 3.0  # inside and outside intensities are read this far along the normal
 FEATURES = 4 * len(PROFILE_MM)
 PICKER_FORMAT = 1
+SPREAD_QUANTILE = 0.95
 
 
 class EdgePicker(torch.nn.Sequential):
@@ -93,47 +96,78 @@ def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
     return float(2 * np.logical_and(moved, mask).sum() / max(int(moved.sum() + mask.sum()), 1))
 
 
-def picked_offsets(picker: EdgePicker, surface: ContourSurface) -> np.ndarray:
-    """Each vertex's offset to the organ's edge: the mode of the picker's distributions averaged over
-    ``SMOOTH_MM`` of surface (the mean would pull every offset towards the distributions' spread);
-    0 where the image's end cuts the surface."""
+class PickedEdge(NamedTuple):
+    dice: float  # the Dice against the boundary the picker finds
+    spread_mm: float  # how far from that boundary the picker's own distributions reach: wide where no one edge shows
+
+
+NOT_PICKED = PickedEdge(float("nan"), float("nan"))
+
+
+def pick_edges(picker: EdgePicker, surface: ContourSurface) -> tuple[np.ndarray, float]:
+    """Each vertex's offset to the organ's edge, and the spread: the mode of the picker's distributions
+    averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset towards zero), and the mean
+    distance from it under those distributions. Offsets are 0 where the image's end cuts the surface."""
     with torch.no_grad():
         probabilities = torch.softmax(picker(torch.from_numpy(vertex_features(surface))), dim=1).numpy()
     weights = surface.area * surface.measured
-    offsets = peak_position(smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM,
-                                           surface.edge_mm))
+    averaged = smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM, surface.edge_mm)
+    offsets = peak_position(averaged)
+    spread = np.sum(averaged * np.abs(PROFILE_MM[None, :] - offsets[:, None]), axis=1)
     offsets[~surface.measured] = 0.0
-    return offsets
+    return offsets, float(np.sum(weights * spread) / np.sum(weights))
 
 
-def picker_dice(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
     """The Dice ``mask`` would score against the boundary the picker finds on ``image`` (arrays k, j, i;
-    ``spacing`` in mm in the same order); NaN for an empty mask or one whose surface the image's ends cut."""
+    ``spacing`` in mm in the same order), and the picker's spread; NaN for an empty mask or one whose
+    whole surface the image's ends cut."""
     surface = contour_surface(image, mask, spacing)
-    return float("nan") if surface is None else moved_surface_dice(surface, picked_offsets(picker, surface))
+    if surface is None:
+        return NOT_PICKED
+    offsets, spread = pick_edges(picker, surface)
+    return PickedEdge(moved_surface_dice(surface, offsets), spread)
+
+
+def realistic_masks(cases: Iterable[CachedCase]) -> Iterator[tuple[CachedCase, Candidate, np.ndarray]]:
+    """Every realistic candidate with its mask (the constructed failures are not contours of the organ)."""
+    for case in cases:
+        for candidate in case.candidates:
+            mask = candidate.mask
+            if not candidate.row.kind.startswith("failure") and mask is not None:
+                yield case, candidate, mask
+
+
+def spread_limit(picker: EdgePicker, held_out: Iterable[CachedCase], quantile: float = SPREAD_QUANTILE) -> float:
+    """The ``quantile`` of the picker's spread over held-out studies' realistic candidates: set as the
+    domain guard's threshold is, beyond it the image does not show the picker one edge."""
+    spreads = [picked_edge(picker, case.image, mask, case.grid.spacing[::-1]).spread_mm
+               for case, _, mask in realistic_masks(held_out)]
+    spreads = [s for s in spreads if np.isfinite(s)]
+    if not spreads:
+        raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
+    return float(np.quantile(spreads, quantile))
 
 
 def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(features, true offsets) of up to ``per_candidate`` measured vertices of every realistic candidate
-    (the constructed failures are not contours of the organ)."""
+    """(features, true offsets) of up to ``per_candidate`` measured vertices of every realistic candidate."""
     rng = np.random.default_rng(seed)
     features, targets = [], []
-    for case in cases:
+    distances: dict[str, np.ndarray] = {}  # the references' of the current case, by ROI
+    current = None
+    for case, candidate, mask in realistic_masks(cases):
+        if case.case_id != current:
+            current, distances = case.case_id, {}
         spacing = np.asarray(case.grid.spacing[::-1], dtype=float)
-        distances: dict[str, np.ndarray] = {}
-        for candidate in case.candidates:
-            mask = candidate.mask
-            if candidate.row.kind.startswith("failure") or mask is None:
-                continue
-            surface = contour_surface(case.image, mask, spacing)
-            if surface is None:
-                continue
-            roi = candidate.row.roi.lower()
-            if roi not in distances:
-                distances[roi] = signed_distance(case.references[roi], spacing)
-            chosen = rng.permutation(np.flatnonzero(surface.measured))[:per_candidate]
-            features.append(vertex_features(surface)[chosen])
-            targets.append(true_offsets(surface, distances[roi])[chosen])
+        surface = contour_surface(case.image, mask, spacing)
+        if surface is None:
+            continue
+        roi = candidate.row.roi.lower()
+        if roi not in distances:
+            distances[roi] = signed_distance(case.references[roi], spacing)
+        chosen = rng.permutation(np.flatnonzero(surface.measured))[:per_candidate]
+        features.append(vertex_features(surface)[chosen])
+        targets.append(true_offsets(surface, distances[roi])[chosen])
     if not features:
         raise InputError("no realistic candidate with a surface to train the edge picker on")
     return np.concatenate(features), np.concatenate(targets).astype(np.float32)
@@ -162,21 +196,34 @@ def train_picker(features: np.ndarray, offsets: np.ndarray, epochs: int = 10, se
     return picker.eval()
 
 
-def save_picker(picker: EdgePicker, path: Path, trained_on: str) -> None:
-    torch.save({"format": PICKER_FORMAT, "trained_on": trained_on, "state": picker.state_dict()}, path)
+@dataclass
+class SavedPicker:
+    network: EdgePicker
+    trained_on: str
+    spread_limit_mm: float | None = None  # None: no held-out studies set one
+
+    def sure(self, estimate: PickedEdge) -> bool:
+        """Whether the picker sees one edge: its spread within the limit (False for NaN, or with no limit)."""
+        return self.spread_limit_mm is not None and estimate.spread_mm <= self.spread_limit_mm
 
 
-def load_picker(path: Path) -> tuple[EdgePicker, str]:
-    """(picker, what it was trained on); a clear error for a file that is not a picker of this format."""
+def save_picker(picker: SavedPicker, path: Path) -> None:
+    torch.save({"format": PICKER_FORMAT, "trained_on": picker.trained_on, "spread_limit_mm": picker.spread_limit_mm,
+                "state": picker.network.state_dict()}, path)
+
+
+def load_picker(path: Path) -> SavedPicker:
+    """A saved picker; a clear one-line error for a file that is not a picker of this format."""
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         if stored.get("format") != PICKER_FORMAT:
             raise ValueError(f"format {stored.get('format')}, expected {PICKER_FORMAT}")
-        picker = EdgePicker()
-        picker.load_state_dict(stored["state"])
+        network = EdgePicker()
+        network.load_state_dict(stored["state"])
     except FileNotFoundError:
         raise InputError(f"{path}: no such edge picker file") from None
     except Exception as error:  # any unreadable or foreign file: one line, no traceback
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: not an edge picker ({reason})") from None
-    return picker.eval(), str(stored.get("trained_on", ""))
+    limit = stored.get("spread_limit_mm")
+    return SavedPicker(network.eval(), str(stored.get("trained_on", "")), None if limit is None else float(limit))

@@ -25,7 +25,7 @@ from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_g
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
-from .edge_picker import load_picker, picker_dice
+from .edge_picker import NOT_PICKED, load_picker, picked_edge
 from .edge_profile import NO_SURFACE, edge_profile
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
@@ -102,7 +102,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     config = config or AssessConfig()
     rows = read_manifest(manifest)
     predictor = DicePredictor.from_model_folder(model_dir)
-    picker, picker_trained_on = load_picker(picker_file) if picker_file else (None, "")
+    picker = load_picker(picker_file) if picker_file else None
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
     picked = []
@@ -114,7 +114,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                 spacing = case.grid.spacing[::-1]
                 edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, spacing))
                 if picker is not None:
-                    picked.append(np.nan if mask is None else picker_dice(picker, case.image, mask, spacing))
+                    picked.append(NOT_PICKED if mask is None else picked_edge(picker.network, case.image, mask, spacing))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -177,11 +177,14 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             if given.any():
                 report["baselines"][name] = regression_metrics(true[realistic][given], edge_dice[given],
                                                                config.reject_below, config.review_below)
-        picked = np.array(picked)
-        if np.isfinite(picked).any():
-            given = np.isfinite(picked)
-            report["baselines"][f"edge picker (trained on {picker_trained_on})"] = regression_metrics(
-                true[realistic][given], picked[given], config.reject_below, config.review_below)
+        if picker is not None:
+            picked_dice = np.array([p.dice for p in picked])
+            sure = np.array([picker.sure(p) for p in picked])
+            for name, given in ((f"edge picker (trained on {picker.trained_on})", np.isfinite(picked_dice)),
+                                (f"edge picker where it is sure (spread <= {picker.spread_limit_mm} mm)", sure)):
+                if given.any():
+                    report["baselines"][name] = regression_metrics(true[realistic][given], picked_dice[given],
+                                                                   config.reject_below, config.review_below)
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
