@@ -3,15 +3,15 @@
 The edge profile (``edge_profile``) takes the strongest edge of the organ's polarity near the surface; on
 walled organs (a rectum round its lumen) and faint boundaries that rule picks the wrong edge. The picker
 learns the choice instead, from every vertex of the training candidates, whose true offset to the
-reference surface is known: a perceptron with two hidden layers reads each vertex's normal profile and that of its
-neighbourhood, normalised so that no grey value, contrast sign or scale survives (the derivative over
-the contour's typical edge strength; the intensity as a fraction of the way from outside to inside),
-and gives a distribution over where along the normal the organ's edge lies. Those distributions,
-averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their mode; the surface so moved
-is the implied reference, and the Dice between it and the mask is counted voxel by voxel on the image's
-own grid, as the true Dice is. How far the averaged distributions spread round that mode says whether
-the image shows the picker one edge. A trial beside the product's network, reported by `contourqa
-evaluate --picker` (docs/model.md, "The edge picker").
+reference surface is known: a perceptron with two hidden layers reads each vertex's normal profile and
+that of its neighbourhood, normalised so that no grey value, contrast sign or scale survives (the
+derivative over the contour's typical edge strength; the intensity as a fraction of the way from outside
+to inside), and gives a distribution over where along the normal the organ's edge lies. Those
+distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their mode; the
+surface so moved is the implied reference, and the Dice between it and the mask is counted voxel by
+voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread round
+that mode says whether the image shows the picker one edge. A trial beside the product's network,
+reported by `contourqa evaluate --picker` (docs/model.md, "The edge picker").
 """
 
 from __future__ import annotations
