@@ -124,8 +124,11 @@ def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing
     ``spacing`` in mm in the same order), and the picker's spread; NaN for an empty mask or one whose
     whole surface the image's ends cut."""
     surface = contour_surface(image, mask, spacing)
-    if surface is None:
-        return NOT_PICKED
+    return NOT_PICKED if surface is None else picked_edge_of(picker, surface)
+
+
+def picked_edge_of(picker: EdgePicker, surface: ContourSurface) -> PickedEdge:
+    """``picked_edge`` on a surface already built."""
     offsets, spread = pick_edges(picker, surface)
     return PickedEdge(moved_surface_dice(surface, offsets), spread)
 

@@ -172,8 +172,11 @@ def edge_profile(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Ed
     is, for an image and mask of one grid (arrays k, j, i; ``spacing`` in mm in the same order). NaN for an
     empty mask, or one whose whole surface lies on the image's ends."""
     surface = contour_surface(image, mask, spacing)
-    if surface is None:
-        return NO_SURFACE
+    return NO_SURFACE if surface is None else edge_profile_of(surface)
+
+
+def edge_profile_of(surface: ContourSurface) -> EdgeProfile:
+    """``edge_profile`` of a surface already built (a caller that also picks edges on it builds it once)."""
     measured = surface.measured
     own = edge_offsets(surface.image, surface.spacing, surface.verts, surface.normals, measured)
     offsets = smooth_on_mesh(own, surface.area * measured, surface.faces, SMOOTH_MM, surface.edge_mm)

@@ -25,8 +25,8 @@ from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_g
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
-from .edge_picker import NOT_PICKED, load_picker, picked_edge
-from .edge_profile import NO_SURFACE, edge_profile
+from .edge_picker import NOT_PICKED, load_picker, picked_edge_of
+from .edge_profile import NO_SURFACE, contour_surface, edge_profile_of
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
 
@@ -110,11 +110,11 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
             mask = candidate.mask  # unpacked from its bits at every read: once here
-            if not candidate.row.kind.startswith("failure"):
-                spacing = case.grid.spacing[::-1]
-                edge.append(NO_SURFACE if mask is None else edge_profile(case.image, mask, spacing))
+            if not candidate.row.kind.startswith("failure"):  # one surface for the edge profile and the picker
+                surface = None if mask is None else contour_surface(case.image, mask, case.grid.spacing[::-1])
+                edge.append(NO_SURFACE if surface is None else edge_profile_of(surface))
                 if picker is not None:
-                    picked.append(NOT_PICKED if mask is None else picked_edge(picker.network, case.image, mask, spacing))
+                    picked.append(NOT_PICKED if surface is None else picked_edge_of(picker.network, surface))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -169,22 +169,21 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         # per ROI beside the model's: whether the model beats the mean on each organ, not only on all of them
         for roi, naive_roi in metrics_by_group(true[realistic], naive, [r.roi for r in realistic_rows]).items():
             report["realistic_by_roi"][roi]["naive_mae"] = naive_roi["mae"]
-        edge_dice = np.array([e.dice for e in edge])
-        measured = np.isfinite(edge_dice)  # a missing or empty mask has no surface to measure
-        coherent = np.array([e.coherent for e in edge])  # False where NaN
-        for name, given in (("edge profile (nothing fitted)", measured),
-                            ("edge profile where its edges cohere", coherent)):
+        def add_baseline(name: str, estimates: np.ndarray, given: np.ndarray) -> None:
+            """A baseline row over the realistic candidates it gives a number for (none: no row)."""
             if given.any():
-                report["baselines"][name] = regression_metrics(true[realistic][given], edge_dice[given],
+                report["baselines"][name] = regression_metrics(true[realistic][given], estimates[given],
                                                                config.reject_below, config.review_below)
+
+        edge_dice = np.array([e.dice for e in edge])
+        # a missing or empty mask has no surface to measure; coherent is False where NaN
+        add_baseline("edge profile (nothing fitted)", edge_dice, np.isfinite(edge_dice))
+        add_baseline("edge profile where its edges cohere", edge_dice, np.array([e.coherent for e in edge]))
         if picker is not None:
             picked_dice = np.array([p.dice for p in picked])
-            sure = np.array([picker.sure(p) for p in picked])
-            for name, given in ((f"edge picker (trained on {picker.trained_on})", np.isfinite(picked_dice)),
-                                (f"edge picker where it is sure (spread <= {picker.spread_limit_mm} mm)", sure)):
-                if given.any():
-                    report["baselines"][name] = regression_metrics(true[realistic][given], picked_dice[given],
-                                                                   config.reject_below, config.review_below)
+            add_baseline(f"edge picker (trained on {picker.trained_on})", picked_dice, np.isfinite(picked_dice))
+            add_baseline(f"edge picker where it is sure (spread <= {picker.spread_limit_mm} mm)", picked_dice,
+                         np.array([picker.sure(p) for p in picked]))
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
