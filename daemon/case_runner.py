@@ -51,8 +51,8 @@ class CaseOutcome:
 @functools.lru_cache(maxsize=2)
 def load_predictor(model_dir: str | None, device: str):
     """One predictor per worker process and model: the weights are read once, not per case."""
-    from contourqa.qa_models.predictor import DicePredictor, default_model_dir  # torch only in inference workers
-    return DicePredictor.from_model_folder(model_dir or default_model_dir(), device=device)
+    from contourqa.qa_models import predictor  # torch only in inference workers
+    return predictor.load_predictor(model_dir or predictor.default_model_dir(), device=device)
 
 
 def sr_identity(case_id: str) -> SrIdentity:

@@ -22,7 +22,7 @@ from .series import ImageSeries, load_series, read_dicom
 from .uncertainty import voxelwise_entropy_sum
 
 if TYPE_CHECKING:  # torch is imported only where a model is used
-    from .predictor import DicePredictor, ModelCard, Prediction
+    from .predictor import CardPredictor, ModelCard, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, 
 
 
 def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
-           roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
+           roi_names: list[str] | None = None, predictor: CardPredictor | None = None,
            strict_model: bool = False) -> Assessment:
     """Rasterise or decode every ROI, screen it, predict its Dice, and give it a verdict.
 
@@ -238,7 +238,7 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 
 
-def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: DicePredictor | None,
+def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: CardPredictor | None,
              config: AssessConfig, strict_model: bool) -> list[Prediction | None]:
     """Predicted Dice of every ROI the model covers, in one batch; None for the others."""
     if predictor is None:
@@ -247,18 +247,18 @@ def _predict(masks: list[tuple[RoiMask, str]], series: ImageSeries, predictor: D
         for roi_mask, _ in masks:
             predictor.check_applicable(roi_mask.name, series.modality)
     covered = [n for n, (roi_mask, _) in enumerate(masks) if predictor.applies_to(roi_mask.name, series.modality)]
-    inputs = [predictor.network_input(series.array, masks[n][0].mask, series.grid, masks[n][0].probabilities)
-              for n in covered]
+    chosen = [masks[n][0] for n in covered]
     results: list[Prediction | None] = [None] * len(masks)
-    names = [masks[n][0].name for n in covered]
-    predictions = predictor.predict_batch(inputs, config.mc_samples, names, series.body_part, config.extra_body_parts)
+    predictions = predictor.predict_rois(series.array, series.grid, [m.mask for m in chosen], [m.name for m in chosen],
+                                         [m.probabilities for m in chosen], config.mc_samples, series.body_part,
+                                         config.extra_body_parts)
     for n, prediction in zip(covered, predictions):
         results[n] = prediction
     return results
 
 
 def assess_files(image_dir: str | Path, structure_file: str | Path, config: AssessConfig | None = None,
-                 roi_names: list[str] | None = None, predictor: DicePredictor | None = None,
+                 roi_names: list[str] | None = None, predictor: CardPredictor | None = None,
                  strict_model: bool = False) -> Assessment:
     """``assess`` from paths."""
     series, structure = load_inputs(image_dir, structure_file)

@@ -13,7 +13,7 @@ from .errors import InputError
 
 if TYPE_CHECKING:
     from .assessment import Assessment
-    from .predictor import DicePredictor
+    from .predictor import CardPredictor
 
 EXIT_OK = 0
 
@@ -42,16 +42,16 @@ def add_assess_commands(commands: argparse._SubParsersAction) -> None:
     rasterise.set_defaults(run=_run_rasterise)
 
 
-def _predictor(args: argparse.Namespace) -> "DicePredictor | None":
+def _predictor(args: argparse.Namespace) -> "CardPredictor | None":
     """The named model, else the shipped default when it is installed, else none."""
-    from .predictor import DicePredictor, default_model_dir
+    from .predictor import default_model_dir, load_predictor
 
     if args.no_model:
         return None
     if args.model is not None:
-        return DicePredictor.from_model_folder(args.model)
+        return load_predictor(args.model)
     default = default_model_dir()
-    return DicePredictor.from_model_folder(default) if (default / "model.json").exists() else None
+    return load_predictor(default) if (default / "model.json").exists() else None
 
 
 def _run_assess(args: argparse.Namespace) -> int:

@@ -60,6 +60,8 @@ class DomainScore:
     threshold: float
     body_part: str | None = None  # the image's Body Part Examined, normalised
     known_body_parts: tuple[str, ...] = ()  # empty: the model records none, so none is checked
+    measure: str = "domain score"  # what the score is: a Mahalanobis distance, or the edge picker's spread
+    unit: str = ""
 
     @property
     def body_part_known(self) -> bool | None:
@@ -73,7 +75,8 @@ class DomainScore:
         return self.score <= self.threshold and self.body_part_known is not False
 
     def as_dict(self) -> dict:
-        result = {"score": round(self.score, 2), "threshold": round(self.threshold, 2), "inside": self.inside}
+        result = {"measure": self.measure, "score": round(self.score, 2), "threshold": round(self.threshold, 2),
+                  "inside": self.inside}
         if self.body_part_known is not None:
             result.update(body_part=self.body_part, body_part_known=self.body_part_known)
         return result
@@ -82,7 +85,7 @@ class DomainScore:
         """Why the image is outside, e.g. "domain score 41.2 > 31.7; body part EXTREMITY, not PELVIS"."""
         reasons = []
         if self.score > self.threshold:
-            reasons.append(f"domain score {self.score:.1f} > {self.threshold:.1f}")
+            reasons.append(f"{self.measure} {self.score:.1f}{self.unit} > {self.threshold:.1f}{self.unit}")
         if self.body_part_known is False:
             reasons.append(f"body part {self.body_part}, not {' or '.join(self.known_body_parts)}")
         return "; ".join(reasons)

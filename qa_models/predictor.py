@@ -1,5 +1,7 @@
-"""A trained Dice regressor as a self-describing folder (``model.json`` card + ``weights.pt``), and the
-predictor that loads it. It knows nothing about training.
+"""A trained Dice predictor as a self-describing folder (``model.json`` card + ``weights.pt``), and the
+predictors that load it: a 3-D network that reads a crop (``DicePredictor``), or the edge picker, which
+reads the image along the contour's normals (``picker_predictor``); ``load_predictor`` picks by the card's
+architecture. It knows nothing about training.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class ModelCard(BaseModel):
     name: str
     version: str
     architecture: str
-    input: InputSpec
+    input: InputSpec | None = Field(None, description="the crop a network reads; none for the edge picker, "
+                                                      "which reads the image along the contour's normals")
     modalities: list[str] = Field(description="image modalities it is valid for")
     roi_names: list[str] = Field(description="ROI names (case-insensitive) it is valid for")
     contourqa_version: str
@@ -65,13 +68,18 @@ class ModelCard(BaseModel):
         "different resolutions (a multi-scale ensemble, `contourqa combine`); empty: all take input.shape")
     test_time_flip: bool = Field(False, description="average each prediction with that of the left-right mirrored input")
     calibration: Calibration | None = None
-    domain: DomainCard | None = Field(None, description="the domain guard; its arrays are in domain.npz")
+    domain: DomainCard | None = Field(None, description="the domain guard; a network's arrays are in domain.npz")
+    interval_half_width: float | None = Field(
+        None, description="the edge picker's: its 5-95 % interval is the estimate +- this, the 90 % quantile of "
+                          "its absolute error on held-out studies where it was sure (split conformal)")
     sha256: str | None = Field(None, description="digest of the weights, the guard's arrays and this card "
                                                  "(without this field): the model's identity")
 
     @property
     def input_shapes(self) -> list[tuple[int, int, int]]:
-        """The input shape of each network in the weights, in order."""
+        """The input shape of each network in the weights, in order (none for the edge picker)."""
+        if self.input is None:
+            return []
         return list(self.member_shapes) or [self.input.shape] * self.ensemble_size
 
 
@@ -113,10 +121,13 @@ def read_card(model_dir: Path) -> ModelCard:
     path = Path(model_dir) / CARD_FILE
     try:
         return ModelCard.model_validate_json(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InputError(f"{model_dir}: not a model folder (no {CARD_FILE})") from None
     except (ValidationError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
+
+
+LATER_FIELDS = ("interval_half_width",)
 
 
 def model_digest(card: ModelCard, model_dir: Path) -> str:
@@ -128,7 +139,9 @@ def model_digest(card: ModelCard, model_dir: Path) -> str:
         if path.exists():
             digest.update(name.encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
-    digest.update(card.model_copy(update={"sha256": None}).model_dump_json().encode())
+    # a field added after models were shipped counts only once set, so an older model keeps its identity
+    unset = {name for name in LATER_FIELDS if getattr(card, name) is None}
+    digest.update(card.model_copy(update={"sha256": None}).model_dump_json(exclude=unset).encode())
     return digest.hexdigest()
 
 
@@ -140,46 +153,43 @@ def write_card(card: ModelCard, model_dir: Path) -> None:
     write_text_atomically(path, card.model_dump_json(indent=2))
 
 
-class DicePredictor:
-    """Predicts the Dice a mask would score against an expert reference, without the reference."""
+PICKER_ARCHITECTURE = "edge_picker"
 
-    def __init__(self, card: ModelCard, networks: list[torch.nn.Module], device: torch.device,
-                 guard: DomainGuard | None = None):
-        self.card, self.networks, self.device, self.guard = card, networks, device, guard
 
-    @classmethod
-    def from_model_folder(cls, model_dir: str | Path, device: str = "auto") -> "DicePredictor":
-        model_dir = Path(model_dir)
-        card = read_card(model_dir)
-        target = device_for(device)
-        try:
-            # weights_only: a model folder may come from elsewhere; never unpickle arbitrary objects.
-            states = torch.load(model_dir / WEIGHTS_FILE, map_location=target, weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"{model_dir}: model folder lacks {WEIGHTS_FILE}") from None
-        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"{model_dir / WEIGHTS_FILE}: refused or unreadable weights ({reason})") from None
-        states = states if isinstance(states, list) else [states]
-        if card.member_shapes and len(card.member_shapes) != len(states):
-            raise InputError(f"{model_dir}: card lists {len(card.member_shapes)} member shapes for {len(states)} "
-                             "networks in its weights")
-        networks = []
-        for state in states:
-            network = build_network(card.architecture, len(card.input.channels))
-            try:
-                network.load_state_dict(state)
-            except RuntimeError as error:
-                raise InputError(f"{model_dir}: weights do not match architecture {card.architecture} "
-                                 f"({str(error).splitlines()[0]})") from None
-            networks.append(network.to(target).eval())
-        guard = DomainGuard.load(model_dir, card.domain) if card.domain is not None else None
-        digest = model_digest(card, model_dir)
-        if card.sha256 is not None and card.sha256 != digest:
-            log.warning("%s: weights or card changed after the card was written (sha256 %s, recorded %s)",
-                        model_dir, digest[:12], card.sha256[:12])
-        card.sha256 = digest  # the identity of what was loaded, not of what the card once described
-        return cls(card, networks, target, guard)
+def load_predictor(model_dir: str | Path, device: str = "auto") -> "CardPredictor":
+    """The predictor a model folder holds: the edge picker or a network, as its card says."""
+    if read_card(Path(model_dir)).architecture == PICKER_ARCHITECTURE:
+        from .picker_predictor import PickerPredictor
+
+        return PickerPredictor.from_model_folder(model_dir)
+    return DicePredictor.from_model_folder(model_dir, device)
+
+
+def load_weights(model_dir: Path, device: torch.device) -> object:
+    """``weights.pt`` as tensors only (a model folder may come from elsewhere: never unpickle arbitrary
+    objects); a one-line error for a missing or unreadable file."""
+    try:
+        return torch.load(model_dir / WEIGHTS_FILE, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{model_dir}: model folder lacks {WEIGHTS_FILE}") from None
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{model_dir / WEIGHTS_FILE}: refused or unreadable weights ({reason})") from None
+
+
+def identify(card: ModelCard, model_dir: Path) -> None:
+    """Set the card's digest to that of what was loaded, warning when it differs from the recorded one."""
+    digest = model_digest(card, model_dir)
+    if card.sha256 is not None and card.sha256 != digest:
+        log.warning("%s: weights or card changed after the card was written (sha256 %s, recorded %s)",
+                    model_dir, digest[:12], card.sha256[:12])
+    card.sha256 = digest  # the identity of what was loaded, not of what the card once described
+
+
+class CardPredictor:
+    """What every predictor shares: its card, and what the card lets it be used for."""
+
+    card: ModelCard
 
     def check_applicable(self, roi_name: str, modality: str) -> None:
         """Refuse a ROI or modality the model was not trained for: no silent wrong number."""
@@ -204,6 +214,54 @@ class DicePredictor:
         if not recorded:
             return ()
         return tuple(dict.fromkeys(filter(None, map(normalise_body_part, [*recorded, *extra]))))
+
+    def predict_rois(self, image: np.ndarray, grid: Grid, masks: Sequence[np.ndarray], roi_names: Sequence[str | None],
+                     probabilities: Sequence[np.ndarray | None] | None = None, mc_samples: int = 0,
+                     body_part: str | None = None, extra_body_parts: Sequence[str] = ()) -> list[Prediction]:
+        """The predicted Dice of each mask on ``image`` ([k, j, i] on ``grid``), with its interval and, where
+        the model has a guard, its domain score."""
+        raise NotImplementedError
+
+
+class DicePredictor(CardPredictor):
+    """A 3-D network that predicts the Dice a mask would score against an expert reference, without the
+    reference, from a crop of the image and the mask."""
+
+    def __init__(self, card: ModelCard, networks: list[torch.nn.Module], device: torch.device,
+                 guard: DomainGuard | None = None):
+        self.card, self.networks, self.device, self.guard = card, networks, device, guard
+
+    @classmethod
+    def from_model_folder(cls, model_dir: str | Path, device: str = "auto") -> "DicePredictor":
+        model_dir = Path(model_dir)
+        card = read_card(model_dir)
+        if card.input is None:
+            raise InputError(f"{model_dir}: an {card.architecture} model, not a network this command can use")
+        target = device_for(device)
+        states = load_weights(model_dir, target)
+        states = states if isinstance(states, list) else [states]
+        if card.member_shapes and len(card.member_shapes) != len(states):
+            raise InputError(f"{model_dir}: card lists {len(card.member_shapes)} member shapes for {len(states)} "
+                             "networks in its weights")
+        networks = []
+        for state in states:
+            network = build_network(card.architecture, len(card.input.channels))
+            try:
+                network.load_state_dict(state)
+            except RuntimeError as error:
+                raise InputError(f"{model_dir}: weights do not match architecture {card.architecture} "
+                                 f"({str(error).splitlines()[0]})") from None
+            networks.append(network.to(target).eval())
+        guard = DomainGuard.load(model_dir, card.domain) if card.domain is not None else None
+        identify(card, model_dir)
+        return cls(card, networks, target, guard)
+
+    def predict_rois(self, image: np.ndarray, grid: Grid, masks: Sequence[np.ndarray], roi_names: Sequence[str | None],
+                     probabilities: Sequence[np.ndarray | None] | None = None, mc_samples: int = 0,
+                     body_part: str | None = None, extra_body_parts: Sequence[str] = ()) -> list[Prediction]:
+        probabilities = probabilities or [None] * len(masks)
+        inputs = [self.network_input(image, mask, grid, p) for mask, p in zip(masks, probabilities)]
+        return self.predict_batch(inputs, mc_samples, list(roi_names), body_part, extra_body_parts)
 
     def member_specs(self) -> list[InputSpec]:
         shapes = self.card.member_shapes or [self.card.input.shape] * len(self.networks)

@@ -1,18 +1,24 @@
 """The edge picker on spheres whose true Dice is known: its geometry, its targets, its inputs' invariance,
-and that what it learns on one contrast holds on another."""
+that what it learns on one contrast holds on another, and the model folder the product loads."""
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from contourqa.qa_models.edge_picker import moved_surface_dice, picked_edge, vertex_features
+from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.geometry import Grid
+from contourqa.qa_models.picker_predictor import PickerPredictor
+from contourqa.qa_models.predictor import DicePredictor, load_predictor
 from contourqa.reporting.overlap import dice
 from contourqa.training.cache import CachedCase, Candidate
-from contourqa.training.edge_picker import (SavedPicker, load_picker, moved_surface_dice, picked_edge, save_picker,
-                                           signed_distance, spread_limit, train_picker, training_vertices,
-                                           true_offsets, vertex_features)
-from contourqa.training.edge_profile import contour_surface
+from contourqa.training.edge_picker import (signed_distance, train_picker, training_vertices, true_offsets,
+                                           write_picker_model)
 from contourqa.training.manifest import ManifestRow
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
@@ -65,30 +71,43 @@ def test_its_inputs_keep_neither_grey_values_nor_the_sign_of_the_contrast():
         assert plain.shape[1] == 4 * 33 and np.allclose(plain, inverted, atol=1e-3)
 
 
+GRID = Grid(np.zeros(3), SPACING[::-1].copy(), np.eye(3), SHAPE)
+
+
 def _case(image: np.ndarray, name: str) -> CachedCase:
-    grid = Grid(np.zeros(3), SPACING[::-1].copy(), np.eye(3), SHAPE)
+    grid = GRID
     rows = [ManifestRow(name, None, None, None, "Organ", kind) for kind in _candidates()]
     candidates = [Candidate(row, mask, dice(mask, REFERENCE)) for row, mask in zip(rows, _candidates().values())]
     return CachedCase(name, image, grid, "MR", {"organ": REFERENCE}, candidates)
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> SavedPicker:
-    """Trained on bright spheres of two contrasts, its spread limit set on a third, saved and loaded as
-    `contourqa picker` and evaluate do."""
+def model_dir(tmp_path_factory) -> Path:
+    """Trained on bright spheres of two contrasts, its spread limit and interval set on a third, written as
+    a model folder as `contourqa picker` writes it."""
     cases = [_case(_organ(contrast, 8, seed), f"train{seed}") for seed, contrast in enumerate((60, 120))]
     features, offsets = training_vertices(cases, per_candidate=600)
     network = train_picker(features, offsets, epochs=15)
-    path = tmp_path_factory.mktemp("picker") / "picker.pt"
-    save_picker(SavedPicker(network, "spheres", spread_limit(network, [_case(_organ(90, 8, 2), "held")])), path)
-    loaded = load_picker(path)
-    assert loaded.trained_on == "spheres" and 0 < loaded.spread_limit_mm < 8
+    folder = tmp_path_factory.mktemp("picker") / "model"
+    write_picker_model(folder, network, (Path("spheres.csv"), cases), (Path("held.csv"), [_case(_organ(90, 8, 2), "held")]),
+                       len(offsets), 0, "spheres", "1", ["whole body"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> PickerPredictor:
+    loaded = load_predictor(model_dir)
+    assert isinstance(loaded, PickerPredictor)
+    card = loaded.card
+    assert (card.architecture, card.modalities, card.roi_names) == ("edge_picker", ["MR"], ["Organ"])
+    assert 0 < card.domain.threshold < 8 and 0 < card.interval_half_width < 0.1
+    assert card.domain.body_parts == ["WHOLE BODY"] and card.training_data["manifest"] == "spheres.csv"
     return loaded
 
 
 @pytest.fixture(scope="module")
-def picker(saved):
-    return saved.network
+def picker(model):
+    return model.network
 
 
 def picker_dice(picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
@@ -105,24 +124,38 @@ def test_what_it_learned_holds_on_a_dark_organ_of_another_contrast(picker):
     assert sorted(true, key=true.get) == sorted(true, key=estimate.get)
 
 
-def test_an_empty_mask_has_no_estimate(picker):
+def test_an_empty_mask_has_no_surface_to_pick_on_and_scores_zero_in_the_product(picker, model):
     assert np.isnan(picker_dice(picker, _organ(100, 5, 0), np.zeros(SHAPE, bool), SPACING))
+    [empty] = model.predict_rois(_organ(100, 5, 0), GRID, [np.zeros(SHAPE, bool)], ["Organ"])
+    assert (empty.dice, empty.trusted) == (0.0, True)  # against any reference, surely
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"not a torch file", "not an edge picker"),
-    ({"format": 99, "state": {}}, "format 99"),
-    ({"format": 1, "state": {"0.weight": torch.zeros(2, 2)}}, "not an edge picker"),
+@pytest.mark.parametrize("damage, reason", [
+    ("no weights", "lacks weights.pt"),
+    ("not a torch file", "refused or unreadable weights"),
+    ("other weights", "weights do not match the edge picker"),
+    ("no spread limit", "without a spread limit"),
 ])
-def test_a_file_that_is_not_a_picker_is_refused_in_one_line(tmp_path, content, reason):
-    path = tmp_path / "picker.pt"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
+def test_a_picker_folder_that_cannot_be_used_is_refused_in_one_line(model_dir, tmp_path, damage, reason):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    weights, card_file = folder / "weights.pt", folder / "model.json"
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "not a torch file":
+        weights.write_bytes(b"not a torch file")
+    elif damage == "other weights":
+        torch.save({"0.weight": torch.zeros(2, 2)}, weights)
     else:
-        torch.save(content, path)
+        card_file.write_text(json.dumps(json.loads(card_file.read_text()) | {"domain": None}))
     with pytest.raises(InputError, match=reason) as error:
-        load_picker(path)
+        load_predictor(folder)
     assert "\n" not in str(error.value)
+
+
+def test_commands_that_need_a_network_refuse_a_picker_folder(model_dir):
+    with pytest.raises(InputError, match="an edge_picker model, not a network"):
+        DicePredictor.from_model_folder(model_dir)
 
 
 def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(picker):
@@ -135,11 +168,15 @@ def test_a_contour_cut_by_the_images_last_slice_is_not_taken_for_an_error(picker
     assert picker_dice(picker, image, larger, SPACING) == pytest.approx(dice(larger, REFERENCE[cut]), abs=0.07)
 
 
-def test_it_is_sure_where_the_image_shows_the_boundary_and_not_where_it_does_not(saved):
+def test_it_is_sure_where_the_image_shows_the_boundary_and_withholds_where_it_does_not(model):
     noise_only = np.random.default_rng(1).normal(0, 5, SHAPE)  # the same contours, no organ to see
-    for mask in (RADIUS < 15.5, REFERENCE, RADIUS < 20.5):
-        shown, hidden = picked_edge(saved.network, _organ(70, 6, 4), mask, SPACING), picked_edge(
-            saved.network, noise_only, mask, SPACING)
-        assert saved.sure(shown) and not saved.sure(hidden)
-        assert hidden.spread_mm > 1.5 * shown.spread_mm
-    assert not SavedPicker(saved.network, "no limit").sure(shown)  # without held-out studies, never sure
+    masks = [RADIUS < 15.5, REFERENCE, RADIUS < 20.5]
+    shown = model.predict_rois(_organ(70, 6, 4), GRID, masks, ["Organ"] * 3, body_part="Whole Body ")
+    hidden = model.predict_rois(noise_only, GRID, masks, ["Organ"] * 3)
+    for seen, unseen in zip(shown, hidden):
+        assert seen.trusted and not unseen.trusted
+        assert unseen.domain.score > 1.5 * seen.domain.score
+        assert seen.low <= seen.dice <= seen.high and seen.high - seen.low > 0  # the held-out interval
+    assert unseen.domain.reason().startswith("edge spread ") and " mm > " in unseen.domain.reason()
+    [elsewhere] = model.predict_rois(_organ(70, 6, 4), GRID, [REFERENCE], ["Organ"], body_part="HEAD")
+    assert not elsewhere.trusted and "body part HEAD, not WHOLE BODY" in elsewhere.domain.reason()

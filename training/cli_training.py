@@ -113,16 +113,20 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
                          help="average each prediction with that of the left-right mirrored input")
     combine.set_defaults(run=_run_combine)
 
-    picker = commands.add_parser("picker", help="train an edge picker: which edge along each normal is the organ's "
-                                               "(a trial reported by evaluate --picker)")
+    picker = commands.add_parser("picker", help="train an edge picker (which edge along each normal is the organ's) "
+                                               "as a model folder for assess, serve and evaluate")
     picker.add_argument("--manifest", type=Path, required=True, help="training manifest (its references give the targets)")
-    picker.add_argument("--out", type=Path, required=True, help="picker file to write")
+    picker.add_argument("--held", type=Path, required=True, metavar="HELD.csv",
+                        help="held-out studies (never trained on) that set the spread beyond which the picker "
+                             "withholds its number (its 95 %% quantile over their candidates) and its interval")
+    picker.add_argument("--out", type=Path, required=True, help="model folder to write")
     picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
     picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
     picker.add_argument("--seed", type=int, default=0)
-    picker.add_argument("--held", type=Path, metavar="HELD.csv",
-                        help="held-out studies (never trained on) that set the spread beyond which the picker "
-                             "is not sure: its 95 %% quantile over their candidates")
+    picker.add_argument("--name", default="contourqa-edge-picker", help="model name written in the card")
+    picker.add_argument("--model-version", dest="version", default="1", help="model version written in the card")
+    picker.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",
+                        help="another Body Part Examined term for the trained anatomy (repeatable)")
     _add_cache_option(picker)
     picker.set_defaults(run=_run_picker)
 
@@ -133,8 +137,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
     evaluate.add_argument("--record", action="store_true", help="store the figures in the model's card")
-    evaluate.add_argument("--picker", type=Path, metavar="FILE",
-                          help="also report this edge picker (`contourqa picker`) as a baseline")
+    evaluate.add_argument("--picker", type=Path, metavar="DIR",
+                          help="also report this edge picker model (`contourqa picker`) as a baseline")
     _add_cache_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -234,19 +238,24 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
-    from contourqa.training.edge_picker import SavedPicker, save_picker, spread_limit, train_picker, training_vertices
+    from contourqa.training.edge_picker import train_picker, training_vertices, write_picker_model
     from contourqa.training.manifest import read_manifest
 
     if args.epochs < 1 or args.vertices < 1:
         raise InputError("--epochs and --vertices must be at least 1")
-    held = read_manifest(args.held) if args.held else None  # a bad held-out manifest fails before training
-    features, offsets = training_vertices(load_cases(read_manifest(args.manifest), args.cache), args.vertices, args.seed)
-    picker = SavedPicker(train_picker(features, offsets, args.epochs, args.seed), str(args.manifest))
-    if held is not None:
-        picker.spread_limit_mm = round(spread_limit(picker.network, load_cases(held, args.cache)), 2)
-    save_picker(picker, args.out)
-    limit = f"; not sure beyond a spread of {picker.spread_limit_mm} mm" if held is not None else ""
-    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}{limit}")
+    rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
+    shared = {r.image.resolve() for r in rows} & {r.image.resolve() for r in held_rows}
+    if shared:
+        raise InputError(f"the held-out studies must not be trained on; {len(shared)} image series are in both "
+                         f"manifests (e.g. {sorted(shared)[0]})")
+    cases = load_cases(rows, args.cache)
+    features, offsets = training_vertices(cases, args.vertices, args.seed)
+    picker = train_picker(features, offsets, args.epochs, args.seed)
+    card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
+                              len(offsets), args.seed, args.name, args.version, args.extra_body_parts)
+    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}; withholds beyond a spread "
+          f"of {card.domain.threshold} mm; interval +-{card.interval_half_width}; {', '.join(card.modalities)}, "
+          f"ROIs {', '.join(card.roi_names)}, body parts {', '.join(card.domain.body_parts) or 'not checked'}")
     return EXIT_OK
 
 
@@ -256,7 +265,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     model_dir = args.model or default_model_dir()
     report = evaluate(args.manifest, model_dir, baseline_trials=args.baseline_trials, cache_dir=args.cache,
-                      picker_file=args.picker)
+                      picker_dir=args.picker)
     if args.record:
         record_in_card(report, model_dir)
     if args.html:

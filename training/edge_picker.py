@@ -1,70 +1,38 @@
-"""The edge picker: a small network that learns which edge along a contour's normal is the organ's.
+"""Training the edge picker (``contourqa.qa_models.edge_picker``) and writing it as a model folder.
 
-The edge profile (``edge_profile``) takes the strongest edge of the organ's polarity near the surface; on
-walled organs (a rectum round its lumen) and faint boundaries that rule picks the wrong edge. The picker
-learns the choice instead, from every vertex of the training candidates, whose true offset to the
-reference surface is known: a perceptron with two hidden layers reads each vertex's normal profile and
-that of its neighbourhood, normalised so that no grey value, contrast sign or scale survives (the
-derivative over the contour's typical edge strength; the intensity as a fraction of the way from outside
-to inside), and gives a distribution over where along the normal the organ's edge lies. Those
-distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their mode; the
-surface so moved is the implied reference, and the Dice between it and the mask is counted voxel by
-voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread round
-that mode says whether the image shows the picker one edge. A trial beside the product's network,
-reported by `contourqa evaluate --picker` (docs/model.md, "The edge picker").
+Its targets come from every vertex of the training candidates: the reference's signed distance at the
+vertex is how far the organ's edge lies along its normal, so 40 studies give half a million labelled
+examples instead of 1,400 Dice values. Held-out studies of the same style (never trained on) set the
+spread beyond which it withholds its number and the half-width of its interval (``picker_predictor``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import shlex
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
+from contourqa import __version__
+from contourqa.qa_models.atomic import atomic_path
+from contourqa.qa_models.domain import DomainCard, normalise_body_part
+from contourqa.qa_models.edge_picker import EdgePicker, picked_edge, vertex_features
+from contourqa.qa_models.edge_surface import PROFILE_MM, STEP_MM, ContourSurface, contour_surface
 from contourqa.qa_models.errors import InputError
+from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
 
 from .cache import CachedCase, Candidate
-from .edge_profile import (BAND_MM, PROFILE_MM, SMOOTH_MM, STEP_MM, ContourSurface, contour_surface,
-                           normal_profiles, organ_polarity, peak_position, smooth_on_mesh)
 from .progress import progress
 
-CONTEXT_MM = 3.0  # the neighbourhood whose mean profile each vertex also reads
-NEAR_MM = 3.0  # inside and outside intensities are read this far along the normal
-FEATURES = 4 * len(PROFILE_MM)
-PICKER_FORMAT = 1
-SPREAD_QUANTILE = 0.95
-
-
-class EdgePicker(torch.nn.Sequential):
-    """Vertex features -> logits over ``PROFILE_MM``: where along the normal the organ's edge lies."""
-
-    def __init__(self, hidden: int = 128):
-        super().__init__(torch.nn.Linear(FEATURES, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
-                         torch.nn.ReLU(), torch.nn.Linear(hidden, len(PROFILE_MM)))
-
-
-def vertex_features(surface: ContourSurface) -> np.ndarray:
-    """Each vertex's normalised profiles (vertices x ``FEATURES``): its derivative, the organ's edge
-    positive, over the contour's typical edge strength; its intensity, 0 outside and 1 inside; and both
-    averaged over ``CONTEXT_MM`` of surface."""
-    profile = normal_profiles(surface.image, surface.spacing, surface.verts, surface.normals)
-    derivative = np.gradient(profile, STEP_MM, axis=1)
-    measured = surface.measured
-    response = -organ_polarity(derivative, measured) * derivative
-    response /= np.percentile(np.abs(derivative[measured]).max(1), 75) + 1e-6
-    near = int(round(NEAR_MM / STEP_MM))
-    middle = len(PROFILE_MM) // 2
-    inside, outside = np.median(profile[measured, middle - near]), np.median(profile[measured, middle + near])
-    contrast = inside - outside if abs(inside - outside) > 1e-6 else 1e-6
-    fraction = np.clip((profile - outside) / contrast, -5, 5)
-    own = np.concatenate([response, fraction], axis=1)
-    context = smooth_on_mesh(own, surface.area * measured, surface.faces, CONTEXT_MM, surface.edge_mm)
-    return np.concatenate([own, context], axis=1).astype(np.float32)
+SPREAD_QUANTILE = 0.95  # the spread limit, as the domain guard's threshold: a quantile of held-out studies
+INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
+SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "
+                   "surface-averaged distributions, over the contour's surface")
 
 
 def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -82,57 +50,6 @@ def true_offsets(surface: ContourSurface, reference_distance: np.ndarray) -> np.
     return -ndimage.map_coordinates(reference_distance, index.T, order=1, mode="nearest")
 
 
-def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
-    """Dice between the mask and its surface moved by ``offsets`` (mm, outward), voxel by voxel on the
-    image's grid: a voxel within the band of the surface belongs to the moved mask when its signed
-    distance to the surface (to its nearest vertex) is below that vertex's offset."""
-    mask, spacing = surface.mask, surface.spacing
-    reach = BAND_MM + spacing.max()
-    band = np.where(mask, ndimage.distance_transform_edt(mask, sampling=spacing),
-                    ndimage.distance_transform_edt(~mask, sampling=spacing)) < reach
-    index = np.argwhere(band)
-    distance, nearest = cKDTree(surface.verts).query(index * spacing)
-    moved = mask.copy()
-    moved[tuple(index.T)] = np.where(mask[tuple(index.T)], -distance, distance) < offsets[nearest]
-    return float(2 * np.logical_and(moved, mask).sum() / max(int(moved.sum() + mask.sum()), 1))
-
-
-class PickedEdge(NamedTuple):
-    dice: float  # the Dice against the boundary the picker finds
-    spread_mm: float  # how far from that boundary the picker's own distributions reach: wide where no one edge shows
-
-
-NOT_PICKED = PickedEdge(float("nan"), float("nan"))
-
-
-def pick_edges(picker: EdgePicker, surface: ContourSurface) -> tuple[np.ndarray, float]:
-    """Each vertex's offset to the organ's edge, and the spread: the mode of the picker's distributions
-    averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset towards zero), and the mean
-    distance from it under those distributions. Offsets are 0 where the image's end cuts the surface."""
-    with torch.no_grad():
-        probabilities = torch.softmax(picker(torch.from_numpy(vertex_features(surface))), dim=1).numpy()
-    weights = surface.area * surface.measured
-    averaged = smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM, surface.edge_mm)
-    offsets = peak_position(averaged)
-    spread = np.sum(averaged * np.abs(PROFILE_MM[None, :] - offsets[:, None]), axis=1)
-    offsets[~surface.measured] = 0.0
-    return offsets, float(np.sum(weights * spread) / np.sum(weights))
-
-
-def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
-    """The Dice ``mask`` would score against the boundary the picker finds on ``image`` (arrays k, j, i;
-    ``spacing`` in mm in the same order), and the picker's spread; NaN for an empty mask or one whose
-    whole surface the image's ends cut."""
-    surface = contour_surface(image, mask, spacing)
-    return NOT_PICKED if surface is None else picked_edge_of(picker, surface)
-
-
-def picked_edge_of(picker: EdgePicker, surface: ContourSurface) -> PickedEdge:
-    """``picked_edge`` on a surface already built."""
-    offsets, spread = pick_edges(picker, surface)
-    return PickedEdge(moved_surface_dice(surface, offsets), spread)
-
-
 def realistic_masks(cases: Iterable[CachedCase]) -> Iterator[tuple[CachedCase, Candidate, np.ndarray]]:
     """Every realistic candidate with its mask (the constructed failures are not contours of the organ)."""
     for case in cases:
@@ -142,15 +59,19 @@ def realistic_masks(cases: Iterable[CachedCase]) -> Iterator[tuple[CachedCase, C
                 yield case, candidate, mask
 
 
-def spread_limit(picker: EdgePicker, held_out: Iterable[CachedCase], quantile: float = SPREAD_QUANTILE) -> float:
-    """The ``quantile`` of the picker's spread over held-out studies' realistic candidates: set as the
-    domain guard's threshold is, beyond it the image does not show the picker one edge."""
-    spreads = [picked_edge(picker, case.image, mask, case.grid.spacing[::-1]).spread_mm
-               for case, _, mask in realistic_masks(held_out)]
-    spreads = [s for s in spreads if np.isfinite(s)]
-    if not spreads:
+def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> tuple[float, float, int]:
+    """(spread limit, interval half-width, candidates) from held-out studies' realistic candidates: the
+    ``SPREAD_QUANTILE`` of the picker's spread (beyond it the image does not show the picker one edge), and
+    the ``INTERVAL_QUANTILE`` of its absolute error where it is within that limit."""
+    picked = [(picked_edge(picker, case.image, mask, case.grid.spacing[::-1]), candidate.dice)
+              for case, candidate, mask in realistic_masks(held_out)]
+    picked = [(estimate, true) for estimate, true in picked if np.isfinite(estimate.spread_mm)]
+    if not picked:
         raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
-    return float(np.quantile(spreads, quantile))
+    spreads = np.array([estimate.spread_mm for estimate, _ in picked])
+    limit = float(np.quantile(spreads, SPREAD_QUANTILE))
+    errors = np.array([abs(estimate.dice - true) for estimate, true in picked])[spreads <= limit]
+    return limit, float(np.quantile(errors, INTERVAL_QUANTILE)), len(picked)
 
 
 def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -200,34 +121,36 @@ def train_picker(features: np.ndarray, offsets: np.ndarray, epochs: int = 10, se
     return picker.eval()
 
 
-@dataclass
-class SavedPicker:
-    network: EdgePicker
-    trained_on: str
-    spread_limit_mm: float | None = None  # None: no held-out studies set one
-
-    def sure(self, estimate: PickedEdge) -> bool:
-        """Whether the picker sees one edge: its spread within the limit (False for NaN, or with no limit)."""
-        return self.spread_limit_mm is not None and estimate.spread_mm <= self.spread_limit_mm
-
-
-def save_picker(picker: SavedPicker, path: Path) -> None:
-    torch.save({"format": PICKER_FORMAT, "trained_on": picker.trained_on, "spread_limit_mm": picker.spread_limit_mm,
-                "state": picker.network.state_dict()}, path)
-
-
-def load_picker(path: Path) -> SavedPicker:
-    """A saved picker; a clear one-line error for a file that is not a picker of this format."""
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-        if stored.get("format") != PICKER_FORMAT:
-            raise ValueError(f"format {stored.get('format')}, expected {PICKER_FORMAT}")
-        network = EdgePicker()
-        network.load_state_dict(stored["state"])
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such edge picker file") from None
-    except Exception as error:  # any unreadable or foreign file: one line, no traceback
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: not an edge picker ({reason})") from None
-    limit = stored.get("spread_limit_mm")
-    return SavedPicker(network.eval(), str(stored.get("trained_on", "")), None if limit is None else float(limit))
+def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path, list[CachedCase]],
+                       held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
+                       extra_body_parts: Iterable[str] = ()) -> ModelCard:
+    """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
+    the modalities, ROIs and body parts of the studies it was trained on (and ``extra_body_parts``, a
+    site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
+    Both are (manifest, cases)."""
+    (manifest, cases), (held_manifest, held) = trained_on, held_out
+    limit, half_width, held_candidates = held_out_figures(picker, held)
+    realistic = [c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")]
+    roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
+    body_parts = sorted({c.body_part for c in cases if c.body_part}
+                        | set(filter(None, map(normalise_body_part, extra_body_parts))))
+    card = ModelCard(
+        name=name, version=version, architecture=PICKER_ARCHITECTURE,
+        modalities=sorted({case.modality for case in cases}), roi_names=roi_names,
+        contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        seed=seed,
+        training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
+                       "dice_mean_realistic": float(np.mean(realistic)), "manifest": manifest.name},
+        training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
+        domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
+                          threshold=round(limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
+                          fitted_on={"manifest": manifest.name, "cases": len(cases)},
+                          threshold_from={"manifest": held_manifest.name, "cases": len(held),
+                                          "candidates": held_candidates}),
+        interval_half_width=round(half_width, 4),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS_FILE) as weights:
+        torch.save(picker.state_dict(), weights)
+    write_card(card, out_dir)  # the card last: a folder with a card is a whole model
+    return card

@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict
-from contourqa.qa_models.predictor import DicePredictor, Prediction, read_card, write_card
+from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
+from contourqa.qa_models.edge_surface import contour_surface
+from contourqa.qa_models.picker_predictor import PickerPredictor
+from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
 from contourqa.reporting import charts
 from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
 from contourqa.reporting.html import render_page
 
 from .cache import CachedCase, Candidate, load_cases
-from .edge_picker import NOT_PICKED, load_picker, picked_edge_of
-from .edge_profile import NO_SURFACE, contour_surface, edge_profile_of
+from .edge_profile import NO_SURFACE, edge_profile_of
 from .manifest import ManifestRow, read_manifest
 from .progress import progress
 
@@ -81,7 +83,7 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def candidate_predictions(predictor: DicePredictor, case: CachedCase,
+def candidate_predictions(predictor: CardPredictor, case: CachedCase,
                           batch_size: int = 16) -> Iterator[tuple[Candidate, Prediction]]:
     """Every candidate of ``case`` with the model's prediction, refusing a ROI or modality it does not cover.
     Candidates go through the network in batches: fewer, larger convolutions than one by one."""
@@ -89,20 +91,20 @@ def candidate_predictions(predictor: DicePredictor, case: CachedCase,
         predictor.check_applicable(candidate.row.roi, case.modality)
     for start in range(0, len(case.candidates), batch_size):
         chunk = case.candidates[start:start + batch_size]
-        inputs = [predictor.network_input(case.image, c.mask, case.grid, c.probabilities) for c in chunk]
-        yield from zip(chunk, predictor.predict_batch(inputs, roi_names=[c.row.roi for c in chunk],
-                                                      body_part=case.body_part))
+        yield from zip(chunk, predictor.predict_rois(case.image, case.grid, [c.mask for c in chunk],
+                                                     [c.row.roi for c in chunk], [c.probabilities for c in chunk],
+                                                     body_part=case.body_part))
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
              baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None,
-             picker_file: Path | None = None) -> dict:
-    """Every metric of the report as one JSON-ready dictionary; with ``picker_file``, that edge picker
-    (``edge_picker``) is reported as a baseline too."""
+             picker_dir: Path | None = None) -> dict:
+    """Every metric of the report as one JSON-ready dictionary; with ``picker_dir``, that edge picker model
+    is reported as a baseline too."""
     config = config or AssessConfig()
     rows = read_manifest(manifest)
-    predictor = DicePredictor.from_model_folder(model_dir)
-    picker = load_picker(picker_file) if picker_file else None
+    predictor = load_predictor(model_dir)
+    picker = PickerPredictor.from_model_folder(picker_dir) if picker_dir else None
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
     picked = []
@@ -132,7 +134,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     card = predictor.card
     report = {
         "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
-                  "ensemble_size": card.ensemble_size, "channels": list(card.input.channels),
+                  "ensemble_size": card.ensemble_size, "channels": list(card.input.channels) if card.input else [],
                   "input_shapes": sorted(set(card.input_shapes)),
                   "calibrated": card.calibration is not None, "test_time_flip": card.test_time_flip},
         "manifest": str(manifest),
@@ -181,9 +183,10 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         add_baseline("edge profile where its edges cohere", edge_dice, np.array([e.coherent for e in edge]))
         if picker is not None:
             picked_dice = np.array([p.dice for p in picked])
-            add_baseline(f"edge picker (trained on {picker.trained_on})", picked_dice, np.isfinite(picked_dice))
-            add_baseline(f"edge picker where it is sure (spread <= {picker.spread_limit_mm} mm)", picked_dice,
-                         np.array([picker.sure(p) for p in picked]))
+            trained_on, limit = picker.card.training_data["manifest"], picker.card.domain.threshold
+            add_baseline(f"edge picker (trained on {trained_on})", picked_dice, np.isfinite(picked_dice))
+            add_baseline(f"edge picker where it is sure (spread <= {limit} mm)", picked_dice,
+                         np.array([p.spread_mm <= limit for p in picked]))
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(

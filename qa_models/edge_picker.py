@@ -1,0 +1,109 @@
+"""The edge picker: a small network that learns which edge along a contour's normal is the organ's.
+
+A rule (the strongest edge of the organ's polarity near the surface) picks the wrong edge on walled
+organs (a rectum round its lumen) and faint boundaries. The picker learns the choice instead, from every
+vertex of the training candidates, whose true offset to the reference surface is known
+(``contourqa picker``, training/edge_picker.py): a perceptron with two hidden layers reads each vertex's
+normal profile and that of its neighbourhood, normalised so that no grey value, contrast sign or scale
+survives (the derivative over the contour's typical edge strength; the intensity as a fraction of the
+way from outside to inside), and gives a distribution over where along the normal the organ's edge
+lies. Those distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their
+mode; the surface so moved is the implied reference, and the Dice between it and the mask is counted
+voxel by voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread
+round that mode says whether the image shows the picker one edge (docs/model.md, "The edge picker").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .edge_surface import (BAND_MM, PROFILE_MM, STEP_MM, ContourSurface, contour_surface, normal_profiles,
+                           organ_polarity, peak_position, smooth_on_mesh)
+
+CONTEXT_MM = 3.0  # the neighbourhood whose mean profile each vertex also reads
+NEAR_MM = 3.0  # inside and outside intensities are read this far along the normal
+SMOOTH_MM = 3.0  # the distributions are averaged over this much surface (chosen on held-out synth studies)
+FEATURES = 4 * len(PROFILE_MM)
+
+
+class EdgePicker(torch.nn.Sequential):
+    """Vertex features -> logits over ``PROFILE_MM``: where along the normal the organ's edge lies."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__(torch.nn.Linear(FEATURES, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                         torch.nn.ReLU(), torch.nn.Linear(hidden, len(PROFILE_MM)))
+
+
+def vertex_features(surface: ContourSurface) -> np.ndarray:
+    """Each vertex's normalised profiles (vertices x ``FEATURES``): its derivative, the organ's edge
+    positive, over the contour's typical edge strength; its intensity, 0 outside and 1 inside; and both
+    averaged over ``CONTEXT_MM`` of surface."""
+    profile = normal_profiles(surface.image, surface.spacing, surface.verts, surface.normals)
+    derivative = np.gradient(profile, STEP_MM, axis=1)
+    measured = surface.measured
+    response = -organ_polarity(derivative, measured) * derivative
+    response /= np.percentile(np.abs(derivative[measured]).max(1), 75) + 1e-6
+    near = int(round(NEAR_MM / STEP_MM))
+    middle = len(PROFILE_MM) // 2
+    inside, outside = np.median(profile[measured, middle - near]), np.median(profile[measured, middle + near])
+    contrast = inside - outside if abs(inside - outside) > 1e-6 else 1e-6
+    fraction = np.clip((profile - outside) / contrast, -5, 5)
+    own = np.concatenate([response, fraction], axis=1)
+    context = smooth_on_mesh(own, surface.area * measured, surface.faces, CONTEXT_MM, surface.edge_mm)
+    return np.concatenate([own, context], axis=1).astype(np.float32)
+
+
+def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
+    """Dice between the mask and its surface moved by ``offsets`` (mm, outward), voxel by voxel on the
+    image's grid: a voxel within the band of the surface belongs to the moved mask when its signed
+    distance to the surface (to its nearest vertex) is below that vertex's offset."""
+    mask, spacing = surface.mask, surface.spacing
+    reach = BAND_MM + spacing.max()
+    band = np.where(mask, ndimage.distance_transform_edt(mask, sampling=spacing),
+                    ndimage.distance_transform_edt(~mask, sampling=spacing)) < reach
+    index = np.argwhere(band)
+    distance, nearest = cKDTree(surface.verts).query(index * spacing)
+    moved = mask.copy()
+    moved[tuple(index.T)] = np.where(mask[tuple(index.T)], -distance, distance) < offsets[nearest]
+    return float(2 * np.logical_and(moved, mask).sum() / max(int(moved.sum() + mask.sum()), 1))
+
+
+class PickedEdge(NamedTuple):
+    dice: float  # the Dice against the boundary the picker finds
+    spread_mm: float  # how far from that boundary the picker's own distributions reach: wide where no one edge shows
+
+
+NOT_PICKED = PickedEdge(float("nan"), float("nan"))
+
+
+def pick_edges(picker: EdgePicker, surface: ContourSurface) -> tuple[np.ndarray, float]:
+    """Each vertex's offset to the organ's edge, and the spread: the mode of the picker's distributions
+    averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset towards zero), and the mean
+    distance from it under those distributions. Offsets are 0 where the image's end cuts the surface."""
+    with torch.no_grad():
+        probabilities = torch.softmax(picker(torch.from_numpy(vertex_features(surface))), dim=1).numpy()
+    weights = surface.area * surface.measured
+    averaged = smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM, surface.edge_mm)
+    offsets = peak_position(averaged)
+    spread = np.sum(averaged * np.abs(PROFILE_MM[None, :] - offsets[:, None]), axis=1)
+    offsets[~surface.measured] = 0.0
+    return offsets, float(np.sum(weights * spread) / np.sum(weights))
+
+
+def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
+    """The Dice ``mask`` would score against the boundary the picker finds on ``image`` (arrays k, j, i;
+    ``spacing`` in mm in the same order), and the picker's spread; NaN for an empty mask or one whose
+    whole surface the image's ends cut."""
+    surface = contour_surface(image, mask, spacing)
+    return NOT_PICKED if surface is None else picked_edge_of(picker, surface)
+
+
+def picked_edge_of(picker: EdgePicker, surface: ContourSurface) -> PickedEdge:
+    """``picked_edge`` on a surface already built."""
+    offsets, spread = pick_edges(picker, surface)
+    return PickedEdge(moved_surface_dice(surface, offsets), spread)

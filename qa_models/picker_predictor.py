@@ -1,0 +1,77 @@
+"""The edge picker (``edge_picker``) as a Dice predictor: a model folder whose card names the architecture
+``edge_picker`` and whose ``weights.pt`` holds the picker's weights.
+
+Its guard is its own spread: how far its distributions reach round the edge it picks. The limit is the
+95 % quantile over held-out studies of its training style, set as a network's domain guard threshold is;
+beyond it the image does not show the picker one edge (a style it does not know, a boundary that does
+not show), and the number is withheld. The card's body parts are checked as a network's are. The 5-95 %
+interval is split conformal: the estimate plus or minus the 90 % quantile of the absolute error on those
+held-out studies where the picker was sure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .domain import DomainScore, normalise_body_part
+from .edge_picker import EdgePicker, picked_edge_of
+from .edge_surface import BAND_MM, contour_surface
+from .errors import InputError
+from .geometry import Grid
+from .predictor import CardPredictor, ModelCard, Prediction, identify, load_weights, read_card
+
+SPREAD_MEASURE = "edge spread"
+# a surface too fragmented to be an organ's (a noise mask) is not read: its mesh alone would cost seconds
+MAX_VERTICES = 400_000
+
+
+class PickerPredictor(CardPredictor):
+    def __init__(self, card: ModelCard, network: EdgePicker):
+        self.card, self.network = card, network
+
+    @classmethod
+    def from_model_folder(cls, model_dir: str | Path) -> "PickerPredictor":
+        model_dir = Path(model_dir)
+        card = read_card(model_dir)
+        network = EdgePicker()
+        try:
+            network.load_state_dict(load_weights(model_dir, torch.device("cpu")))
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise InputError(f"{model_dir}: weights do not match the edge picker "
+                             f"({str(error).strip().splitlines()[0]})") from None
+        if card.domain is None:
+            raise InputError(f"{model_dir}: an edge picker without a spread limit (train it with --held)")
+        identify(card, model_dir)
+        return cls(card, network.eval())
+
+    def predict_rois(self, image: np.ndarray, grid: Grid, masks: Sequence[np.ndarray], roi_names: Sequence[str | None],
+                     probabilities: Sequence[np.ndarray | None] | None = None, mc_samples: int = 0,
+                     body_part: str | None = None, extra_body_parts: Sequence[str] = ()) -> list[Prediction]:
+        """As ``CardPredictor.predict_rois``; the picker reads the binary mask (a FRACTIONAL segment's
+        probabilities and ``mc_samples`` do not apply)."""
+        known = self.known_body_parts(extra_body_parts)
+        part = normalise_body_part(body_part)
+        spacing = np.asarray(grid.spacing[::-1], dtype=float)
+        half = self.card.interval_half_width or 0.0
+        predictions = []
+        for mask in masks:
+            dice, spread = self._estimate(image, mask, spacing)
+            score = DomainScore(spread, self.card.domain.threshold, part, known, SPREAD_MEASURE, " mm")
+            predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
+        return predictions
+
+    def _estimate(self, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
+        """(Dice, spread). An empty mask scores 0 against any reference, surely; a mask the picker cannot
+        read (its whole surface on the image's ends, or too fragmented) gets a spread beyond any limit, so
+        its number, 0, is withheld."""
+        if not mask.any():
+            return 0.0, 0.0
+        surface = contour_surface(image, mask, spacing)
+        if surface is None or len(surface.verts) > MAX_VERTICES:
+            return 0.0, 2 * BAND_MM
+        picked = picked_edge_of(self.network, surface)
+        return picked.dice, picked.spread_mm
