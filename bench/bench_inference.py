@@ -1,9 +1,10 @@
 """Dice-regressor inference for one ROI on the CPU, beside the bare network forward pass as reference.
 
-    python bench/bench_inference.py [--model DIR] [--repeat 20]
+    python bench/bench_inference.py [--model DIR] [--picker DIR] [--repeat 20]
 
 predict() = crop + resample + normalise + forward (ensemble, and the mirrored input when the card asks for
-test-time flip); the bare forward pass of the unmirrored input is its floor.
+test-time flip); the bare forward pass of the unmirrored input is its floor. With ``--picker``, an edge
+picker model too, beside scikit-image's marching cubes of the same mask (the surface it starts from).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from timing import median_seconds
 
 from contourqa.qa_models.assessment import AssessConfig, structure_masks
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir
+from contourqa.qa_models.edge_surface import surface_mesh
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor
 from contourqa.qa_models.series import load_series
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 
@@ -27,6 +29,7 @@ from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=default_model_dir())
+    parser.add_argument("--picker", type=Path, help="also time this edge picker model folder")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     predictor = DicePredictor.from_model_folder(args.model, device="cpu")
@@ -55,7 +58,23 @@ def main() -> int:
     print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:
         print(f"{name:<42} {seconds:>9.4f} {seconds / forward:>10.2f}")
+    if args.picker:
+        bench_picker(args.picker, series, masks, prostate, args.repeat)
     return 0
+
+
+def bench_picker(model_dir: Path, series, masks, prostate, repeat: int) -> None:
+    picker = load_predictor(model_dir)
+    spacing = series.grid.spacing[::-1]
+    mesh = median_seconds(lambda: surface_mesh(prostate, spacing), repeat, warm_up=True)
+    one = median_seconds(lambda: picker.predict_rois(series.array, series.grid, [prostate], ["Prostate"]), repeat, warm_up=True)
+    five = median_seconds(lambda: picker.predict_rois(series.array, series.grid, [m.mask for m, _ in masks],
+                                                      [m.name for m, _ in masks]), repeat, warm_up=True)
+    print(f"\nedge picker {picker.card.name} {picker.card.version}")
+    print(f"{'step':<42} {'median s':>9} {'x mesh':>10}")
+    for name, seconds in [("marching cubes of the mask (reference)", mesh), ("predict_rois, the prostate", one),
+                          ("predict_rois, 5 ROIs, per ROI", five / len(masks))]:
+        print(f"{name:<42} {seconds:>9.4f} {seconds / mesh:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -156,9 +156,24 @@ def write_card(card: ModelCard, model_dir: Path) -> None:
 PICKER_ARCHITECTURE = "edge_picker"
 
 
+# models shipped inside the package beside the default, by the name `--model` and worker.model_dir accept
+SHIPPED_MODELS = {"edge-picker": "picker_model"}
+
+
+def model_folder(name: str | Path) -> Path:
+    """A model folder by its path, or by the name of one shipped with contourqa (a folder of that name
+    in the working directory comes first)."""
+    path = Path(name)
+    if not path.exists() and str(name) in SHIPPED_MODELS:
+        return Path(str(resources.files("contourqa.qa_models") / SHIPPED_MODELS[str(name)]))
+    return path
+
+
 def load_predictor(model_dir: str | Path, device: str = "auto") -> "CardPredictor":
-    """The predictor a model folder holds: the edge picker or a network, as its card says."""
-    if read_card(Path(model_dir)).architecture == PICKER_ARCHITECTURE:
+    """The predictor a model folder (or a shipped model's name) holds: the edge picker or a network, as
+    its card says."""
+    model_dir = model_folder(model_dir)
+    if read_card(model_dir).architecture == PICKER_ARCHITECTURE:
         from .picker_predictor import PickerPredictor
 
         return PickerPredictor.from_model_folder(model_dir)

@@ -118,6 +118,27 @@ def phantom_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("phantom-cache")
 
 
+def one_case_manifest(phantom: Path, case_id: str, folder: Path) -> Path:
+    """The phantom manifest's rows of one case, its paths made absolute, as FOLDER/CASE_ID.csv."""
+    header, *rows = (phantom / "manifest.csv").read_text().splitlines()
+    absolute = [",".join([c, *(str(phantom / v) for v in values[:3]), *values[3:]])
+                for c, *values in (row.split(",") for row in rows) if c == case_id]
+    path = folder / f"{case_id}.csv"
+    path.write_text("\n".join([header, *absolute]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def picker_model(phantom, phantom_cache, tmp_path_factory) -> Path:
+    """An edge picker model folder trained by `contourqa picker` on the first phantom study, its spread
+    limit and interval set on the second."""
+    folder = tmp_path_factory.mktemp("picker")
+    trained = run_cli("picker", "--manifest", one_case_manifest(phantom, "case000", folder), "--out", folder / "model",
+                      "--held", one_case_manifest(phantom, "case001", folder), "--cache", phantom_cache)
+    assert trained.returncode == 0, trained.stderr
+    return folder / "model"
+
+
 @pytest.fixture(scope="session")
 def quick_model(phantom, phantom_cache, tmp_path_factory) -> Path:
     """A model trained by `contourqa train --quick --folds 2` on the two phantom cases."""

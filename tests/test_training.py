@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import torch
 
-from conftest import headless_chromium, run_cli, set_image_tags
+from conftest import headless_chromium, one_case_manifest, run_cli, set_image_tags
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, read_card
 
@@ -184,16 +184,6 @@ def test_test_time_flip_averages_the_mirrored_input(quick_model, phantom):
     both = predictor.predict_batch(inputs, mc_samples=4)
     assert [p.dice for p in both] == pytest.approx([(a + b) / 2 for a, b in zip(plain, mirrored)], abs=1e-5)
     assert plain != mirrored and all(p.low <= p.high for p in both)
-
-
-def one_case_manifest(phantom: Path, case_id: str, folder: Path) -> Path:
-    """The phantom manifest's rows of one case, its paths made absolute, as FOLDER/CASE_ID.csv."""
-    header, *rows = (phantom / "manifest.csv").read_text().splitlines()
-    absolute = [",".join([c, *(str(phantom / v) for v in values[:3]), *values[3:]])
-                for c, *values in (row.split(",") for row in rows) if c == case_id]
-    path = folder / f"{case_id}.csv"
-    path.write_text("\n".join([header, *absolute]) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from contourqa.qa_models.assessment import AssessConfig, combined_verdict
 from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
 from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.picker_predictor import PickerPredictor
-from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, read_card, write_card
+from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, model_folder, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
 from contourqa.reporting import charts
 from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
@@ -104,7 +104,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     config = config or AssessConfig()
     rows = read_manifest(manifest)
     predictor = load_predictor(model_dir)
-    picker = PickerPredictor.from_model_folder(picker_dir) if picker_dir else None
+    picker = PickerPredictor.from_model_folder(model_folder(picker_dir)) if picker_dir else None
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
     picked = []

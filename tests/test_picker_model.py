@@ -1,0 +1,93 @@
+"""The edge picker as the product's predictor: `assess`, the SR and a node's worker take a picker model
+folder as they take a network's, and it withholds its number where it does not see one edge."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import THIGH, require_tool, run_cli, set_image_tags
+from contourqa.daemon.case_runner import load_predictor as worker_predictor
+from contourqa.qa_models.picker_predictor import PickerPredictor
+from contourqa.qa_models.sr_report import INSIDE_DOMAIN
+
+
+def sr_dump_and_errors(sr) -> tuple[str, list[str]]:
+    dump = subprocess.run([require_tool("dsrdump"), str(sr)], capture_output=True, text=True).stdout
+    check = subprocess.run([require_tool("dciodvfy"), str(sr)], capture_output=True, text=True)
+    return dump, [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_assess_gives_the_pickers_number_interval_and_spread_and_an_sr_with_them(picker_model, phantom, tmp_path):
+    study = phantom / "case001"  # the study its limit was set on; its contours were never trained on
+    result = run_cli("assess", study / "image", study / "reference.dcm", "--model", picker_model, "--json",
+                     "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["architecture"] == "edge_picker" and len(report["model"]["sha256"]) == 64
+    given = [roi for roi in report["rois"] if roi["predicted_dice"] is not None]
+    assert len(given) >= 4  # the reference contours of five organs that stand out
+    for roi in given:
+        low, high = roi["predicted_dice_interval"]
+        assert roi["predicted_dice"] > 0.85 and low < roi["predicted_dice"] <= high
+        assert roi["domain"]["measure"] == "edge spread" and roi["domain"]["inside"]
+        assert roi["domain"]["score"] <= roi["domain"]["threshold"]
+    dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
+    assert errors == [] and dump.count("Dice Similarity Coefficient") == len(given)
+    assert "edge_picker" in dump  # the algorithm's parameters name it
+
+
+def test_a_picker_withholds_its_number_on_an_image_where_it_sees_no_one_edge(picker_model, case_copy, tmp_path):
+    """Its spread is its guard: the same contours on pure noise get no number, a warning and review."""
+    import numpy as np
+    import pydicom
+
+    rng = np.random.default_rng(0)
+    for path in (case_copy / "image").iterdir():
+        dataset = pydicom.dcmread(path)
+        dataset.PixelData = rng.integers(0, 1000, dataset.pixel_array.shape, dtype=np.uint16).tobytes()
+        dataset.save_as(path)
+    result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--model", picker_model, "--json",
+                     "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    for roi in json.loads(result.stdout)["rois"]:
+        assert roi["predicted_dice"] is None and roi["domain"]["inside"] is False
+        assert roi["domain"]["score"] > roi["domain"]["threshold"]
+        assert any(w.startswith("image outside the model's training domain (edge spread ") for w in roi["warnings"])
+        assert roi["verdict"] in ("review", "reject")
+    dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
+    assert errors == [] and "Dice Similarity Coefficient" not in dump
+    assert f'"{INSIDE_DOMAIN.meaning}")=(373067005,SCT,"No")' in dump
+
+
+def test_real_mr_of_other_anatomy_gets_no_number_from_the_picker(picker_model, thigh_named_prostate):
+    result = run_cli("assess", THIGH / "image", thigh_named_prostate, "--model", picker_model, "--json")
+    assert result.returncode == 0, result.stderr
+    roi = json.loads(result.stdout)["rois"][0]
+    assert roi["predicted_dice"] is None and roi["verdict"] in ("review", "reject")
+    # its header names the thigh: the body part alone withholds it, whatever the spread says
+    assert roi["domain"]["body_part"] == "EXTREMITY" and roi["domain"]["body_part_known"] is False
+
+
+def test_an_image_naming_no_body_part_is_judged_by_the_spread_alone(picker_model, case_copy):
+    set_image_tags(case_copy / "image", BodyPartExamined=None)
+    report = json.loads(run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--model", picker_model,
+                                "--json").stdout)
+    assert any(roi["predicted_dice"] is not None for roi in report["rois"])
+    assert all("body_part" not in roi["domain"] for roi in report["rois"])
+
+
+def test_a_nodes_worker_loads_a_picker_folder_as_it_loads_a_network(picker_model):
+    loaded = worker_predictor(str(picker_model), "cpu")
+    assert isinstance(loaded, PickerPredictor) and loaded.card.architecture == "edge_picker"
+
+
+@pytest.mark.parametrize("command", ["train", "guard", "calibrate"])
+def test_commands_that_train_a_network_refuse_a_picker_folder_in_one_line(picker_model, phantom, tmp_path, command):
+    manifest, first, second = phantom / "manifest.csv", picker_model.parent / "case000.csv", picker_model.parent / "case001.csv"
+    arguments = {"train": ["--manifest", manifest, "--out", tmp_path / "m", "--init-from", picker_model, "--quick"],
+                 "guard": ["--fit", first, "--threshold", second, "--model", picker_model],
+                 "calibrate": ["--manifest", manifest, "--model", picker_model]}[command]
+    result = run_cli(command, *arguments)
+    assert result.returncode == 2 and "an edge_picker model, not a network" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
