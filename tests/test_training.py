@@ -4,7 +4,6 @@ import json
 import pickle
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -204,11 +203,12 @@ def evaluation(quick_model, phantom, phantom_cache, tmp_path_factory):
 
 def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phantom_cache):
     result, html_file = evaluation
+    folder = html_file.parent
     report = json.loads(result.stdout)
     assert report["realistic"]["n"] == 2 * 5 * 8
     assert set(report["failures"]) == {"failure_empty", "failure_all_ones", "failure_noise", "failure_shifted"}
     assert all(f["n"] == 10 for f in report["failures"].values())
-    picker_row = "edge picker (trained on case000.csv)"
+    picker_row = f"edge picker (trained on {folder.name}/case000.csv)"
     sure_row = next(name for name in report["baselines"] if name.startswith("edge picker where it is sure (spread <= "))
     assert set(report["baselines"]) == {"naive (mean training Dice)", "CatBoost on clinical columns",
                                         "edge profile (nothing fitted)", "edge profile where its edges cohere",

@@ -121,6 +121,11 @@ def train_picker(features: np.ndarray, offsets: np.ndarray, epochs: int = 10, se
     return picker.eval()
 
 
+def _named(manifest: Path) -> str:
+    """A manifest as the card names it, with its folder: manifests are mostly all called manifest.csv."""
+    return f"{manifest.parent.name}/{manifest.name}" if manifest.parent.name else manifest.name
+
+
 def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path, list[CachedCase]],
                        held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
                        extra_body_parts: Iterable[str] = ()) -> ModelCard:
@@ -140,12 +145,12 @@ def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path
         contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         seed=seed,
         training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
-                       "dice_mean_realistic": float(np.mean(realistic)), "manifest": manifest.name},
+                       "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
                           threshold=round(limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
-                          fitted_on={"manifest": manifest.name, "cases": len(cases)},
-                          threshold_from={"manifest": held_manifest.name, "cases": len(held),
+                          fitted_on={"manifest": _named(manifest), "cases": len(cases)},
+                          threshold_from={"manifest": _named(held_manifest), "cases": len(held),
                                           "candidates": held_candidates}),
         interval_half_width=round(half_width, 4),
     )
