@@ -1,10 +1,11 @@
-"""Dice-regressor inference for one ROI on the CPU, beside the bare network forward pass as reference.
+"""Dice-predictor inference for one ROI on the CPU: a network beside its bare forward pass as reference,
+and the edge picker beside scikit-image's marching cubes of the same mask (the surface it starts from).
 
     python bench/bench_inference.py [--model DIR] [--picker DIR] [--repeat 20]
 
 predict() = crop + resample + normalise + forward (ensemble, and the mirrored input when the card asks for
-test-time flip); the bare forward pass of the unmirrored input is its floor. With ``--picker``, an edge
-picker model too, beside scikit-image's marching cubes of the same mask (the surface it starts from).
+test-time flip); the bare forward pass of the unmirrored input is its floor. The defaults are the two
+shipped models: the network v15 and the edge picker (the default model).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from timing import median_seconds
 
 from contourqa.qa_models.assessment import AssessConfig, structure_masks
 from contourqa.qa_models.edge_surface import surface_mesh
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor, shipped_model_dir
 from contourqa.qa_models.series import load_series
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=default_model_dir())
-    parser.add_argument("--picker", type=Path, help="also time this edge picker model folder")
+    parser.add_argument("--model", type=Path, default=shipped_model_dir("phantom-v15"), help="a network model folder")
+    parser.add_argument("--picker", type=Path, default=default_model_dir(), help="an edge picker model folder")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     predictor = DicePredictor.from_model_folder(args.model, device="cpu")
@@ -58,8 +59,7 @@ def main() -> int:
     print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:
         print(f"{name:<42} {seconds:>9.4f} {seconds / forward:>10.2f}")
-    if args.picker:
-        bench_picker(args.picker, series, masks, prostate, args.repeat)
+    bench_picker(args.picker, series, masks, prostate, args.repeat)
     return 0
 
 

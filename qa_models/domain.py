@@ -31,7 +31,7 @@ DOMAIN_FILE = "domain.npz"
 FEATURES = ("per network, unmirrored input: mean and standard deviation over space of the stem, the first stage "
             "and the encoder output (EfficientDet3D); of the first block, and the pooled encoding (RegNet3D)")
 OUTSIDE_WARNING = ("image outside the model's training domain ({reason}): "
-                   "no Dice predicted; retrain on this site's data (contourqa train --init-from ...)")
+                   "no Dice predicted; retrain on this site's data ({remedy})")
 
 
 def normalise_body_part(value: object) -> str | None:
@@ -62,6 +62,7 @@ class DomainScore:
     known_body_parts: tuple[str, ...] = ()  # empty: the model records none, so none is checked
     measure: str = "domain score"  # what the score is: a Mahalanobis distance, or the edge picker's spread
     unit: str = ""
+    remedy: str = "contourqa train --init-from ..."  # the command that retrains such a model on a site's studies
 
     @property
     def body_part_known(self) -> bool | None:
@@ -85,13 +86,13 @@ class DomainScore:
         """Why the image is outside, e.g. "domain score 41.2 > 31.7; body part EXTREMITY, not PELVIS"."""
         reasons = []
         if self.score > self.threshold:
-            reasons.append(f"{self.measure} {self.score:.1f}{self.unit} > {self.threshold:.1f}{self.unit}")
+            reasons.append(f"{self.measure} {self.score:.2f}{self.unit} > {self.threshold:.2f}{self.unit}")
         if self.body_part_known is False:
             reasons.append(f"body part {self.body_part}, not {' or '.join(self.known_body_parts)}")
         return "; ".join(reasons)
 
     def warning(self) -> str:
-        return OUTSIDE_WARNING.format(reason=self.reason())
+        return OUTSIDE_WARNING.format(reason=self.reason(), remedy=self.remedy)
 
 
 class DomainGuard:

@@ -25,6 +25,7 @@ from .geometry import Grid
 from .predictor import CardPredictor, ModelCard, Prediction, identify, load_weights, read_card
 
 SPREAD_MEASURE = "edge spread"
+RETRAIN = "contourqa picker --manifest SITE.csv --held SITE_HELD.csv"
 # a surface too fragmented to be an organ's (a noise mask) is not read: its mesh alone would cost seconds
 MAX_VERTICES = 400_000
 
@@ -60,7 +61,7 @@ class PickerPredictor(CardPredictor):
         predictions = []
         for mask in masks:
             dice, spread = self._estimate(image, mask, spacing)
-            score = DomainScore(spread, self.card.domain.threshold, part, known, SPREAD_MEASURE, " mm")
+            score = DomainScore(spread, self.card.domain.threshold, part, known, SPREAD_MEASURE, " mm", RETRAIN)
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
 

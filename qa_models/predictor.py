@@ -112,9 +112,28 @@ class Prediction:
         return self.domain is None or self.domain.inside
 
 
+# the models shipped inside the package, by the name `--model` and worker.model_dir accept: the edge
+# picker, trained on randomised synthetic images, and the network v15, trained on the project's phantom
+SHIPPED_MODELS = {"edge-picker": "picker_model", "phantom-v15": "phantom_model"}
+DEFAULT_MODEL = "edge-picker"
+
+
+def shipped_model_dir(name: str) -> Path:
+    return Path(str(resources.files("contourqa.qa_models") / SHIPPED_MODELS[name]))
+
+
 def default_model_dir() -> Path:
-    """The model shipped inside the package, used when no other is configured."""
-    return Path(str(resources.files("contourqa.qa_models") / "default_model"))
+    """The model shipped inside the package that is used when no other is configured."""
+    return shipped_model_dir(DEFAULT_MODEL)
+
+
+def model_folder(name: str | Path) -> Path:
+    """A model folder by its path, or by the name of one shipped with contourqa (a folder of that name
+    in the working directory comes first)."""
+    path = Path(name)
+    if not path.exists() and str(name) in SHIPPED_MODELS:
+        return shipped_model_dir(str(name))
+    return path
 
 
 def read_card(model_dir: Path) -> ModelCard:
@@ -154,19 +173,6 @@ def write_card(card: ModelCard, model_dir: Path) -> None:
 
 
 PICKER_ARCHITECTURE = "edge_picker"
-
-
-# models shipped inside the package beside the default, by the name `--model` and worker.model_dir accept
-SHIPPED_MODELS = {"edge-picker": "picker_model"}
-
-
-def model_folder(name: str | Path) -> Path:
-    """A model folder by its path, or by the name of one shipped with contourqa (a folder of that name
-    in the working directory comes first)."""
-    path = Path(name)
-    if not path.exists() and str(name) in SHIPPED_MODELS:
-        return Path(str(resources.files("contourqa.qa_models") / SHIPPED_MODELS[str(name)]))
-    return path
 
 
 def load_predictor(model_dir: str | Path, device: str = "auto") -> "CardPredictor":

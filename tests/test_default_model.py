@@ -1,4 +1,5 @@
-"""The model shipped in the package: self-describing, small, used by default, and catching failures."""
+"""The models shipped in the package: self-describing, small, the edge picker used by default, and
+catching failures."""
 
 import json
 
@@ -6,18 +7,33 @@ import pytest
 
 from conftest import run_cli
 from contourqa.qa_models.assessment import AssessConfig, assess_files
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card
+from contourqa.qa_models.picker_predictor import PickerPredictor
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor, read_card, shipped_model_dir
+
+V15 = shipped_model_dir("phantom-v15")
 
 
-def test_shipped_model_card_and_size():
+def test_the_default_is_the_edge_picker_trained_on_randomised_images_and_measured_on_another_style():
     folder = default_model_dir()
     card = read_card(folder)
-    assert card.architecture == "efficientdet3d" and card.modalities == ["MR"]
+    assert card.architecture == "edge_picker" and card.modalities == ["MR"]
     assert {"prostate", "bladder", "rectum"} <= {n.lower() for n in card.roi_names}
-    assert (folder / "weights.pt").stat().st_size < 20 * 1024 * 1024
+    assert (folder / "weights.pt").stat().st_size < 1024 * 1024
+    assert card.training_data["manifest"].startswith("synth") and card.training_data["cases"] == 40
+    assert card.domain.threshold_from["manifest"].startswith("synth") and card.interval_half_width > 0
+    # recorded on a style it was never trained on: the classic phantom
+    assert card.evaluation["manifest"].startswith("classic") and card.evaluation["realistic"]["n"] > 100
+    assert "PELVIS" in card.domain.body_parts
+    assert isinstance(load_predictor(folder), PickerPredictor)
+
+
+def test_the_phantom_network_v15_is_shipped_beside_it():
+    card = read_card(V15)
+    assert card.architecture == "efficientdet3d" and card.modalities == ["MR"]
+    assert (V15 / "weights.pt").stat().st_size < 20 * 1024 * 1024
     assert card.evaluation["realistic"]["n"] > 100  # measured on phantom cases of a seed it never saw
     assert card.training_data["cases"] == 640
-    DicePredictor.from_model_folder(folder, device="cpu")
+    DicePredictor.from_model_folder(V15, device="cpu")
 
 
 def test_assess_uses_the_default_model(phantom):
@@ -26,12 +42,14 @@ def test_assess_uses_the_default_model(phantom):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"]["name"] == read_card(default_model_dir()).name
-    assert all(0 <= roi["predicted_dice"] <= 1 for roi in report["rois"])
+    assert all(roi["predicted_dice"] is None or 0 <= roi["predicted_dice"] <= 1 for roi in report["rois"])
+    assert any(roi["predicted_dice"] is not None for roi in report["rois"])
 
 
-def test_every_constructed_failure_is_flagged(phantom):
+@pytest.mark.parametrize("model", [default_model_dir(), V15], ids=["edge-picker", "phantom-v15"])
+def test_every_constructed_failure_is_flagged(phantom, model):
     # in process, one model load for all eight (the command line itself is tested in test_cli)
-    predictor, config = DicePredictor.from_model_folder(default_model_dir(), device="cpu"), AssessConfig(mc_samples=0)
+    predictor, config = load_predictor(model, device="cpu"), AssessConfig(mc_samples=0)
     for case in ("case000", "case001"):
         for candidate in ("failure_empty.dcm", "failure_all_ones.dcm", "failure_noise_seg.dcm", "failure_shifted.dcm"):
             rois = assess_files(phantom / case / "image", phantom / case / "candidates" / candidate, config,
@@ -42,9 +60,10 @@ def test_every_constructed_failure_is_flagged(phantom):
                         else roi.domain is not None and roi.domain.inside is False), (case, candidate, roi.name)
 
 
-def test_reference_contours_are_predicted_good(phantom):
+@pytest.mark.parametrize("model", ["edge-picker", "phantom-v15"])
+def test_reference_contours_are_predicted_good(phantom, model):
     study = phantom / "case001"
-    result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0")
+    result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0", "--model", model)
     predicted = [roi["predicted_dice"] for roi in json.loads(result.stdout)["rois"]]
     assert min(predicted) > 0.75, predicted
 
@@ -56,11 +75,11 @@ def test_no_model_gives_screens_only(phantom):
     assert report["model"] is None and all(roi["predicted_dice"] is None for roi in report["rois"])
 
 
-def test_the_interval_depends_on_the_input_only(phantom):
+def test_the_networks_interval_depends_on_the_input_only(phantom):
     # MC dropout is seeded from each ROI's own input: the same ROI gets the same interval in another run
     # and whether or not the other ROIs are assessed with it
     study = phantom / "case001"
-    predictor = DicePredictor.from_model_folder(default_model_dir())
+    predictor = DicePredictor.from_model_folder(V15)
     config = AssessConfig(mc_samples=10)
     first = assess_files(study / "image", study / "candidates" / "auto02.dcm", config, predictor=predictor)
     again = assess_files(study / "image", study / "candidates" / "auto02.dcm", config, predictor=predictor)

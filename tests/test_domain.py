@@ -1,4 +1,5 @@
-"""The domain guard: no confident number on an image the model does not know."""
+"""The domain guard of a network (the shipped phantom network v15): no confident number on an image the
+model does not know. The edge picker's guard, its spread, is tested in test_picker_model.py."""
 
 import csv
 import json
@@ -13,8 +14,10 @@ from conftest import THIGH, require_tool, run_cli, set_image_tags
 from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.domain import DomainCard, DomainGuard
 from contourqa.qa_models.errors import InputError
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir, read_card, write_card
+from contourqa.qa_models.predictor import DicePredictor, read_card, shipped_model_dir, write_card
 from contourqa.qa_models.sr_report import INSIDE_DOMAIN, SrIdentity, write_sr
+
+V15 = shipped_model_dir("phantom-v15")
 
 
 
@@ -47,17 +50,17 @@ def test_guard_file_round_trip_and_refusal(tmp_path):
 
 
 def test_shipped_model_has_a_guard_and_its_phantom_studies_are_inside(phantom):
-    predictor = DicePredictor.from_model_folder(default_model_dir())
+    predictor = DicePredictor.from_model_folder(V15)
     assert predictor.guard is not None and predictor.card.domain.threshold > 0
     study = phantom / "case001"
-    report = json.loads(run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0").stdout)
+    report = json.loads(run_cli("assess", study / "image", study / "reference.dcm", "--model", V15, "--json", "--mc-samples", "0").stdout)
     for roi in report["rois"]:
         assert roi["domain"]["inside"], roi
         assert roi["predicted_dice"] > 0.75 and not any("domain" in w for w in roi["warnings"])
 
 
 def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_named_prostate, tmp_path):
-    result = run_cli("assess", THIGH / "image", thigh_named_prostate, "--json", "--sr", tmp_path / "sr.dcm")
+    result = run_cli("assess", THIGH / "image", thigh_named_prostate, "--model", "phantom-v15", "--json", "--sr", tmp_path / "sr.dcm")
     assert result.returncode == 0, result.stderr
     roi = json.loads(result.stdout)["rois"][0]
     assert roi["predicted_dice"] is None and "predicted_dice_interval" not in roi
@@ -70,7 +73,7 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
     assert f'"{INSIDE_DOMAIN.meaning}")=(373067005,SCT,"No")' in dump
     check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "sr.dcm")], capture_output=True, text=True)
     assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
-    table = run_cli("assess", THIGH / "image", thigh_named_prostate, "--mc-samples", "0").stdout.splitlines()
+    table = run_cli("assess", THIGH / "image", thigh_named_prostate, "--model", V15, "--mc-samples", "0").stdout.splitlines()
     assert "withheld" in table[1] and "image outside the model's training domain (domain score" in table[1]
     # its header says so too: Body Part Examined EXTREMITY is not an anatomy the shipped model was fitted on
     assert roi["domain"]["body_part"] == "EXTREMITY" and roi["domain"]["body_part_known"] is False
@@ -79,7 +82,7 @@ def test_real_mr_of_other_anatomy_gets_no_number_a_warning_and_review(thigh_name
 
 def test_an_image_naming_another_body_part_gets_no_number_whatever_its_features(case_copy):
     """Features of a crop see style, not anatomy: the header's body part is checked beside them."""
-    predictor = DicePredictor.from_model_folder(default_model_dir())
+    predictor = DicePredictor.from_model_folder(V15)
     quick = AssessConfig(mc_samples=0)
     set_image_tags(case_copy / "image", BodyPartExamined=" knee")  # padded and lower case, as some scanners write it
     roi = assess_files(case_copy / "image", case_copy / "reference.dcm", quick, predictor=predictor).rois[0]
@@ -90,7 +93,7 @@ def test_an_image_naming_another_body_part_gets_no_number_whatever_its_features(
                for w in roi.warnings)
     assert [r.rule for r in roi.reasons] == ["outside_domain"]
     # a site's own term for the anatomy, on the command line (or assess.extra_body_parts in the node's config)
-    report = json.loads(run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json",
+    report = json.loads(run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json", "--model", V15,
                                 "--mc-samples", "0", "--body-part", "Knee").stdout)
     assert all(r["predicted_dice"] is not None and r["domain"]["body_part_known"] for r in report["rois"])
     # an image naming no body part is judged by its features alone
@@ -105,7 +108,7 @@ def test_real_ct_is_outside_whatever_the_modality_check_says(realdata):
     from contourqa.qa_models.series import load_series
 
     series = load_series(ct)
-    predictor = DicePredictor.from_model_folder(default_model_dir())
+    predictor = DicePredictor.from_model_folder(V15)
     j, i = np.indices(series.grid.shape[1:])
     mask = np.broadcast_to(((j - 256) ** 2 + (i - 256) ** 2) < 40 ** 2, series.grid.shape)
     prediction = predictor.predict(series.array, mask, series.grid, roi_name="Bladder")
@@ -125,7 +128,7 @@ def _manifest_of(phantom, case_id, out):
 
 def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thigh_named_prostate):
     model = tmp_path / "model"  # as `contourqa train` leaves it: no guard
-    shutil.copytree(default_model_dir(), model)
+    shutil.copytree(V15, model)
     (model / "domain.npz").unlink()
     write_card(read_card(model).model_copy(update={"domain": None}), model)
     fit, held = _manifest_of(phantom, "case000", tmp_path / "fit.csv"), _manifest_of(phantom, "case001", tmp_path / "held.csv")
@@ -144,7 +147,7 @@ def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thi
 
 def test_a_card_naming_a_guard_without_its_file_is_refused(tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(default_model_dir(), model)
+    shutil.copytree(V15, model)
     (model / "domain.npz").unlink()
     with pytest.raises(InputError, match="domain guard"):
         DicePredictor.from_model_folder(model)
@@ -152,7 +155,7 @@ def test_a_card_naming_a_guard_without_its_file_is_refused(tmp_path):
 
 def test_sr_of_an_outside_roi_reads_back(thigh_named_prostate, tmp_path):
     assessment = assess_files(THIGH / "image", thigh_named_prostate,
-                              predictor=DicePredictor.from_model_folder(default_model_dir()))
+                              predictor=DicePredictor.from_model_folder(V15))
     identity = SrIdentity("1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12")
     sr = pydicom.dcmread(write_sr(assessment, tmp_path / "sr.dcm", identity))
     assert len(sr.StudyID) <= 16  # the input's 20-character Study ID is cut to fit SH

@@ -6,31 +6,33 @@ import logging
 import shutil
 
 import pydicom
+import pytest
 import torch
 
 from conftest import run_cli
 from contourqa.daemon.case_runner import sr_identity
 from contourqa.qa_models.assessment import assess_files
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir, model_digest, read_card
+from contourqa.qa_models.predictor import DicePredictor, default_model_dir, model_digest, read_card, shipped_model_dir
 from contourqa.qa_models.sr_report import write_sr
 
 
-def test_the_shipped_card_records_the_digest_of_its_folder():
-    card = read_card(default_model_dir())
+@pytest.mark.parametrize("name", ["edge-picker", "phantom-v15"])
+def test_each_shipped_card_records_the_digest_of_its_folder(name):
+    card = read_card(shipped_model_dir(name))
     assert card.sha256 is not None and len(card.sha256) == 64
-    assert card.sha256 == model_digest(card, default_model_dir())
+    assert card.sha256 == model_digest(card, shipped_model_dir(name))
 
 
 def test_the_same_name_and_version_with_other_weights_is_another_model(tmp_path, caplog):
-    copy = tmp_path / "model"
-    shutil.copytree(default_model_dir(), copy)
+    copy, v15 = tmp_path / "model", shipped_model_dir("phantom-v15")
+    shutil.copytree(v15, copy)
     states = torch.load(copy / "weights.pt", weights_only=True)
     first = next(iter(states[0]))
     states[0][first] = states[0][first] + 1e-3
     torch.save(states, copy / "weights.pt")
     with caplog.at_level(logging.WARNING):
         loaded = DicePredictor.from_model_folder(copy, "cpu")
-    original = read_card(default_model_dir())
+    original = read_card(v15)
     assert (loaded.card.name, loaded.card.version) == (original.name, original.version)
     assert loaded.card.sha256 != original.sha256
     assert "changed after the card was written" in caplog.text

@@ -53,7 +53,8 @@ def test_a_picker_withholds_its_number_on_an_image_where_it_sees_no_one_edge(pic
     for roi in json.loads(result.stdout)["rois"]:
         assert roi["predicted_dice"] is None and roi["domain"]["inside"] is False
         assert roi["domain"]["score"] > roi["domain"]["threshold"]
-        assert any(w.startswith("image outside the model's training domain (edge spread ") for w in roi["warnings"])
+        assert any(w.startswith("image outside the model's training domain (edge spread ")
+                   and "retrain on this site's data (contourqa picker --manifest" in w for w in roi["warnings"])
         assert roi["verdict"] in ("review", "reject")
     dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
     assert errors == [] and "Dice Similarity Coefficient" not in dump

@@ -38,7 +38,7 @@ def matches(example, actual, where="") -> list[str]:
 def test_the_readmes_assess_json_example_is_a_real_run(tmp_path):
     assert run_cli("phantom", tmp_path / "demo", "--cases", "1").returncode == 0
     study = tmp_path / "demo" / "case000"
-    result = run_cli("assess", study / "image", study / "candidates" / "auto02.dcm", "--roi", "Bladder", "--json")
+    result = run_cli("assess", study / "image", study / "candidates" / "auto02.dcm", "--roi", "Prostate", "--json")
     assert result.returncode == 0, result.stderr
     assert matches(readme_json_example(), json.loads(result.stdout)) == []
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from conftest import THIGH, require_tool, run_cli
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir
+from contourqa.qa_models.predictor import default_model_dir, load_predictor
 from contourqa.qa_models.series import load_series
 from contourqa.training.cache import load_cases
 from contourqa.training.diagnose import report as diagnose_report
@@ -128,7 +128,7 @@ def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_
     assert all(f["flagged"] == f["n"] == 1 for f in report["failures"].values()) and len(report["failures"]) == 4
     # on this T1 MR the tumour does not stand out from the muscle round it: no candidate has boundary
     # evidence, and the diagnosis pairs the model's error with it the way evaluate measured it
-    diagnosis = diagnose_report(tmp_path / "manifest.csv", None, DicePredictor.from_model_folder(default_model_dir()))
+    diagnosis = diagnose_report(tmp_path / "manifest.csv", None, load_predictor(default_model_dir()))
     assert "evidence (own rim CNR >= 0.35 or edge fit >= 1.1): 0% of candidates" in diagnosis
     assert f"with evidence - (n 0), without {report['realistic']['mae']:.3f} (n 6)" in diagnosis
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped default model (qa_models/default_model) from seeded phantom studies.
+# Rebuilds the shipped phantom network v15 (qa_models/phantom_model, `--model phantom-v15`; the default until the edge picker) from seeded phantom studies.
 # Usage: bash training/default_model.sh [WORK_DIR]   (about 500 min on 2 idle CPU cores)
 # Version 15 is made in sixteen legs and a combination:
 # 1. version 2: 70 epochs on a 24x48x48 input, rate 2e-3 dropped tenfold after epoch 24 (about 55 min);

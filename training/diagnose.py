@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, stats
 
-from contourqa.qa_models.predictor import DicePredictor
+from contourqa.qa_models.predictor import CardPredictor, load_predictor
 
 from .cache import CachedCase, load_cases
 from .evaluate import candidate_predictions
@@ -141,7 +141,7 @@ def interior_edge_ratios(case: CachedCase, gradient: np.ndarray, spacing: np.nda
     return [interior_edge_ratio(gradient, ref, spacing) for ref in case.references.values() if ref.any()]
 
 
-def report(manifest: Path, cache_dir: Path | None, predictor: DicePredictor | None = None) -> str:
+def report(manifest: Path, cache_dir: Path | None, predictor: CardPredictor | None = None) -> str:
     rows, ratios = [], []
     for case in load_cases(read_manifest(manifest), cache_dir):
         gradient, spacing = _gradient(case)  # once per case, for every measure
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="the rasterised cases' cache (as train --cache)")
     parser.add_argument("--model", type=Path, help="a model folder: its error with and without boundary evidence")
     args = parser.parse_args(argv)
-    predictor = DicePredictor.from_model_folder(args.model) if args.model else None
+    predictor = load_predictor(args.model) if args.model else None
     for manifest in args.manifests:
         print(report(manifest, args.cache, predictor))
     return 0
