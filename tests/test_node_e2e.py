@@ -246,7 +246,8 @@ def test_the_approved_version_of_an_auto_contour_gives_its_real_dice(phantom, de
     assert sum(r["verdict"] == "approved" for r in listed) == 2
     summary = run_cli("report", "daily", "--home", node.home)
     page = open(summary.stdout.strip()).read()
-    assert "5 ROIs whose approved version came back" in page
+    given = sum(r["predicted_dice"] is not None for r in changed)  # the ones the model gave a number
+    assert given >= 3 and f"{given} ROIs whose approved version came back" in page
     exported = run_cli("export-training", "--out", tmp_path / "site.csv", "--home", node.home)
     assert exported.returncode == 0, exported.stderr
     pairs = read_manifest(tmp_path / "site.csv")

@@ -89,5 +89,5 @@ contourqa combine "$work/v15-64" "$work/v15-80" --out "$work/model" --model-vers
 # Evaluated on 12 phantom studies it never saw (seed 901, 480 realistic candidates), figures recorded in the card:
 [ -f "$work/eval/manifest.csv" ] || contourqa phantom "$work/eval" --cases 12 --seed 901 --size 192 192 28
 contourqa evaluate --manifest "$work/eval/manifest.csv" --model "$work/model" --record --html "$work/evaluation.html"
-mkdir -p "$repo/qa_models/default_model"
-cp "$work/model/model.json" "$work/model/weights.pt" "$repo/qa_models/default_model/"
+mkdir -p "$repo/qa_models/phantom_model"
+cp "$work/model/model.json" "$work/model/weights.pt" "$repo/qa_models/phantom_model/"
