@@ -92,3 +92,25 @@ def test_commands_that_train_a_network_refuse_a_picker_folder_in_one_line(picker
     result = run_cli(command, *arguments)
     assert result.returncode == 2 and "an edge_picker model, not a network" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_default_picker_gives_no_number_on_real_ct_even_under_pelvic_roi_names(realdata, tmp_path):
+    """Its spread alone would let some CT through (the spinal cord's canal wall is one clear edge, only not
+    the cord's: docs/model.md); the card's modality keeps a pelvis-MR model off CT."""
+    import pydicom
+
+    source = realdata / "Dicom_RT_and_Images_to_Mask" / "AnonDICOM"
+    images = tmp_path / "ct"
+    images.mkdir()
+    for path in source.glob("CT_*.dcm"):
+        (images / path.name).write_bytes(path.read_bytes())
+    structure = pydicom.dcmread(source / "RS_Body_SpinalCord.dcm")
+    for roi in structure.StructureSetROISequence:
+        roi.ROIName = {"BODY": "Bladder", "SpinalCord": "Rectum"}[roi.ROIName]
+    structure.save_as(tmp_path / "rs.dcm")
+    result = run_cli("assess", images, tmp_path / "rs.dcm", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["architecture"] == "edge_picker" and report["image_series"]["modality"] == "CT"
+    for roi in report["rois"]:
+        assert roi["predicted_dice"] is None and any("covers" in w and "on MR" in w for w in roi["warnings"])
