@@ -6,7 +6,7 @@ Its guard is its own spread: how far its distributions reach round the edge it p
 beyond it the image does not show the picker one edge (a style it does not know, a boundary that does
 not show), and the number is withheld. The card's body parts are checked as a network's are. The 5-95 %
 interval is split conformal: the estimate plus or minus the 90 % quantile of the absolute error on those
-held-out studies where the picker was sure.
+held-out studies where the picker was sure, the ROI's own where the card has it.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class PickerPredictor(CardPredictor):
         known = self.known_body_parts(extra_body_parts)
         part = normalise_body_part(body_part)
         spacing = np.asarray(grid.spacing[::-1], dtype=float)
-        half = self.card.interval_half_width or 0.0
         predictions = []
-        for mask in masks:
+        for mask, roi_name in zip(masks, roi_names):
+            half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
             dice, spread = self._estimate(image, mask, spacing)
             score = DomainScore(spread, self.card.domain.threshold, part, known, SPREAD_MEASURE, " mm", RETRAIN)
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))

@@ -72,6 +72,9 @@ class ModelCard(BaseModel):
     interval_half_width: float | None = Field(
         None, description="the edge picker's: its 5-95 % interval is the estimate +- this, the 90 % quantile of "
                           "its absolute error on held-out studies where it was sure (split conformal)")
+    interval_half_width_by_roi: dict[str, float] = Field(
+        default_factory=dict, description="the same per ROI (lower case), for the ROIs with enough held-out "
+                                          "candidates: the picker errs more on some organs than on others")
     sha256: str | None = Field(None, description="digest of the weights, the guard's arrays and this card "
                                                  "(without this field): the model's identity")
 
@@ -146,7 +149,7 @@ def read_card(model_dir: Path) -> ModelCard:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
 
 
-LATER_FIELDS = ("interval_half_width",)
+LATER_FIELDS = ("interval_half_width", "interval_half_width_by_roi")
 
 
 def model_digest(card: ModelCard, model_dir: Path) -> str:
@@ -159,7 +162,7 @@ def model_digest(card: ModelCard, model_dir: Path) -> str:
             digest.update(name.encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     # a field added after models were shipped counts only once set, so an older model keeps its identity
-    unset = {name for name in LATER_FIELDS if getattr(card, name) is None}
+    unset = {name for name in LATER_FIELDS if getattr(card, name) in (None, {})}
     digest.update(card.model_copy(update={"sha256": None}).model_dump_json(exclude=unset).encode())
     return digest.hexdigest()
 

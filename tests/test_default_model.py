@@ -91,3 +91,17 @@ def test_the_networks_interval_depends_on_the_input_only(phantom):
     assert (alone.rois[0].prediction.low, alone.rois[0].prediction.high) == pytest.approx(
         (rectum.prediction.low, rectum.prediction.high), abs=1e-5)
     assert any(low < high for low, high in intervals)  # the passes did draw different dropout masks
+
+
+def test_the_default_pickers_interval_is_each_organs_own(phantom):
+    """Split conformal per organ: the picker errs more on the rectum than on a bladder, and says so."""
+    widths = read_card(default_model_dir()).interval_half_width_by_roi
+    assert set(widths) == {"bladder", "femoralhead_l", "femoralhead_r", "prostate", "rectum"}
+    assert widths["rectum"] > 2 * widths["bladder"]
+    study = phantom / "case001"
+    report = json.loads(run_cli("assess", study / "image", study / "reference.dcm", "--json").stdout)
+    for roi in report["rois"]:
+        if roi["predicted_dice"] is not None:
+            low, high = roi["predicted_dice_interval"]
+            assert low == pytest.approx(max(roi["predicted_dice"] - widths[roi["name"].lower()], 0), abs=1e-3)
+            assert high == pytest.approx(min(roi["predicted_dice"] + widths[roi["name"].lower()], 1), abs=1e-3)

@@ -17,8 +17,8 @@ from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import DicePredictor, load_predictor
 from contourqa.reporting.overlap import dice
 from contourqa.training.cache import CachedCase, Candidate
-from contourqa.training.edge_picker import (signed_distance, train_picker, training_vertices, true_offsets,
-                                           write_picker_model)
+from contourqa.training.edge_picker import (MIN_PER_ROI, held_out_figures, signed_distance, train_picker,
+                                           training_vertices, true_offsets, write_picker_model)
 from contourqa.training.manifest import ManifestRow
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
@@ -180,3 +180,13 @@ def test_it_is_sure_where_the_image_shows_the_boundary_and_withholds_where_it_do
     assert unseen.domain.reason().startswith("edge spread ") and " mm > " in unseen.domain.reason()
     [elsewhere] = model.predict_rois(_organ(70, 6, 4), GRID, [REFERENCE], ["Organ"], body_part="HEAD")
     assert not elsewhere.trusted and "body part HEAD, not WHOLE BODY" in elsewhere.domain.reason()
+
+
+def test_held_out_studies_set_the_spread_limit_and_the_interval_overall_and_per_roi(picker):
+    few = held_out_figures(picker, [_case(_organ(90, 8, 2), "held")])  # 6 candidates: too few for their own
+    assert few.candidates == 6 and few.half_width_by_roi == {} and 0 < few.half_width < 0.1
+    cases = [_case(_organ(90, 8, seed), f"held{seed}") for seed in range(10, 10 + -(-MIN_PER_ROI // 6))]
+    enough = held_out_figures(picker, cases)
+    assert set(enough.half_width_by_roi) == {"organ"}
+    assert enough.half_width_by_roi["organ"] == pytest.approx(enough.half_width, abs=1e-4)  # one ROI: the same
+    assert enough.spread_limit > 0

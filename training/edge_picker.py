@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from .progress import progress
 
 SPREAD_QUANTILE = 0.95  # the spread limit, as the domain guard's threshold: a quantile of held-out studies
 INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
+MIN_PER_ROI = 20  # held-out candidates a ROI needs for a half-width of its own
 SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "
                    "surface-averaged distributions, over the contour's surface")
 
@@ -59,19 +61,30 @@ def realistic_masks(cases: Iterable[CachedCase]) -> Iterator[tuple[CachedCase, C
                 yield case, candidate, mask
 
 
-def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> tuple[float, float, int]:
-    """(spread limit, interval half-width, candidates) from held-out studies' realistic candidates: the
-    ``SPREAD_QUANTILE`` of the picker's spread (beyond it the image does not show the picker one edge), and
-    the ``INTERVAL_QUANTILE`` of its absolute error where it is within that limit."""
-    picked = [(picked_edge(picker, case.image, mask, case.grid.spacing[::-1]), candidate.dice)
+class HeldOutFigures(NamedTuple):
+    spread_limit: float
+    half_width: float
+    half_width_by_roi: dict[str, float]
+    candidates: int
+
+
+def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> HeldOutFigures:
+    """From held-out studies' realistic candidates: the ``SPREAD_QUANTILE`` of the picker's spread (beyond
+    it the image does not show the picker one edge), and the ``INTERVAL_QUANTILE`` of its absolute error
+    where it is within that limit, over all and per ROI with at least ``MIN_PER_ROI`` of them."""
+    picked = [(picked_edge(picker, case.image, mask, case.grid.spacing[::-1]), candidate)
               for case, candidate, mask in realistic_masks(held_out)]
-    picked = [(estimate, true) for estimate, true in picked if np.isfinite(estimate.spread_mm)]
+    picked = [(estimate, candidate) for estimate, candidate in picked if np.isfinite(estimate.spread_mm)]
     if not picked:
         raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
     spreads = np.array([estimate.spread_mm for estimate, _ in picked])
     limit = float(np.quantile(spreads, SPREAD_QUANTILE))
-    errors = np.array([abs(estimate.dice - true) for estimate, true in picked])[spreads <= limit]
-    return limit, float(np.quantile(errors, INTERVAL_QUANTILE)), len(picked)
+    sure = [(abs(estimate.dice - c.dice), c.row.roi.lower()) for estimate, c in picked if estimate.spread_mm <= limit]
+    errors = np.array([error for error, _ in sure])
+    by_roi = {roi: np.array([e for e, r in sure if r == roi]) for roi in sorted({r for _, r in sure})}
+    return HeldOutFigures(limit, float(np.quantile(errors, INTERVAL_QUANTILE)),
+                          {roi: round(float(np.quantile(e, INTERVAL_QUANTILE)), 4)
+                           for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked))
 
 
 def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +147,7 @@ def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path
     site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
     Both are (manifest, cases)."""
     (manifest, cases), (held_manifest, held) = trained_on, held_out
-    limit, half_width, held_candidates = held_out_figures(picker, held)
+    held_figures = held_out_figures(picker, held)
     realistic = [c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")]
     roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
     body_parts = sorted({c.body_part for c in cases if c.body_part}
@@ -148,11 +161,11 @@ def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path
                        "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
-                          threshold=round(limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
+                          threshold=round(held_figures.spread_limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
                           fitted_on={"manifest": _named(manifest), "cases": len(cases)},
                           threshold_from={"manifest": _named(held_manifest), "cases": len(held),
-                                          "candidates": held_candidates}),
-        interval_half_width=round(half_width, 4),
+                                          "candidates": held_figures.candidates}),
+        interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS_FILE) as weights:
