@@ -254,7 +254,8 @@ def _run_picker(args: argparse.Namespace) -> int:
     card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
                               len(offsets), args.seed, args.name, args.version, args.extra_body_parts)
     print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}; withholds beyond a spread "
-          f"of {card.domain.threshold} mm; interval +-{card.interval_half_width}; {', '.join(card.modalities)}, "
+          f"of {card.domain.threshold} mm; interval +-{card.interval_half_width}"
+          f"{''.join(f', {roi} +-{w}' for roi, w in card.interval_half_width_by_roi.items())}; {', '.join(card.modalities)}, "
           f"ROIs {', '.join(card.roi_names)}, body parts {', '.join(card.domain.body_parts) or 'not checked'}")
     return EXIT_OK
 
