@@ -26,8 +26,12 @@ from .predictor import CardPredictor, ModelCard, Prediction, identify, load_weig
 
 SPREAD_MEASURE = "edge spread"
 RETRAIN = "contourqa picker --manifest SITE.csv --held SITE_HELD.csv"
-# a surface too fragmented to be an organ's (a noise mask) is not read: its mesh alone would cost seconds
-MAX_VERTICES = 400_000
+# a mask with more voxel faces on its boundary than this is too fragmented to be an organ's (a noise
+# mask: 4.5 million vertices, 13 s for its mesh alone); a pelvic organ has some ten thousand
+MAX_BOUNDARY_FACES = 400_000
+# a surface the image's own ends cut for the most part (an all-ones mask) leaves too little to read
+MIN_MEASURED_SHARE = 0.5
+NOTHING_READ_MM = 2 * BAND_MM  # the spread given where the picker reads nothing: beyond any limit
 
 
 class PickerPredictor(CardPredictor):
@@ -67,12 +71,19 @@ class PickerPredictor(CardPredictor):
 
     def _estimate(self, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
         """(Dice, spread). An empty mask scores 0 against any reference, surely; a mask the picker cannot
-        read (its whole surface on the image's ends, or too fragmented) gets a spread beyond any limit, so
-        its number, 0, is withheld."""
+        read (too fragmented, or its surface mostly on the image's ends) gets a spread beyond any limit,
+        so its number, 0, is withheld."""
         if not mask.any():
             return 0.0, 0.0
+        if not 0 < boundary_faces(mask) <= MAX_BOUNDARY_FACES:  # the whole array, or noise
+            return 0.0, NOTHING_READ_MM
         surface = contour_surface(image, mask, spacing)
-        if surface is None or len(surface.verts) > MAX_VERTICES:
-            return 0.0, 2 * BAND_MM
+        if surface is None or np.sum(surface.area * surface.measured) < MIN_MEASURED_SHARE * np.sum(surface.area):
+            return 0.0, NOTHING_READ_MM
         picked = picked_edge_of(self.network, surface)
         return picked.dice, picked.spread_mm
+
+
+def boundary_faces(mask: np.ndarray) -> int:
+    """Voxel faces between the mask and its outside, the array's own ends not counted."""
+    return sum(int(np.count_nonzero(np.diff(mask, axis=axis))) for axis in range(mask.ndim))

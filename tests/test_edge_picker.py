@@ -190,3 +190,22 @@ def test_held_out_studies_set_the_spread_limit_and_the_interval_overall_and_per_
     assert set(enough.half_width_by_roi) == {"organ"}
     assert enough.half_width_by_roi["organ"] == pytest.approx(enough.half_width, abs=1e-4)  # one ROI: the same
     assert enough.spread_limit > 0
+
+
+def test_masks_it_cannot_read_get_no_number_and_cost_no_mesh(model, monkeypatch):
+    """All ones (its surface the image's own ends) and noise (too fragmented to be an organ's): withheld,
+    not a confident 1.0 or a minute of meshing."""
+    import contourqa.qa_models.picker_predictor as picker_predictor
+
+    noise = np.random.default_rng(3).random(SHAPE) < 0.5
+    monkeypatch.setattr(picker_predictor, "contour_surface", lambda *a: pytest.fail("meshed a mask it cannot read"))
+    # a noise mask on a clinical series has millions of boundary faces; on this small array 230,000
+    monkeypatch.setattr(picker_predictor, "MAX_BOUNDARY_FACES", 100_000)
+    for mask in (np.ones(SHAPE, bool), noise):
+        [prediction] = model.predict_rois(_organ(70, 6, 4), GRID, [mask], ["Organ"])
+        assert not prediction.trusted and prediction.domain.score > prediction.domain.threshold
+    monkeypatch.undo()
+    mostly_cut = np.zeros(SHAPE, bool)
+    mostly_cut[:, 2:78, 2:78] = True  # every slice: only its in-plane rim lies inside the image
+    [prediction] = model.predict_rois(_organ(70, 6, 4), GRID, [mostly_cut], ["Organ"])
+    assert not prediction.trusted
