@@ -130,6 +130,7 @@ class RoiResult(Base):
     # the model's domain guard: None where the model has none or made no prediction
     domain_score: Mapped[float | None] = mapped_column(Float)
     domain_inside: Mapped[bool | None] = mapped_column(Boolean)
+    domain_detail: Mapped[str | None] = mapped_column(String(200))  # the score against its limit, in its own terms
     # when the approved version of this auto-contour came back: agreement with it
     real_dice: Mapped[float | None] = mapped_column(Float)
     hd95_mm: Mapped[float | None] = mapped_column(Float)

@@ -102,7 +102,8 @@ def case_detail(session: Session, case_id: str) -> dict[str, Any] | None:
         "rois": [{**_roi_row(case, roi), "number": roi.roi_number, "volume_ml": roi.volume_ml,
                   "screens": roi.screens, "warnings": roi.warnings,
                   "domain": None if roi.domain_inside is None else {"score": roi.domain_score,
-                                                                    "inside": roi.domain_inside}}
+                                                                    "inside": roi.domain_inside,
+                                                                    "detail": roi.domain_detail}}
                  for roi in rois],
         "exports": [{"destination": e.destination, "state": e.state, "attempts": e.attempts,
                      "last_error": e.last_error} for e in exports],

@@ -82,6 +82,10 @@ class DomainScore:
             result.update(body_part=self.body_part, body_part_known=self.body_part_known)
         return result
 
+    def detail(self) -> str:
+        """The score against its limit, in the guard's own terms, e.g. "edge spread 1.79 mm (limit 2.46 mm)"."""
+        return f"{self.measure} {self.score:.2f}{self.unit} (limit {self.threshold:.2f}{self.unit})"
+
     def reason(self) -> str:
         """Why the image is outside, e.g. "domain score 41.2 > 31.7; body part EXTREMITY, not PELVIS"."""
         reasons = []
