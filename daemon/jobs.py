@@ -157,10 +157,10 @@ def sync_jobs(scheduler, settings: Settings, sessions: sessionmaker) -> None:
 
 def attach(scheduler, settings: Settings, sessions: sessionmaker) -> None:
     """Give ``scheduler`` (not yet started) the job store and the minute's sync."""
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from .job_store import OutageTolerantJobStore
     global _node
     _node = (settings, sessions)
-    scheduler.add_jobstore(SQLAlchemyJobStore(engine=sessions.kw["bind"], tablename=JOBSTORE_TABLE), JOBSTORE)
+    scheduler.add_jobstore(OutageTolerantJobStore(engine=sessions.kw["bind"], tablename=JOBSTORE_TABLE), JOBSTORE)
     scheduler.add_job(sync_jobs, "interval", seconds=SYNC_INTERVAL_S, args=[scheduler, settings, sessions],
                       id="sync-declared-jobs", max_instances=1, coalesce=True,
                       next_run_time=datetime.now(timezone.utc))
