@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import os
 
 # The test workers (xdist) and every process they start (CLI, nodes) share the machine's cores: one torch
@@ -120,11 +121,15 @@ def phantom_cache(tmp_path_factory) -> Path:
 
 def one_case_manifest(phantom: Path, case_id: str, folder: Path) -> Path:
     """The phantom manifest's rows of one case, its paths made absolute, as FOLDER/CASE_ID.csv."""
-    header, *rows = (phantom / "manifest.csv").read_text().splitlines()
-    absolute = [",".join([c, *(str(phantom / v) for v in values[:3]), *values[3:]])
-                for c, *values in (row.split(",") for row in rows) if c == case_id]
+    with open(phantom / "manifest.csv", newline="") as source:
+        rows = list(csv.DictReader(source))
     path = folder / f"{case_id}.csv"
-    path.write_text("\n".join([header, *absolute]) + "\n")
+    with open(path, "w", newline="") as target:
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            if row["case_id"] == case_id:
+                writer.writerow({**row, **{k: str(phantom / row[k]) for k in ("image", "reference", "candidate")}})
     return path
 
 

@@ -1,7 +1,6 @@
 """The domain guard of a network (the shipped phantom network v15): no confident number on an image the
 model does not know. The edge picker's guard, its spread, is tested in test_picker_model.py."""
 
-import csv
 import json
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import THIGH, require_tool, run_cli, set_image_tags
+from conftest import THIGH, one_case_manifest, require_tool, run_cli, set_image_tags
 from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.domain import DomainCard, DomainGuard
 from contourqa.qa_models.errors import InputError
@@ -115,23 +114,12 @@ def test_real_ct_is_outside_whatever_the_modality_check_says(realdata):
     assert not prediction.domain.inside and not prediction.trusted
 
 
-def _manifest_of(phantom, case_id, out):
-    with open(phantom / "manifest.csv") as source, open(out, "w", newline="") as target:
-        rows = list(csv.DictReader(source))
-        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            if row["case_id"] == case_id:
-                writer.writerow({**row, **{k: str(phantom / row[k]) for k in ("image", "reference", "candidate")}})
-    return out
-
-
 def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thigh_named_prostate):
     model = tmp_path / "model"  # as `contourqa train` leaves it: no guard
     shutil.copytree(V15, model)
     (model / "domain.npz").unlink()
     write_card(read_card(model).model_copy(update={"domain": None}), model)
-    fit, held = _manifest_of(phantom, "case000", tmp_path / "fit.csv"), _manifest_of(phantom, "case001", tmp_path / "held.csv")
+    fit, held = one_case_manifest(phantom, "case000", tmp_path), one_case_manifest(phantom, "case001", tmp_path)
     same = run_cli("guard", "--fit", fit, "--threshold", fit, "--model", model)
     assert same.returncode == 2 and "not fitted on" in same.stderr and "Traceback" not in same.stderr
     result = run_cli("guard", "--fit", fit, "--threshold", held, "--model", model, "--body-part", "prostate ")

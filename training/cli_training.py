@@ -239,15 +239,12 @@ def _run_guard(args: argparse.Namespace) -> int:
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
     from contourqa.training.edge_picker import train_picker, training_vertices, write_picker_model
-    from contourqa.training.manifest import read_manifest
+    from contourqa.training.manifest import read_manifest, refuse_shared_series
 
     if args.epochs < 1 or args.vertices < 1:
         raise InputError("--epochs and --vertices must be at least 1")
     rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
-    shared = {r.image.resolve() for r in rows} & {r.image.resolve() for r in held_rows}
-    if shared:
-        raise InputError(f"the held-out studies must not be trained on; {len(shared)} image series are in both "
-                         f"manifests (e.g. {sorted(shared)[0]})")
+    refuse_shared_series(rows, held_rows, "the held-out studies must not be trained on")
     cases = load_cases(rows, args.cache)
     features, offsets = training_vertices(cases, args.vertices, args.seed)
     picker = train_picker(features, offsets, args.epochs, args.seed)

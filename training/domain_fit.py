@@ -21,7 +21,7 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import DicePredictor, write_card
 
 from .cache import CachedCase, load_cases
-from .manifest import read_manifest
+from .manifest import read_manifest, refuse_shared_series
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
     Body Part Examined of the fitted images, with ``extra_body_parts`` (other terms for that anatomy)."""
     model_dir = Path(model_dir)
     fit_rows, held_rows = read_manifest(fit_manifest), read_manifest(threshold_manifest)
-    shared = {r.image.resolve() for r in fit_rows} & {r.image.resolve() for r in held_rows}
-    if shared:
-        raise InputError(f"the threshold needs studies the guard was not fitted on; {len(shared)} image series "
-                         f"are in both manifests (e.g. {sorted(shared)[0]})")
+    refuse_shared_series(fit_rows, held_rows, "the threshold needs studies the guard was not fitted on")
     predictor = DicePredictor.from_model_folder(model_dir)
     fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
     features, names, _ = case_features(predictor, fit_cases)

@@ -52,3 +52,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         rows.append(ManifestRow(record["case_id"], paths["image"], paths["reference"], paths["candidate"],
                                 record["roi"], record.get("kind", "") or "", clinical))
     return rows
+
+
+def refuse_shared_series(trained: list[ManifestRow], held_out: list[ManifestRow], why: str) -> None:
+    """Held-out studies must be studies the fit never saw: refuse manifests that share an image series,
+    ``why`` saying what needs them apart."""
+    shared = {r.image.resolve() for r in trained} & {r.image.resolve() for r in held_out}
+    if shared:
+        raise InputError(f"{why}; {len(shared)} image series are in both manifests (e.g. {sorted(shared)[0]})")
