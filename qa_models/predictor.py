@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import pickle
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -210,8 +211,8 @@ def identify(card: ModelCard, model_dir: Path) -> None:
     card.sha256 = digest  # the identity of what was loaded, not of what the card once described
 
 
-class CardPredictor:
-    """What every predictor shares: its card, and what the card lets it be used for."""
+class CardPredictor(ABC):
+    """What every predictor shares: its card, what the card lets it be used for, and ``predict_rois``."""
 
     card: ModelCard
 
@@ -239,12 +240,12 @@ class CardPredictor:
             return ()
         return tuple(dict.fromkeys(filter(None, map(normalise_body_part, [*recorded, *extra]))))
 
+    @abstractmethod
     def predict_rois(self, image: np.ndarray, grid: Grid, masks: Sequence[np.ndarray], roi_names: Sequence[str | None],
                      probabilities: Sequence[np.ndarray | None] | None = None, mc_samples: int = 0,
                      body_part: str | None = None, extra_body_parts: Sequence[str] = ()) -> list[Prediction]:
         """The predicted Dice of each mask on ``image`` ([k, j, i] on ``grid``), with its interval and, where
         the model has a guard, its domain score."""
-        raise NotImplementedError
 
 
 class DicePredictor(CardPredictor):
