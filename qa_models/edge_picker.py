@@ -7,7 +7,9 @@ vertex of the training candidates, whose true offset to the reference surface is
 normal profile and that of its neighbourhood, normalised so that no grey value, contrast sign or scale
 survives (the derivative over the contour's typical edge strength; the intensity as a fraction of the
 way from outside to inside), and gives a distribution over where along the normal the organ's edge
-lies. Those distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their
+lies. It reads each profile twice: oriented by the contour's one contrast, and by the contrast over
+``LOCAL_MM`` of surface round the vertex, since a walled organ's inner and outer surfaces face opposite
+contrasts (a rectum's wall is brighter than its gas and darker than the fat round it). Those distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their
 mode; the surface so moved is the implied reference, and the Dice between it and the mask is counted
 voxel by voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread
 round that mode says whether the image shows the picker one edge (docs/model.md, "The edge picker").
@@ -28,7 +30,8 @@ from .edge_surface import (BAND_MM, PROFILE_MM, STEP_MM, ContourSurface, contour
 CONTEXT_MM = 3.0  # the neighbourhood whose mean profile each vertex also reads
 NEAR_MM = 3.0  # inside and outside intensities are read this far along the normal
 SMOOTH_MM = 3.0  # the distributions are averaged over this much surface (chosen on held-out synth studies)
-FEATURES = 4 * len(PROFILE_MM)
+LOCAL_MM = 5.0  # the inside and outside levels of the local reading are averaged over this much surface
+FEATURES = 8 * len(PROFILE_MM)
 
 
 class EdgePicker(torch.nn.Sequential):
@@ -40,22 +43,35 @@ class EdgePicker(torch.nn.Sequential):
 
 
 def vertex_features(surface: ContourSurface) -> np.ndarray:
-    """Each vertex's normalised profiles (vertices x ``FEATURES``): its derivative, the organ's edge
-    positive, over the contour's typical edge strength; its intensity, 0 outside and 1 inside; and both
-    averaged over ``CONTEXT_MM`` of surface."""
+    """Each vertex's normalised profiles (vertices x ``FEATURES``), read twice: against the contour's one
+    contrast and against the contrast round the vertex. Each reading is the derivative, the organ's edge
+    positive, over the contour's typical edge strength, and the intensity, 0 outside and 1 inside; all of
+    them also averaged over ``CONTEXT_MM`` of surface."""
     profile = normal_profiles(surface.image, surface.spacing, surface.verts, surface.normals)
     derivative = np.gradient(profile, STEP_MM, axis=1)
     measured = surface.measured
-    response = -organ_polarity(derivative, measured) * derivative
-    response /= np.percentile(np.abs(derivative[measured]).max(1), 75) + 1e-6
+    weights = surface.area * measured
+    strength = np.percentile(np.abs(derivative[measured]).max(1), 75) + 1e-6
     near = int(round(NEAR_MM / STEP_MM))
     middle = len(PROFILE_MM) // 2
-    inside, outside = np.median(profile[measured, middle - near]), np.median(profile[measured, middle + near])
-    contrast = inside - outside if abs(inside - outside) > 1e-6 else 1e-6
-    fraction = np.clip((profile - outside) / contrast, -5, 5)
-    own = np.concatenate([response, fraction], axis=1)
-    context = smooth_on_mesh(own, surface.area * measured, surface.faces, CONTEXT_MM, surface.edge_mm)
+    levels = profile[:, [middle - near, middle + near]]  # inside, outside
+    inside, outside = np.median(levels[measured], axis=0)
+    contrast = _at_least(np.array([inside - outside]), 1e-6)
+    local = smooth_on_mesh(levels, weights, surface.faces, LOCAL_MM, surface.edge_mm)
+    # where the inside and outside round a vertex are alike, its own contrast says nothing: keep a floor
+    local_contrast = _at_least(local[:, 0] - local[:, 1], 0.05 * abs(contrast[0]))[:, None]
+    own = np.concatenate([
+        -organ_polarity(derivative, measured) * derivative / strength,
+        np.clip((profile - outside) / contrast, -5, 5),
+        -np.sign(local_contrast) * derivative / strength,
+        np.clip((profile - local[:, 1:]) / local_contrast, -5, 5)], axis=1)
+    context = smooth_on_mesh(own, weights, surface.faces, CONTEXT_MM, surface.edge_mm)
     return np.concatenate([own, context], axis=1).astype(np.float32)
+
+
+def _at_least(values: np.ndarray, floor: float) -> np.ndarray:
+    """``values`` moved away from zero to at least ``floor`` in magnitude, keeping their sign (0 counts as +)."""
+    return np.where(np.abs(values) < floor, np.where(values < 0, -floor, floor), values)
 
 
 def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:

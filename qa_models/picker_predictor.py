@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .domain import DomainScore, normalise_body_part
-from .edge_picker import EdgePicker, picked_edge_of
+from .edge_picker import FEATURES, EdgePicker, picked_edge_of
 from .edge_surface import BAND_MM, contour_surface
 from .errors import InputError
 from .geometry import Grid
@@ -43,8 +43,14 @@ class PickerPredictor(CardPredictor):
         model_dir = Path(model_dir)
         card = read_card(model_dir)
         network = EdgePicker()
+        weights = load_weights(model_dir, torch.device("cpu"))
+        first = weights.get("0.weight") if isinstance(weights, dict) else None
+        if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != FEATURES:
+            # an earlier contourqa's picker read fewer inputs per vertex
+            raise InputError(f"{model_dir}: weights do not match the edge picker of this contourqa ({first.shape[1]} "
+                             f"inputs per vertex, not {FEATURES}): train it again with contourqa picker")
         try:
-            network.load_state_dict(load_weights(model_dir, torch.device("cpu")))
+            network.load_state_dict(weights)
         except (RuntimeError, TypeError, AttributeError) as error:
             raise InputError(f"{model_dir}: weights do not match the edge picker "
                              f"({str(error).strip().splitlines()[0]})") from None

@@ -68,7 +68,21 @@ def test_its_inputs_keep_neither_grey_values_nor_the_sign_of_the_contrast():
     for mask in (RADIUS < 15, RADIUS < 21):
         plain = vertex_features(contour_surface(image, mask, SPACING))
         inverted = vertex_features(contour_surface(5000 - 7 * image, mask, SPACING))
-        assert plain.shape[1] == 4 * 33 and np.allclose(plain, inverted, atol=1e-3)
+        assert plain.shape[1] == 8 * 33 and np.allclose(plain, inverted, atol=1e-3)
+
+
+def test_a_walled_organs_inner_and_outer_surfaces_are_each_read_by_their_own_contrast():
+    """A wall (grey 200) round a dark lumen (20) in brighter tissue (300), as a rectum's: one contrast for
+    the whole contour reads one of its two surfaces the wrong way round; the local reading neither."""
+    wall = (RADIUS >= 9) & (RADIUS < 18)
+    image = np.where(RADIUS < 9, 20.0, np.where(wall, 200.0, 300.0))
+    surface = contour_surface(image, wall, SPACING)
+    edge = vertex_features(surface)[surface.measured][:, [16, 2 * 33 + 16]]  # the derivative at the contour
+    inner = (np.linalg.norm(surface.verts + surface.start * SPACING - [36, 40, 40], axis=1) < 13.5)[surface.measured]
+    assert inner.any() and (~inner).any()
+    by_contour, by_vertex = edge[:, 0] > 0, edge[:, 1] > 0  # positive: read as the organ's edge
+    assert by_contour[inner].mean() < 0.1 < 0.9 < by_contour[~inner].mean()  # the lumen's edge read backwards
+    assert by_vertex.mean() > 0.95
 
 
 GRID = Grid(np.zeros(3), SPACING[::-1].copy(), np.eye(3), SHAPE)
@@ -134,6 +148,7 @@ def test_an_empty_mask_has_no_surface_to_pick_on_and_scores_zero_in_the_product(
     ("no weights", "lacks weights.pt"),
     ("not a torch file", "refused or unreadable weights"),
     ("other weights", "weights do not match the edge picker"),
+    ("an earlier version's weights", "132 inputs per vertex, not 264\\): train it again with contourqa picker"),
     ("no spread limit", "without a spread limit"),
 ])
 def test_a_picker_folder_that_cannot_be_used_is_refused_in_one_line(model_dir, tmp_path, damage, reason):
@@ -145,7 +160,9 @@ def test_a_picker_folder_that_cannot_be_used_is_refused_in_one_line(model_dir, t
     elif damage == "not a torch file":
         weights.write_bytes(b"not a torch file")
     elif damage == "other weights":
-        torch.save({"0.weight": torch.zeros(2, 2)}, weights)
+        torch.save({"0.weight": torch.zeros(2, 264)}, weights)
+    elif damage == "an earlier version's weights":  # before the local reading, four profiles per vertex
+        torch.save({"0.weight": torch.zeros(128, 132)}, weights)
     else:
         card_file.write_text(json.dumps(json.loads(card_file.read_text()) | {"domain": None}))
     with pytest.raises(InputError, match=reason) as error:

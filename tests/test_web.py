@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import headless_chromium, require_tool, run_cli
+from contourqa.qa_models.predictor import default_model_dir, read_card
 from node_harness import Destination, Node, approved_copy, send, wait_for
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,8 @@ def test_a_case_page_shows_each_roi_with_its_contour_drawn_on_the_image(served):
     assert status == 200 and "state</th><td class=\"done\">done" in case_page
     assert case_page.count("<img ") == 5 and "screen slice_gaps" in case_page
     # the default model's guard in its own terms: the edge picker's spread in mm against its limit
-    assert case_page.count("<th>domain</th><td>edge spread ") == 5 and " mm (limit 2.46 mm): " in case_page
+    limit = read_card(default_model_dir()).domain.threshold
+    assert case_page.count("<th>domain</th><td>edge spread ") == 5 and f" mm (limit {limit:.2f} mm): " in case_page
     picture = link + "/roi/1.png"
     status, kind, png = fetch(base + picture)
     assert status == 200 and kind == "image/png"

@@ -25,7 +25,7 @@ studies classic_eval classic 12 901
 
 # the studies name PELVIS; the other DICOM terms for the region of the five ROIs
 [ -f picker/model.json ] || contourqa picker --manifest synth_train/manifest.csv --held synth_held/manifest.csv \
-    --cache cache --out picker --name contourqa-pelvis-picker --model-version 1 --seed 0 \
+    --cache cache --out picker --name contourqa-pelvis-picker --model-version 2 --seed 0 \
     --body-part ABDOMENPELVIS --body-part BLADDER --body-part PROSTATE --body-part RECTUM
 contourqa evaluate --manifest synth_eval/manifest.csv --model picker --cache cache --json > in-style.json
 contourqa evaluate --manifest classic_eval/manifest.csv --model picker --cache cache --json --record > cross-style.json
