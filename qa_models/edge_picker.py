@@ -9,10 +9,11 @@ survives (the derivative over the contour's typical edge strength; the intensity
 way from outside to inside), and gives a distribution over where along the normal the organ's edge
 lies. It reads each profile twice: oriented by the contour's one contrast, and by the contrast over
 ``LOCAL_MM`` of surface round the vertex, since a walled organ's inner and outer surfaces face opposite
-contrasts (a rectum's wall is brighter than its gas and darker than the fat round it). Those distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their
-mode; the surface so moved is the implied reference, and the Dice between it and the mask is counted
-voxel by voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread
-round that mode says whether the image shows the picker one edge (docs/model.md, "The edge picker").
+contrasts (a rectum's wall is brighter than its gas and darker than the fat round it). Those
+distributions, averaged over ``SMOOTH_MM`` of surface, place each vertex's edge at their mode; the
+surface so moved is the implied reference, and the Dice between it and the mask is counted voxel by
+voxel on the image's own grid, as the true Dice is. How far the averaged distributions spread round
+that mode says whether the image shows the picker one edge (docs/model.md, "The edge picker").
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 # Rebuilds the shipped default model, the edge picker (qa_models/picker_model), and measures it in-style
 # and across styles. Usage: bash training/picker_model.sh [WORK_DIR]   (default /tmp/cqa_picker)
 #
-# Measured on the 2-core CPU (2026-12-02, beside other jobs): the 68 phantom studies about 15 min, the
-# picker 7 min (rasterising 48 studies into the cache, reading 560,000 vertices, 10 epochs), each
-# evaluation about 5 min. Every step is skipped when its output exists, so the script resumes.
+# Measured on the 2-core CPU (beside other jobs): the 68 phantom studies about 15 min; the picker about
+# 11 min for version 2 (2026-12-07: rasterising 48 studies into the cache, reading 560,000 vertices twice
+# over, 10 epochs; version 1 took 7); each evaluation 5-8 min with its CatBoost baseline. Every step is
+# skipped when its output exists, so the script resumes.
 #
 # It is trained on the randomised synth style only (40 studies, seed 2000); the spread limit and the
 # interval are set on 8 held-out synth studies (seed 2903); it is evaluated in-style on 8 more (seed
