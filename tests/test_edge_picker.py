@@ -17,8 +17,8 @@ from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import DicePredictor, load_predictor
 from contourqa.reporting.overlap import dice
 from contourqa.training.cache import CachedCase, Candidate
-from contourqa.training.edge_picker import (MIN_PER_ROI, held_out_figures, signed_distance, train_picker,
-                                           training_vertices, true_offsets, write_picker_model)
+from contourqa.training.edge_picker import (MIN_PER_ROI, held_out_figures, scaled_about_centre, signed_distance,
+                                           train_picker, training_vertices, true_offsets, write_picker_model)
 from contourqa.training.manifest import ManifestRow
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
@@ -93,6 +93,21 @@ def _case(image: np.ndarray, name: str) -> CachedCase:
     rows = [ManifestRow(name, None, None, None, "Organ", kind) for kind in _candidates()]
     candidates = [Candidate(row, mask, dice(mask, REFERENCE)) for row, mask in zip(rows, _candidates().values())]
     return CachedCase(name, image, grid, "MR", {"organ": REFERENCE}, candidates)
+
+
+def test_proportional_training_contours_are_the_reference_scaled_with_their_true_offsets():
+    """A sphere of radius 18 mm scaled by 1.25 is one of 22.5 mm whose vertices lie 4.5 mm outside the
+    reference; ``--proportional`` adds such contours, up and down, to the candidates' vertices."""
+    grown = scaled_about_centre(REFERENCE, 1.25)
+    agreement = {radius: dice(grown, RADIUS < radius) for radius in (21, 22.5, 24)}
+    assert agreement[22.5] > 0.95 and agreement[22.5] == max(agreement.values())  # 3 mm slices: a staircase
+    case = _case(_organ(100, 5, 0), "scaled")
+    plain = training_vertices([case], per_candidate=50)[1]
+    features, offsets = training_vertices([case], per_candidate=50, proportional=True)
+    assert len(features) == len(offsets) == len(plain) + 2 * 25
+    assert np.array_equal(offsets[:len(plain)], plain)  # the candidates' vertices as without the option
+    scaled = offsets[len(plain):]
+    assert np.median(scaled[:25]) < -1 and np.median(scaled[25:]) > 1  # grown: the edge lies inwards
 
 
 @pytest.fixture(scope="module")

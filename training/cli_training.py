@@ -123,6 +123,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
     picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
     picker.add_argument("--seed", type=int, default=0)
+    picker.add_argument("--proportional", action="store_true",
+                        help="also train on each reference scaled up and down about its centre: contours too large or "
+                             "too small in proportion, which the synth error model does not draw")
     picker.add_argument("--name", default="contourqa-edge-picker", help="model name written in the card")
     picker.add_argument("--model-version", dest="version", default="1", help="model version written in the card")
     picker.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",
@@ -246,7 +249,7 @@ def _run_picker(args: argparse.Namespace) -> int:
     rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
     refuse_shared_series(rows, held_rows, "the held-out studies must not be trained on")
     cases = load_cases(rows, args.cache)
-    features, offsets = training_vertices(cases, args.vertices, args.seed)
+    features, offsets = training_vertices(cases, args.vertices, args.seed, args.proportional)
     picker = train_picker(features, offsets, args.epochs, args.seed)
     card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
                               len(offsets), args.seed, args.name, args.version, args.extra_body_parts)

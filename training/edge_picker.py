@@ -87,25 +87,49 @@ def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> Held
                            for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked))
 
 
-def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(features, true offsets) of up to ``per_candidate`` measured vertices of every realistic candidate."""
+# A reference scaled about its centre is an auto-contour too large or too small in proportion, as the
+# classic phantom's error model draws them; the synth error model errs by a margin in mm. On picker 2's
+# inputs they helped in-style and across styles (docs/model.md, "Tried on 2026-12-07"): ``--proportional``.
+PROPORTIONAL_FACTORS = ((1.08, 1.5), (0.55, 0.92))
+PROPORTIONAL_SHARE = 0.5  # of ``per_candidate``: vertices drawn from each scaled reference
+
+
+def scaled_about_centre(mask: np.ndarray, factor: float) -> np.ndarray:
+    """``mask`` grown (``factor`` > 1) or shrunk about its centre of mass; scaling the array's indices scales
+    millimetres alike, whatever the spacing."""
+    centre = np.array(ndimage.center_of_mass(mask))[:, None, None, None]
+    source = centre + (np.indices(mask.shape, dtype=np.float32) - centre) / factor
+    return ndimage.map_coordinates(mask.astype(np.float32), source, order=1) >= 0.5
+
+
+def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0,
+                      proportional: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(features, true offsets) of up to ``per_candidate`` measured vertices of every realistic candidate;
+    with ``proportional``, also of each reference scaled up and down by a factor drawn from
+    ``PROPORTIONAL_FACTORS``."""
     rng = np.random.default_rng(seed)
     features, targets = [], []
-    distances: dict[str, np.ndarray] = {}  # the references' of the current case, by ROI
-    current = None
-    for case, candidate, mask in realistic_masks(cases):
-        if case.case_id != current:
-            current, distances = case.case_id, {}
-        spacing = np.asarray(case.grid.spacing[::-1], dtype=float)
-        surface = contour_surface(case.image, mask, spacing)
+
+    def add(case: CachedCase, mask: np.ndarray, reference_distance: np.ndarray, count: int) -> None:
+        surface = contour_surface(case.image, mask, np.asarray(case.grid.spacing[::-1], dtype=float))
         if surface is None:
-            continue
-        roi = candidate.row.roi.lower()
-        if roi not in distances:
-            distances[roi] = signed_distance(case.references[roi], spacing)
-        chosen = rng.permutation(np.flatnonzero(surface.measured))[:per_candidate]
+            return
+        chosen = rng.permutation(np.flatnonzero(surface.measured))[:count]
         features.append(vertex_features(surface)[chosen])
-        targets.append(true_offsets(surface, distances[roi])[chosen])
+        targets.append(true_offsets(surface, reference_distance)[chosen])
+
+    for case in cases:
+        spacing = np.asarray(case.grid.spacing[::-1], dtype=float)
+        distances: dict[str, np.ndarray] = {}  # the references', by ROI
+        for _, candidate, mask in realistic_masks([case]):
+            roi = candidate.row.roi.lower()
+            if roi not in distances:
+                distances[roi] = signed_distance(case.references[roi], spacing)
+            add(case, mask, distances[roi], per_candidate)
+        for roi in sorted(distances) if proportional else ():
+            for low, high in PROPORTIONAL_FACTORS:
+                scaled = scaled_about_centre(case.references[roi], rng.uniform(low, high))
+                add(case, scaled, distances[roi], max(1, int(per_candidate * PROPORTIONAL_SHARE)))
     if not features:
         raise InputError("no realistic candidate with a surface to train the edge picker on")
     return np.concatenate(features), np.concatenate(targets).astype(np.float32)
