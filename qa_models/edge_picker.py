@@ -57,10 +57,10 @@ def vertex_features(surface: ContourSurface) -> np.ndarray:
     middle = len(PROFILE_MM) // 2
     levels = profile[:, [middle - near, middle + near]]  # inside, outside
     inside, outside = np.median(levels[measured], axis=0)
-    contrast = _at_least(np.array([inside - outside]), 1e-6)
+    contrast = _at_least(inside - outside, 1e-6)
     local = smooth_on_mesh(levels, weights, surface.faces, LOCAL_MM, surface.edge_mm)
     # where the inside and outside round a vertex are alike, its own contrast says nothing: keep a floor
-    local_contrast = _at_least(local[:, 0] - local[:, 1], 0.05 * abs(contrast[0]))[:, None]
+    local_contrast = _at_least(local[:, 0] - local[:, 1], 0.05 * abs(contrast))[:, None]
     own = np.concatenate([
         -organ_polarity(derivative, measured) * derivative / strength,
         np.clip((profile - outside) / contrast, -5, 5),
@@ -70,7 +70,7 @@ def vertex_features(surface: ContourSurface) -> np.ndarray:
     return np.concatenate([own, context], axis=1).astype(np.float32)
 
 
-def _at_least(values: np.ndarray, floor: float) -> np.ndarray:
+def _at_least(values: np.ndarray | float, floor: float) -> np.ndarray:
     """``values`` moved away from zero to at least ``floor`` in magnitude, keeping their sign (0 counts as +)."""
     return np.where(np.abs(values) < floor, np.where(values < 0, -floor, floor), values)
 

@@ -89,7 +89,8 @@ def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> Held
 
 # A reference scaled about its centre is an auto-contour too large or too small in proportion, as the
 # classic phantom's error model draws them; the synth error model errs by a margin in mm. On picker 2's
-# inputs they helped in-style and across styles (docs/model.md, "Tried on 2026-12-07"): ``--proportional``.
+# inputs they helped on average over four seeds, but one seed's rectum collapsed across styles, so the
+# shipped picker is trained without them (docs/model.md, "Tried on 2026-12-07"): ``--proportional``.
 PROPORTIONAL_FACTORS = ((1.08, 1.5), (0.55, 0.92))
 PROPORTIONAL_SHARE = 0.5  # of ``per_candidate``: vertices drawn from each scaled reference
 
