@@ -52,6 +52,8 @@ def configure(settings: Settings, broker_url: str) -> Celery:
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
+        # a worker waits out a broker outage of any length (Celery's default gives up after 100 tries)
+        broker_connection_max_retries=None,
         # a message unacknowledged this long (its worker vanished) is delivered again
         broker_transport_options={"visibility_timeout": int(hard * 2) + 60},
         task_serializer="json", result_serializer="json", accept_content=["json"],

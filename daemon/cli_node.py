@@ -123,8 +123,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         raise InputError(f"--queues: expected gpu, io or gpu,io, not {args.queues!r}")
     if args.concurrency is not None and args.concurrency < 1:
         raise InputError("--concurrency must be at least 1")
-    run_worker(settings, queues, args.concurrency or settings.worker.concurrency, args.name)
-    return 0
+    return run_worker(settings, queues, args.concurrency or settings.worker.concurrency, args.name)
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:

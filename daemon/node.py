@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from celery.utils.nodenames import host_format
+
 from contourqa.qa_models.atomic import write_text_atomically
 
 from .assembler import Assembler
@@ -106,14 +108,19 @@ def run_web(settings: Settings) -> None:
         server.shutdown()
 
 
-def run_worker(settings: Settings, queues: list[str], concurrency: int, name: str) -> None:
-    """A Celery worker consuming ``queues`` (``gpu``: inference, ``io``: export)."""
+def run_worker(settings: Settings, queues: list[str], concurrency: int, name: str) -> int:
+    """A Celery worker consuming ``queues`` (``gpu``: inference, ``io``: export); returns its exit status.
+
+    Through ``app.Worker``, not ``app.worker_main``: the latter drops Celery's exit status, so a worker stopped
+    by an unrecoverable error would exit 0 and a supervisor restarting only failures would leave it down."""
     prepare_home(settings)
     configure(settings, settings.broker_url)
     runtime.inference = INFERENCE_QUEUE in queues
-    app.worker_main(["worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
-                     "--hostname", f"{name}@%h", "--loglevel", settings.log_level, "--pool", "prefork",
-                     "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    worker = app.Worker(queues=queues, concurrency=concurrency, hostname=host_format(f"{name}@%h"),
+                        loglevel=settings.log_level, pool_cls="prefork",
+                        without_gossip=True, without_mingle=True, without_heartbeat=True)
+    worker.start()
+    return worker.exitcode or 0
 
 
 def run_scheduler(settings: Settings) -> None:

@@ -5,6 +5,7 @@ creates the folders and the schema first; a second SCP on the same home is refus
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,3 +104,53 @@ def test_ten_processes_creating_the_schema_at_once_all_succeed(kind, tmp_path, p
                                       text=True) for _ in range(10)]
         errors = [p.communicate(timeout=120)[1] for p in processes]
         assert [p.returncode for p in processes] == [0] * 10, [e for e in errors if e][:1]
+
+
+
+# the worker command with one more consumer step, which fails as a library error would once connected
+FAILING_WORKER = """
+import sys
+from pathlib import Path
+from celery import bootsteps
+from contourqa.cli import main
+from contourqa.daemon.celery_app import app
+
+class Failing(bootsteps.StartStopStep):
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    def start(self, consumer):
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+app.steps["consumer"].add(Failing)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_that_celery_stops_for_an_unrecoverable_error_exits_nonzero_and_a_warm_shutdown_exits_0(
+        tmp_path, broker):
+    """A supervisor that restarts failures (systemd Restart=on-failure) must see a dead worker as one."""
+    def worker(name: str, code: list[str]) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        return subprocess.Popen([sys.executable, *code, "worker", "--queues", "io", "--home", str(tmp_path / name),
+                                 "--broker", broker], stdout=open(log, "w"), stderr=subprocess.STDOUT), log
+
+    failing, failing_log = worker("failing", ["-c", FAILING_WORKER])
+    assert failing.wait(timeout=90) == 1, failing_log.read_text()[-2000:]
+    assert "Unrecoverable error: AttributeError" in failing_log.read_text()
+
+    healthy, log = worker("healthy", ["-m", "contourqa.cli"])
+    wait_for(lambda: " ready." in log.read_text(errors="replace") or healthy.poll() is not None, 90,
+             "the worker to come up")
+    assert healthy.poll() is None, log.read_text()[-2000:]
+    healthy.send_signal(signal.SIGTERM)
+    assert healthy.wait(timeout=60) == 0, log.read_text()[-2000:]
+
+
+def test_a_lost_broker_is_logged_in_one_line_without_the_traceback_celery_attaches():
+    code = ("import logging\nfrom contourqa.daemon.logs import setup_logging, BROKER_LOSS_LOGGER\nsetup_logging()\n"
+            "try:\n    raise ConnectionError('Error 111 connecting to 127.0.0.1:6379. Connection refused.')\n"
+            "except ConnectionError:\n    logging.getLogger(BROKER_LOSS_LOGGER).warning("
+            "'consumer: Connection to broker lost. Trying to re-establish the connection...', exc_info=True)\n")
+    logged = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stderr
+    assert len(logged.splitlines()) == 1 and "Traceback" not in logged, logged
+    assert logged.rstrip().endswith("re-establish the connection... (ConnectionError: Error 111 connecting to "
+                                    "127.0.0.1:6379. Connection refused.)"), logged
