@@ -43,6 +43,18 @@ class EdgePicker(torch.nn.Sequential):
                          torch.nn.ReLU(), torch.nn.Linear(hidden, len(PROFILE_MM)))
 
 
+class PickerEnsemble(torch.nn.ModuleList):
+    """Pickers trained from different seeds on the same vertices. Its output's softmax is their distributions
+    averaged, so one member's wrong choice on an organ is outvoted: single pickers differ by seed most on
+    the rectum, where one of four collapsed across styles (docs/model.md, "Tried on 2026-12-07")."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(member(features), dim=1) for member in self]).mean(0).log()
+
+
+Picker = EdgePicker | PickerEnsemble
+
+
 def vertex_features(surface: ContourSurface) -> np.ndarray:
     """Each vertex's normalised profiles (vertices x ``FEATURES``), read twice: against the contour's one
     contrast and against the contrast round the vertex. Each reading is the derivative, the organ's edge
@@ -99,7 +111,7 @@ class PickedEdge(NamedTuple):
 NOT_PICKED = PickedEdge(float("nan"), float("nan"))
 
 
-def pick_edges(picker: EdgePicker, surface: ContourSurface) -> tuple[np.ndarray, float]:
+def pick_edges(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, float]:
     """Each vertex's offset to the organ's edge, and the spread: the mode of the picker's distributions
     averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset towards zero), and the mean
     distance from it under those distributions. Offsets are 0 where the image's end cuts the surface."""
@@ -113,7 +125,7 @@ def pick_edges(picker: EdgePicker, surface: ContourSurface) -> tuple[np.ndarray,
     return offsets, float(np.sum(weights * spread) / np.sum(weights))
 
 
-def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
+def picked_edge(picker: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
     """The Dice ``mask`` would score against the boundary the picker finds on ``image`` (arrays k, j, i;
     ``spacing`` in mm in the same order), and the picker's spread; NaN for an empty mask or one whose
     whole surface the image's ends cut."""
@@ -121,7 +133,7 @@ def picked_edge(picker: EdgePicker, image: np.ndarray, mask: np.ndarray, spacing
     return NOT_PICKED if surface is None else picked_edge_of(picker, surface)
 
 
-def picked_edge_of(picker: EdgePicker, surface: ContourSurface) -> PickedEdge:
+def picked_edge_of(picker: Picker, surface: ContourSurface) -> PickedEdge:
     """``picked_edge`` on a surface already built."""
     offsets, spread = pick_edges(picker, surface)
     return PickedEdge(moved_surface_dice(surface, offsets), spread)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .domain import DomainScore, normalise_body_part
-from .edge_picker import FEATURES, EdgePicker, picked_edge_of
+from .edge_picker import FEATURES, EdgePicker, Picker, PickerEnsemble, picked_edge_of
 from .edge_surface import BAND_MM, contour_surface
 from .errors import InputError
 from .geometry import Grid
@@ -35,25 +35,14 @@ NOTHING_READ_MM = 2 * BAND_MM  # the spread given where the picker reads nothing
 
 
 class PickerPredictor(CardPredictor):
-    def __init__(self, card: ModelCard, network: EdgePicker):
+    def __init__(self, card: ModelCard, network: Picker):
         self.card, self.network = card, network
 
     @classmethod
     def from_model_folder(cls, model_dir: str | Path) -> "PickerPredictor":
         model_dir = Path(model_dir)
         card = read_card(model_dir)
-        network = EdgePicker()
-        weights = load_weights(model_dir, torch.device("cpu"))
-        first = weights.get("0.weight") if isinstance(weights, dict) else None
-        if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != FEATURES:
-            # an earlier contourqa's picker read fewer inputs per vertex
-            raise InputError(f"{model_dir}: weights do not match the edge picker of this contourqa ({first.shape[1]} "
-                             f"inputs per vertex, not {FEATURES}): train it again with contourqa picker")
-        try:
-            network.load_state_dict(weights)
-        except (RuntimeError, TypeError, AttributeError) as error:
-            raise InputError(f"{model_dir}: weights do not match the edge picker "
-                             f"({str(error).strip().splitlines()[0]})") from None
+        network = _picker_for(load_weights(model_dir, torch.device("cpu")), model_dir)
         if card.domain is None:
             raise InputError(f"{model_dir}: an edge picker without a spread limit (train it with --held)")
         identify(card, model_dir)
@@ -88,6 +77,28 @@ class PickerPredictor(CardPredictor):
             return 0.0, NOTHING_READ_MM
         picked = picked_edge_of(self.network, surface)
         return picked.dice, picked.spread_mm
+
+
+def _picker_for(weights: object, model_dir: Path) -> Picker:
+    """The picker the weights are of: one (``0.weight``, as versions 1 and 2 were saved) or an ensemble
+    (``0.0.weight``, ``1.0.weight``, ...), refused in one line where they are not a picker of this contourqa's."""
+    keys = list(weights) if isinstance(weights, dict) else []
+    if not keys:
+        raise InputError(f"{model_dir}: weights do not match the edge picker (weights.pt holds no weights by name)")
+    single = "0.weight" in keys
+    first = weights.get("0.weight" if single else "0.0.weight")
+    if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != FEATURES:
+        # an earlier contourqa's picker read fewer inputs per vertex
+        raise InputError(f"{model_dir}: weights do not match the edge picker of this contourqa ({first.shape[1]} "
+                         f"inputs per vertex, not {FEATURES}): train it again with contourqa picker")
+    members = {key.split(".")[0] for key in keys}
+    network = EdgePicker() if single else PickerEnsemble(EdgePicker() for _ in members)
+    try:
+        network.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise InputError(f"{model_dir}: weights do not match the edge picker "
+                         f"({str(error).strip().splitlines()[0]})") from None
+    return network
 
 
 def boundary_faces(mask: np.ndarray) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from contourqa.qa_models.edge_picker import moved_surface_dice, picked_edge, vertex_features
+from contourqa.qa_models.edge_picker import EdgePicker, PickerEnsemble, moved_surface_dice, picked_edge, vertex_features
 from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.geometry import Grid
@@ -18,7 +18,7 @@ from contourqa.qa_models.predictor import DicePredictor, load_predictor
 from contourqa.reporting.overlap import dice
 from contourqa.training.cache import CachedCase, Candidate
 from contourqa.training.edge_picker import (MIN_PER_ROI, held_out_figures, scaled_about_centre, signed_distance,
-                                           train_picker, training_vertices, true_offsets, write_picker_model)
+                                           train_pickers, training_vertices, true_offsets, write_picker_model)
 from contourqa.training.manifest import ManifestRow
 
 SPACING = np.array([3.0, 1.0, 1.0])  # slices of 3 mm, pixels of 1 mm
@@ -112,11 +112,11 @@ def test_proportional_training_contours_are_the_reference_scaled_with_their_true
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """Trained on bright spheres of two contrasts, its spread limit and interval set on a third, written as
-    a model folder as `contourqa picker` writes it."""
+    """Two pickers trained on bright spheres of two contrasts, their spread limit and interval set on a
+    third, written as a model folder as `contourqa picker --members 2` writes it."""
     cases = [_case(_organ(contrast, 8, seed), f"train{seed}") for seed, contrast in enumerate((60, 120))]
     features, offsets = training_vertices(cases, per_candidate=600)
-    network = train_picker(features, offsets, epochs=15)
+    network = train_pickers(features, offsets, members=2, epochs=15)
     folder = tmp_path_factory.mktemp("picker") / "model"
     write_picker_model(folder, network, (Path("spheres.csv"), cases), (Path("held.csv"), [_case(_organ(90, 8, 2), "held")]),
                        len(offsets), 0, "spheres", "1", ["whole body"])
@@ -183,6 +183,27 @@ def test_a_picker_folder_that_cannot_be_used_is_refused_in_one_line(model_dir, t
     with pytest.raises(InputError, match=reason) as error:
         load_predictor(folder)
     assert "\n" not in str(error.value)
+
+
+def test_an_ensemble_averages_its_members_distributions_and_one_member_alone_loads_as_a_single_picker(
+        model_dir, model, tmp_path):
+    ensemble = model.network
+    assert isinstance(ensemble, PickerEnsemble) and len(ensemble) == 2 and model.card.training_data["members"] == 2
+    surface = contour_surface(_organ(90, 6, 3), RADIUS < 20.5, SPACING)
+    x = torch.from_numpy(vertex_features(surface))
+    with torch.no_grad():
+        averaged = torch.softmax(ensemble(x), dim=1)
+        members = [torch.softmax(member(x), dim=1) for member in ensemble]
+    assert torch.allclose(averaged, (members[0] + members[1]) / 2, atol=1e-6)
+    assert not torch.allclose(members[0], members[1], atol=1e-3)  # two seeds, two pickers
+    # one member saved alone, as pickers 1 and 2 were: it loads as one picker and gives its own number
+    single = tmp_path / "single"
+    shutil.copytree(model_dir, single)
+    torch.save(ensemble[0].state_dict(), single / "weights.pt")
+    loaded = load_predictor(single).network
+    assert type(loaded) is EdgePicker
+    image = _organ(90, 6, 3)
+    assert picked_edge(loaded, image, RADIUS < 20.5, SPACING) == picked_edge(ensemble[0], image, RADIUS < 20.5, SPACING)
 
 
 def test_commands_that_need_a_network_refuse_a_picker_folder(model_dir):

@@ -122,7 +122,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     picker.add_argument("--out", type=Path, required=True, help="model folder to write")
     picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
     picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
-    picker.add_argument("--seed", type=int, default=0)
+    picker.add_argument("--seed", type=int, default=0, help="seed of the vertices drawn and of the first member")
+    picker.add_argument("--members", type=int, default=1,
+                        help="pickers trained from seeds SEED, SEED+1, ... whose distributions are averaged (default 1)")
     picker.add_argument("--proportional", action="store_true",
                         help="also train on each reference scaled up and down about its centre: contours too large or "
                              "too small in proportion, which the synth error model does not draw")
@@ -241,19 +243,20 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
-    from contourqa.training.edge_picker import train_picker, training_vertices, write_picker_model
+    from contourqa.training.edge_picker import train_pickers, training_vertices, write_picker_model
     from contourqa.training.manifest import read_manifest, refuse_shared_series
 
-    if args.epochs < 1 or args.vertices < 1:
-        raise InputError("--epochs and --vertices must be at least 1")
+    if min(args.epochs, args.vertices, args.members) < 1:
+        raise InputError("--epochs, --vertices and --members must be at least 1")
     rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
     refuse_shared_series(rows, held_rows, "the held-out studies must not be trained on")
     cases = load_cases(rows, args.cache)
     features, offsets = training_vertices(cases, args.vertices, args.seed, args.proportional)
-    picker = train_picker(features, offsets, args.epochs, args.seed)
+    picker = train_pickers(features, offsets, args.members, args.epochs, args.seed)
     card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
                               len(offsets), args.seed, args.name, args.version, args.extra_body_parts)
-    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest}; withholds beyond a spread "
+    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest} ({args.members} "
+          f"member{'s' * (args.members > 1)}); withholds beyond a spread "
           f"of {card.domain.threshold} mm; interval +-{card.interval_half_width}"
           f"{''.join(f', {roi} +-{w}' for roi, w in card.interval_half_width_by_roi.items())}; {', '.join(card.modalities)}, "
           f"ROIs {', '.join(card.roi_names)}, body parts {', '.join(card.domain.body_parts) or 'not checked'}")

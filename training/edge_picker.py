@@ -22,7 +22,7 @@ from scipy import ndimage
 from contourqa import __version__
 from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.domain import DomainCard, normalise_body_part
-from contourqa.qa_models.edge_picker import EdgePicker, picked_edge, vertex_features
+from contourqa.qa_models.edge_picker import EdgePicker, Picker, PickerEnsemble, picked_edge, vertex_features
 from contourqa.qa_models.edge_surface import PROFILE_MM, STEP_MM, ContourSurface, contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
@@ -68,7 +68,7 @@ class HeldOutFigures(NamedTuple):
     candidates: int
 
 
-def held_out_figures(picker: EdgePicker, held_out: Iterable[CachedCase]) -> HeldOutFigures:
+def held_out_figures(picker: Picker, held_out: Iterable[CachedCase]) -> HeldOutFigures:
     """From held-out studies' realistic candidates: the ``SPREAD_QUANTILE`` of the picker's spread (beyond
     it the image does not show the picker one edge), and the ``INTERVAL_QUANTILE`` of its absolute error
     where it is within that limit, over all and per ROI with at least ``MIN_PER_ROI`` of them."""
@@ -159,12 +159,18 @@ def train_picker(features: np.ndarray, offsets: np.ndarray, epochs: int = 10, se
     return picker.eval()
 
 
+def train_pickers(features: np.ndarray, offsets: np.ndarray, members: int, epochs: int = 10,
+                  seed: int = 0) -> PickerEnsemble:
+    """``members`` pickers fitted as ``train_picker`` fits one, from seeds ``seed``, ``seed`` + 1, ..."""
+    return PickerEnsemble(train_picker(features, offsets, epochs, seed + i) for i in range(members)).eval()
+
+
 def _named(manifest: Path) -> str:
     """A manifest as the card names it, with its folder: manifests are mostly all called manifest.csv."""
     return f"{manifest.parent.name}/{manifest.name}" if manifest.parent.name else manifest.name
 
 
-def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path, list[CachedCase]],
+def write_picker_model(out_dir: Path, picker: Picker, trained_on: tuple[Path, list[CachedCase]],
                        held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
                        extra_body_parts: Iterable[str] = ()) -> ModelCard:
     """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
@@ -183,6 +189,7 @@ def write_picker_model(out_dir: Path, picker: EdgePicker, trained_on: tuple[Path
         contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         seed=seed,
         training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
+                       "members": len(picker) if isinstance(picker, PickerEnsemble) else 1,
                        "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
