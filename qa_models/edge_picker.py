@@ -44,15 +44,31 @@ class EdgePicker(torch.nn.Sequential):
 
 
 class PickerEnsemble(torch.nn.ModuleList):
-    """Pickers trained from different seeds on the same vertices. Its output's softmax is their distributions
-    averaged, so one member's wrong choice on an organ is outvoted: single pickers differ by seed most on
-    the rectum, where one of four collapsed across styles (docs/model.md, "Tried on 2026-12-07")."""
+    """Pickers trained from different seeds on the same vertices; its output's softmax is their distributions
+    averaged. Single pickers differ by seed most on the rectum; four together land near their mean and
+    read the reference contours better (docs/model.md, "Tried later on 2026-12-07")."""
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.softmax(member(features), dim=1) for member in self]).mean(0).log()
 
 
 Picker = EdgePicker | PickerEnsemble
+
+
+class PickersByRoi(torch.nn.ModuleDict):
+    """A picker per organ kind: each ROI named here (lower case) reads with its own, every other ROI with
+    ``DEFAULT``'s. Scaled references sharpen the compact organs' picker across styles but make a walled
+    organ's jump to its lumen's edge, so a rectum gets a picker trained without them (docs/model.md)."""
+
+    DEFAULT = "default"
+
+
+def picker_for_roi(picker: Picker | PickersByRoi, roi_name: str | None) -> Picker:
+    """The picker that reads ``roi_name``'s contour."""
+    if not isinstance(picker, PickersByRoi):
+        return picker
+    key = (roi_name or "").lower()
+    return picker[key] if key in picker else picker[PickersByRoi.DEFAULT]
 
 
 def vertex_features(surface: ContourSurface) -> np.ndarray:

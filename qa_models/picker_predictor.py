@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .domain import DomainScore, normalise_body_part
-from .edge_picker import FEATURES, EdgePicker, Picker, PickerEnsemble, picked_edge_of
+from .edge_picker import FEATURES, EdgePicker, Picker, PickerEnsemble, PickersByRoi, picked_edge_of, picker_for_roi
 from .edge_surface import BAND_MM, contour_surface
 from .errors import InputError
 from .geometry import Grid
@@ -35,8 +35,14 @@ NOTHING_READ_MM = 2 * BAND_MM  # the spread given where the picker reads nothing
 
 
 class PickerPredictor(CardPredictor):
-    def __init__(self, card: ModelCard, network: Picker):
+    def __init__(self, card: ModelCard, network: Picker | PickersByRoi):
         self.card, self.network = card, network
+
+    def network_for(self, roi_name: str | None) -> Picker:
+        return picker_for_roi(self.network, roi_name)
+
+    def spread_limit(self, roi_name: str | None) -> float:
+        return self.card.spread_limit_by_roi.get((roi_name or "").lower(), self.card.domain.threshold)
 
     @classmethod
     def from_model_folder(cls, model_dir: str | Path) -> "PickerPredictor":
@@ -59,12 +65,13 @@ class PickerPredictor(CardPredictor):
         predictions = []
         for mask, roi_name in zip(masks, roi_names):
             half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
-            dice, spread = self._estimate(image, mask, spacing)
-            score = DomainScore(spread, self.card.domain.threshold, part, known, SPREAD_MEASURE, " mm", RETRAIN)
+            dice, spread = self._estimate(self.network_for(roi_name), image, mask, spacing)
+            score = DomainScore(spread, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm", RETRAIN)
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
 
-    def _estimate(self, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
+    @staticmethod
+    def _estimate(network: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
         """(Dice, spread). An empty mask scores 0 against any reference, surely; a mask the picker cannot
         read (too fragmented, or its surface mostly on the image's ends) gets a spread beyond any limit,
         so its number, 0, is withheld."""
@@ -75,16 +82,26 @@ class PickerPredictor(CardPredictor):
         surface = contour_surface(image, mask, spacing)
         if surface is None or np.sum(surface.area * surface.measured) < MIN_MEASURED_SHARE * np.sum(surface.area):
             return 0.0, NOTHING_READ_MM
-        picked = picked_edge_of(self.network, surface)
+        picked = picked_edge_of(network, surface)
         return picked.dice, picked.spread_mm
 
 
-def _picker_for(weights: object, model_dir: Path) -> Picker:
-    """The picker the weights are of: one (``0.weight``, as versions 1 and 2 were saved) or an ensemble
-    (``0.0.weight``, ``1.0.weight``, ...), refused in one line where they are not a picker of this contourqa's."""
+def _picker_for(weights: object, model_dir: Path) -> Picker | PickersByRoi:
+    """The picker the weights are of: one (``0.weight``, as versions 1 and 2 were saved), an ensemble
+    (``0.0.weight``, ``1.0.weight``, ...) or one of those per organ kind (``default.0.0.weight``,
+    ``rectum.0.0.weight``, ...), refused in one line where they are not a picker of this contourqa's."""
     keys = list(weights) if isinstance(weights, dict) else []
     if not keys:
         raise InputError(f"{model_dir}: weights do not match the edge picker (weights.pt holds no weights by name)")
+    if not keys[0].split(".")[0].isdigit():
+        groups: dict[str, dict] = {}
+        for key, value in weights.items():
+            group, _, rest = key.partition(".")
+            groups.setdefault(group, {})[rest] = value
+        if PickersByRoi.DEFAULT not in groups:
+            raise InputError(f"{model_dir}: weights do not match the edge picker (no {PickersByRoi.DEFAULT!r} picker "
+                             f"among {', '.join(sorted(groups))})")
+        return PickersByRoi({group: _picker_for(part, model_dir) for group, part in groups.items()})
     single = "0.weight" in keys
     first = weights.get("0.weight" if single else "0.0.weight")
     if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != FEATURES:

@@ -76,6 +76,9 @@ class ModelCard(BaseModel):
     interval_half_width_by_roi: dict[str, float] = Field(
         default_factory=dict, description="the same per ROI (lower case), for the ROIs with enough held-out "
                                           "candidates: the picker errs more on some organs than on others")
+    spread_limit_by_roi: dict[str, float] = Field(
+        default_factory=dict, description="the edge picker's spread limit for each ROI (lower case) with a picker "
+                                          "of its own; every other ROI's is domain.threshold")
     sha256: str | None = Field(None, description="digest of the weights, the guard's arrays and this card "
                                                  "(without this field): the model's identity")
 
@@ -150,7 +153,7 @@ def read_card(model_dir: Path) -> ModelCard:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
 
 
-LATER_FIELDS = ("interval_half_width", "interval_half_width_by_roi")
+LATER_FIELDS = ("interval_half_width", "interval_half_width_by_roi", "spread_limit_by_roi")
 
 
 def model_digest(card: ModelCard, model_dir: Path) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from contourqa.qa_models.edge_picker import EdgePicker, PickerEnsemble, moved_surface_dice, picked_edge, vertex_features
+from contourqa.qa_models.edge_picker import (EdgePicker, PickerEnsemble, PickersByRoi, moved_surface_dice,
+                                             picked_edge, vertex_features)
 from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.geometry import Grid
@@ -103,8 +104,9 @@ def test_proportional_training_contours_are_the_reference_scaled_with_their_true
     assert agreement[22.5] > 0.95 and agreement[22.5] == max(agreement.values())  # 3 mm slices: a staircase
     case = _case(_organ(100, 5, 0), "scaled")
     plain = training_vertices([case], per_candidate=50)[1]
-    features, offsets = training_vertices([case], per_candidate=50, proportional=True)
+    features, offsets, scaled = training_vertices([case], per_candidate=50, proportional=True)
     assert len(features) == len(offsets) == len(plain) + 2 * 25
+    assert not scaled[:len(plain)].any() and scaled[len(plain):].all()
     assert np.array_equal(offsets[:len(plain)], plain)  # the candidates' vertices as without the option
     scaled = offsets[len(plain):]
     assert np.median(scaled[:25]) < -1 and np.median(scaled[25:]) > 1  # grown: the edge lies inwards
@@ -115,7 +117,7 @@ def model_dir(tmp_path_factory) -> Path:
     """Two pickers trained on bright spheres of two contrasts, their spread limit and interval set on a
     third, written as a model folder as `contourqa picker --members 2` writes it."""
     cases = [_case(_organ(contrast, 8, seed), f"train{seed}") for seed, contrast in enumerate((60, 120))]
-    features, offsets = training_vertices(cases, per_candidate=600)
+    features, offsets, _ = training_vertices(cases, per_candidate=600)
     network = train_pickers(features, offsets, members=2, epochs=15)
     folder = tmp_path_factory.mktemp("picker") / "model"
     write_picker_model(folder, network, (Path("spheres.csv"), cases), (Path("held.csv"), [_case(_organ(90, 8, 2), "held")]),
@@ -204,6 +206,25 @@ def test_an_ensemble_averages_its_members_distributions_and_one_member_alone_loa
     assert type(loaded) is EdgePicker
     image = _organ(90, 6, 3)
     assert picked_edge(loaded, image, RADIUS < 20.5, SPACING) == picked_edge(ensemble[0], image, RADIUS < 20.5, SPACING)
+
+
+def test_a_roi_with_a_picker_of_its_own_reads_with_it_and_is_judged_by_its_own_spread_limit(model, tmp_path):
+    """As a rectum reads with pickers trained without the scaled references: here the sphere's ROI reads
+    with one member alone, any other ROI with the two."""
+    ensemble = model.network
+    by_roi = PickersByRoi({PickersByRoi.DEFAULT: ensemble, "organ": ensemble[0]})
+    held = [_case(_organ(90, 8, 2), "held")]
+    card = write_picker_model(tmp_path / "model", by_roi, (Path("spheres.csv"), held), (Path("held.csv"), held),
+                              1, 0, "spheres", "1", quantile=0.99)
+    assert set(card.spread_limit_by_roi) == {"organ"} and card.domain.quantile == 0.99
+    loaded = load_predictor(tmp_path / "model")
+    assert type(loaded.network_for("Organ")) is EdgePicker and loaded.network_for("Bladder") is loaded.network_for(None)
+    image, mask = _organ(90, 6, 3), RADIUS < 20.5
+    [own] = loaded.predict_rois(image, GRID, [mask], ["Organ"])
+    [shared] = loaded.predict_rois(image, GRID, [mask], ["Bladder"])
+    assert own.dice == picked_edge(ensemble[0], image, mask, SPACING).dice
+    assert shared.dice == picked_edge(ensemble, image, mask, SPACING).dice != own.dice
+    assert own.domain.threshold == card.spread_limit_by_roi["organ"] and shared.domain.threshold == card.domain.threshold
 
 
 def test_commands_that_need_a_network_refuse_a_picker_folder(model_dir):

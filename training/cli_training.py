@@ -128,6 +128,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     picker.add_argument("--proportional", action="store_true",
                         help="also train on each reference scaled up and down about its centre: contours too large or "
                              "too small in proportion, which the synth error model does not draw")
+    picker.add_argument("--unscaled", action="append", default=[], metavar="ROI",
+                        help="with --proportional: this ROI (a walled organ, such as a rectum) reads with pickers of "
+                             "its own, trained without the scaled references, and gets its own spread limit")
     picker.add_argument("--name", default="contourqa-edge-picker", help="model name written in the card")
     picker.add_argument("--model-version", dest="version", default="1", help="model version written in the card")
     picker.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",
@@ -243,21 +246,26 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
-    from contourqa.training.edge_picker import train_pickers, training_vertices, write_picker_model
+    from contourqa.training.edge_picker import (SPREAD_QUANTILE, SPREAD_QUANTILE_SCALED, train_picker_set,
+                                               training_vertices, write_picker_model)
     from contourqa.training.manifest import read_manifest, refuse_shared_series
 
     if min(args.epochs, args.vertices, args.members) < 1:
         raise InputError("--epochs, --vertices and --members must be at least 1")
+    if args.unscaled and not args.proportional:
+        raise InputError("--unscaled only applies with --proportional (pickers trained without the scaled references)")
     rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
     refuse_shared_series(rows, held_rows, "the held-out studies must not be trained on")
     cases = load_cases(rows, args.cache)
-    features, offsets = training_vertices(cases, args.vertices, args.seed, args.proportional)
-    picker = train_pickers(features, offsets, args.members, args.epochs, args.seed)
+    vertices = training_vertices(cases, args.vertices, args.seed, args.proportional)
+    picker = train_picker_set(vertices, args.members, args.epochs, args.seed, args.unscaled)
     card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
-                              len(offsets), args.seed, args.name, args.version, args.extra_body_parts)
-    print(f"{args.out}: edge picker trained on {len(offsets)} vertices of {args.manifest} ({args.members} "
-          f"member{'s' * (args.members > 1)}); withholds beyond a spread "
-          f"of {card.domain.threshold} mm; interval +-{card.interval_half_width}"
+                              len(vertices.offsets), args.seed, args.name, args.version, args.extra_body_parts,
+                              SPREAD_QUANTILE_SCALED if args.proportional else SPREAD_QUANTILE)
+    print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of {args.manifest} ({args.members} "
+          f"member{'s' * (args.members > 1)}); withholds beyond a spread of {card.domain.threshold} mm"
+          f"{''.join(f', {roi} {limit} mm' for roi, limit in card.spread_limit_by_roi.items())}"
+          f"; interval +-{card.interval_half_width}"
           f"{''.join(f', {roi} +-{w}' for roi, w in card.interval_half_width_by_roi.items())}; {', '.join(card.modalities)}, "
           f"ROIs {', '.join(card.roi_names)}, body parts {', '.join(card.domain.body_parts) or 'not checked'}")
     return EXIT_OK

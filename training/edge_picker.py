@@ -22,7 +22,8 @@ from scipy import ndimage
 from contourqa import __version__
 from contourqa.qa_models.atomic import atomic_path
 from contourqa.qa_models.domain import DomainCard, normalise_body_part
-from contourqa.qa_models.edge_picker import EdgePicker, Picker, PickerEnsemble, picked_edge, vertex_features
+from contourqa.qa_models.edge_picker import (EdgePicker, Picker, PickerEnsemble, PickersByRoi, picked_edge,
+                                             picker_for_roi, vertex_features)
 from contourqa.qa_models.edge_surface import PROFILE_MM, STEP_MM, ContourSurface, contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
@@ -31,6 +32,9 @@ from .cache import CachedCase, Candidate
 from .progress import progress
 
 SPREAD_QUANTILE = 0.95  # the spread limit, as the domain guard's threshold: a quantile of held-out studies
+# a picker trained on scaled references as well spreads far wider on other anatomy (the real thigh: 4.76 mm
+# at least, against its 3.82 mm 99 % quantile), so its limit can leave 99 % of its own style inside
+SPREAD_QUANTILE_SCALED = 0.99
 INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
 MIN_PER_ROI = 20  # held-out candidates a ROI needs for a half-width of its own
 SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "
@@ -63,26 +67,35 @@ def realistic_masks(cases: Iterable[CachedCase]) -> Iterator[tuple[CachedCase, C
 
 class HeldOutFigures(NamedTuple):
     spread_limit: float
+    spread_limit_by_roi: dict[str, float]  # of the ROIs with a picker of their own
     half_width: float
     half_width_by_roi: dict[str, float]
     candidates: int
 
 
-def held_out_figures(picker: Picker, held_out: Iterable[CachedCase]) -> HeldOutFigures:
-    """From held-out studies' realistic candidates: the ``SPREAD_QUANTILE`` of the picker's spread (beyond
-    it the image does not show the picker one edge), and the ``INTERVAL_QUANTILE`` of its absolute error
-    where it is within that limit, over all and per ROI with at least ``MIN_PER_ROI`` of them."""
-    picked = [(picked_edge(picker, case.image, mask, case.grid.spacing[::-1]), candidate)
-              for case, candidate, mask in realistic_masks(held_out)]
-    picked = [(estimate, candidate) for estimate, candidate in picked if np.isfinite(estimate.spread_mm)]
+def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCase],
+                     quantile: float = SPREAD_QUANTILE) -> HeldOutFigures:
+    """From held-out studies' realistic candidates: the ``quantile`` of the picker's spread (beyond it the
+    image does not show the picker one edge), ``SPREAD_QUANTILE`` of their own for the ROIs with a picker of
+    their own (trained without scaled references), and the ``INTERVAL_QUANTILE`` of its absolute error
+    where it is within its limit, over all and per ROI with at least ``MIN_PER_ROI`` of them."""
+    picked = [(picked_edge(picker_for_roi(picker, candidate.row.roi), case.image, mask, case.grid.spacing[::-1]),
+               candidate) for case, candidate, mask in realistic_masks(held_out)]
+    picked = [(estimate, candidate.dice, candidate.row.roi.lower()) for estimate, candidate in picked
+              if np.isfinite(estimate.spread_mm)]
+    own = set(picker) - {PickersByRoi.DEFAULT} if isinstance(picker, PickersByRoi) else set()
     if not picked:
         raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
-    spreads = np.array([estimate.spread_mm for estimate, _ in picked])
-    limit = float(np.quantile(spreads, SPREAD_QUANTILE))
-    sure = [(abs(estimate.dice - c.dice), c.row.roi.lower()) for estimate, c in picked if estimate.spread_mm <= limit]
+    # where every held-out ROI has a picker of its own, the default's limit is set on all of them
+    shared = [estimate.spread_mm for estimate, _, roi in picked if roi not in own] or [e.spread_mm for e, _, _ in picked]
+    limit = float(np.quantile(shared, quantile))
+    limit_by_roi = {roi: round(float(np.quantile(spreads, SPREAD_QUANTILE)), 2) for roi in sorted(own)
+                    for spreads in [[e.spread_mm for e, _, r in picked if r == roi]] if spreads}
+    sure = [(abs(estimate.dice - true), roi) for estimate, true, roi in picked
+            if estimate.spread_mm <= limit_by_roi.get(roi, limit)]
     errors = np.array([error for error, _ in sure])
     by_roi = {roi: np.array([e for e, r in sure if r == roi]) for roi in sorted({r for _, r in sure})}
-    return HeldOutFigures(limit, float(np.quantile(errors, INTERVAL_QUANTILE)),
+    return HeldOutFigures(limit, limit_by_roi, float(np.quantile(errors, INTERVAL_QUANTILE)),
                           {roi: round(float(np.quantile(e, INTERVAL_QUANTILE)), 4)
                            for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked))
 
@@ -103,21 +116,29 @@ def scaled_about_centre(mask: np.ndarray, factor: float) -> np.ndarray:
     return ndimage.map_coordinates(mask.astype(np.float32), source, order=1) >= 0.5
 
 
+class TrainingVertices(NamedTuple):
+    features: np.ndarray
+    offsets: np.ndarray  # the true offset of each vertex to the reference surface (mm, outward)
+    scaled: np.ndarray  # True where the vertex is of a scaled reference, not of a candidate
+
+
 def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int = 0,
-                      proportional: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(features, true offsets) of up to ``per_candidate`` measured vertices of every realistic candidate;
-    with ``proportional``, also of each reference scaled up and down by a factor drawn from
+                      proportional: bool = False) -> TrainingVertices:
+    """The features and true offsets of up to ``per_candidate`` measured vertices of every realistic
+    candidate; with ``proportional``, also of each reference scaled up and down by a factor drawn from
     ``PROPORTIONAL_FACTORS``."""
     rng = np.random.default_rng(seed)
-    features, targets = [], []
+    features, targets, scaled = [], [], []
 
-    def add(case: CachedCase, mask: np.ndarray, reference_distance: np.ndarray, count: int) -> None:
+    def add(case: CachedCase, mask: np.ndarray, reference_distance: np.ndarray, count: int,
+            is_scaled: bool = False) -> None:
         surface = contour_surface(case.image, mask, np.asarray(case.grid.spacing[::-1], dtype=float))
         if surface is None:
             return
         chosen = rng.permutation(np.flatnonzero(surface.measured))[:count]
         features.append(vertex_features(surface)[chosen])
         targets.append(true_offsets(surface, reference_distance)[chosen])
+        scaled.append(np.full(len(chosen), is_scaled))
 
     for case in cases:
         spacing = np.asarray(case.grid.spacing[::-1], dtype=float)
@@ -129,11 +150,11 @@ def training_vertices(cases: Iterable[CachedCase], per_candidate: int, seed: int
             add(case, mask, distances[roi], per_candidate)
         for roi in sorted(distances) if proportional else ():
             for low, high in PROPORTIONAL_FACTORS:
-                scaled = scaled_about_centre(case.references[roi], rng.uniform(low, high))
-                add(case, scaled, distances[roi], max(1, int(per_candidate * PROPORTIONAL_SHARE)))
+                scaled_reference = scaled_about_centre(case.references[roi], rng.uniform(low, high))
+                add(case, scaled_reference, distances[roi], max(1, int(per_candidate * PROPORTIONAL_SHARE)), True)
     if not features:
         raise InputError("no realistic candidate with a surface to train the edge picker on")
-    return np.concatenate(features), np.concatenate(targets).astype(np.float32)
+    return TrainingVertices(np.concatenate(features), np.concatenate(targets).astype(np.float32), np.concatenate(scaled))
 
 
 def train_picker(features: np.ndarray, offsets: np.ndarray, epochs: int = 10, seed: int = 0,
@@ -165,20 +186,33 @@ def train_pickers(features: np.ndarray, offsets: np.ndarray, members: int, epoch
     return PickerEnsemble(train_picker(features, offsets, epochs, seed + i) for i in range(members)).eval()
 
 
+def train_picker_set(vertices: TrainingVertices, members: int, epochs: int, seed: int,
+                     unscaled_rois: Iterable[str] = ()) -> Picker | PickersByRoi:
+    """The pickers of a model: ``members`` of them on every vertex; with ``unscaled_rois``, those ROIs read
+    with ``members`` more, trained without the scaled references' vertices (``PickersByRoi``)."""
+    picker = train_pickers(vertices.features, vertices.offsets, members, epochs, seed)
+    own = sorted({roi.lower() for roi in unscaled_rois})
+    if not own:
+        return picker
+    plain = ~vertices.scaled
+    unscaled = train_pickers(vertices.features[plain], vertices.offsets[plain], members, epochs, seed)
+    return PickersByRoi({PickersByRoi.DEFAULT: picker} | {roi: unscaled for roi in own})
+
+
 def _named(manifest: Path) -> str:
     """A manifest as the card names it, with its folder: manifests are mostly all called manifest.csv."""
     return f"{manifest.parent.name}/{manifest.name}" if manifest.parent.name else manifest.name
 
 
-def write_picker_model(out_dir: Path, picker: Picker, trained_on: tuple[Path, list[CachedCase]],
+def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: tuple[Path, list[CachedCase]],
                        held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
-                       extra_body_parts: Iterable[str] = ()) -> ModelCard:
+                       extra_body_parts: Iterable[str] = (), quantile: float = SPREAD_QUANTILE) -> ModelCard:
     """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
     the modalities, ROIs and body parts of the studies it was trained on (and ``extra_body_parts``, a
     site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
     Both are (manifest, cases)."""
     (manifest, cases), (held_manifest, held) = trained_on, held_out
-    held_figures = held_out_figures(picker, held)
+    held_figures = held_out_figures(picker, held, quantile)
     realistic = [c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")]
     roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
     body_parts = sorted({c.body_part for c in cases if c.body_part}
@@ -189,15 +223,16 @@ def write_picker_model(out_dir: Path, picker: Picker, trained_on: tuple[Path, li
         contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         seed=seed,
         training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
-                       "members": len(picker) if isinstance(picker, PickerEnsemble) else 1,
+                       "members": len(first) if isinstance(first := picker_for_roi(picker, None), PickerEnsemble) else 1,
                        "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
-                          threshold=round(held_figures.spread_limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
+                          threshold=round(held_figures.spread_limit, 2), quantile=quantile, body_parts=body_parts,
                           fitted_on={"manifest": _named(manifest), "cases": len(cases)},
                           threshold_from={"manifest": _named(held_manifest), "cases": len(held),
                                           "candidates": held_figures.candidates}),
         interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
+        spread_limit_by_roi=held_figures.spread_limit_by_roi,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS_FILE) as weights:

@@ -116,7 +116,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                 surface = None if mask is None else contour_surface(case.image, mask, case.grid.spacing[::-1])
                 edge.append(NO_SURFACE if surface is None else edge_profile_of(surface))
                 if picker is not None:
-                    picked.append(NOT_PICKED if surface is None else picked_edge_of(picker.network, surface))
+                    picked.append(NOT_PICKED if surface is None else
+                                  picked_edge_of(picker.network_for(candidate.row.roi), surface))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
                                        prediction.domain)
@@ -185,8 +186,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             picked_dice = np.array([p.dice for p in picked])
             trained_on, limit = picker.card.training_data["manifest"], picker.card.domain.threshold
             add_baseline(f"edge picker (trained on {trained_on})", picked_dice, np.isfinite(picked_dice))
-            add_baseline(f"edge picker where it is sure (spread <= {limit} mm)", picked_dice,
-                         np.array([p.spread_mm <= limit for p in picked]))
+            own = "".join(f", {roi} {value}" for roi, value in picker.card.spread_limit_by_roi.items())
+            add_baseline(f"edge picker where it is sure (spread <= {limit} mm{own})", picked_dice,
+                         np.array([p.spread_mm <= picker.spread_limit(r.roi) for p, r in zip(picked, realistic_rows)]))
         clinical = _clinical_baseline(realistic_rows, true[realistic], baseline_trials, seed)
         if clinical is not None:
             report["baselines"]["CatBoost on clinical columns"] = regression_metrics(
