@@ -215,8 +215,8 @@ def test_a_roi_with_a_picker_of_its_own_reads_with_it_and_is_judged_by_its_own_s
     by_roi = PickersByRoi({PickersByRoi.DEFAULT: ensemble, "organ": ensemble[0]})
     held = [_case(_organ(90, 8, 2), "held")]
     card = write_picker_model(tmp_path / "model", by_roi, (Path("spheres.csv"), held), (Path("held.csv"), held),
-                              1, 0, "spheres", "1", quantile=0.99)
-    assert set(card.spread_limit_by_roi) == {"organ"} and card.domain.quantile == 0.99
+                              1, 0, "spheres", "1")
+    assert set(card.spread_limit_by_roi) == {"organ"}
     loaded = load_predictor(tmp_path / "model")
     assert type(loaded.network_for("Organ")) is EdgePicker and loaded.network_for("Bladder") is loaded.network_for(None)
     image, mask = _organ(90, 6, 3), RADIUS < 20.5

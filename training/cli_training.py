@@ -246,8 +246,7 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 def _run_picker(args: argparse.Namespace) -> int:
     from contourqa.training.cache import load_cases
-    from contourqa.training.edge_picker import (SPREAD_QUANTILE, SPREAD_QUANTILE_SCALED, train_picker_set,
-                                               training_vertices, write_picker_model)
+    from contourqa.training.edge_picker import train_picker_set, training_vertices, write_picker_model
     from contourqa.training.manifest import read_manifest, refuse_shared_series
 
     if min(args.epochs, args.vertices, args.members) < 1:
@@ -260,8 +259,7 @@ def _run_picker(args: argparse.Namespace) -> int:
     vertices = training_vertices(cases, args.vertices, args.seed, args.proportional)
     picker = train_picker_set(vertices, args.members, args.epochs, args.seed, args.unscaled)
     card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
-                              len(vertices.offsets), args.seed, args.name, args.version, args.extra_body_parts,
-                              SPREAD_QUANTILE_SCALED if args.proportional else SPREAD_QUANTILE)
+                              len(vertices.offsets), args.seed, args.name, args.version, args.extra_body_parts)
     print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of {args.manifest} ({args.members} "
           f"member{'s' * (args.members > 1)}); withholds beyond a spread of {card.domain.threshold} mm"
           f"{''.join(f', {roi} {limit} mm' for roi, limit in card.spread_limit_by_roi.items())}"

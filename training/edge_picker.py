@@ -32,9 +32,6 @@ from .cache import CachedCase, Candidate
 from .progress import progress
 
 SPREAD_QUANTILE = 0.95  # the spread limit, as the domain guard's threshold: a quantile of held-out studies
-# a picker trained on scaled references as well spreads far wider on other anatomy (the real thigh: 4.76 mm
-# at least, against its 3.82 mm 99 % quantile), so its limit can leave 99 % of its own style inside
-SPREAD_QUANTILE_SCALED = 0.99
 INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
 MIN_PER_ROI = 20  # held-out candidates a ROI needs for a half-width of its own
 SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "
@@ -73,12 +70,11 @@ class HeldOutFigures(NamedTuple):
     candidates: int
 
 
-def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCase],
-                     quantile: float = SPREAD_QUANTILE) -> HeldOutFigures:
-    """From held-out studies' realistic candidates: the ``quantile`` of the picker's spread (beyond it the
-    image does not show the picker one edge), ``SPREAD_QUANTILE`` of their own for the ROIs with a picker of
-    their own (trained without scaled references), and the ``INTERVAL_QUANTILE`` of its absolute error
-    where it is within its limit, over all and per ROI with at least ``MIN_PER_ROI`` of them."""
+def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCase]) -> HeldOutFigures:
+    """From held-out studies' realistic candidates: the ``SPREAD_QUANTILE`` of the picker's spread (beyond
+    it the image does not show the picker one edge), of their own for the ROIs with a picker of their own,
+    and the ``INTERVAL_QUANTILE`` of its absolute error where it is within its limit, over all and per ROI
+    with at least ``MIN_PER_ROI`` of them."""
     picked = [(picked_edge(picker_for_roi(picker, candidate.row.roi), case.image, mask, case.grid.spacing[::-1]),
                candidate) for case, candidate, mask in realistic_masks(held_out)]
     picked = [(estimate, candidate.dice, candidate.row.roi.lower()) for estimate, candidate in picked
@@ -88,7 +84,7 @@ def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCas
         raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
     # where every held-out ROI has a picker of its own, the default's limit is set on all of them
     shared = [estimate.spread_mm for estimate, _, roi in picked if roi not in own] or [e.spread_mm for e, _, _ in picked]
-    limit = float(np.quantile(shared, quantile))
+    limit = float(np.quantile(shared, SPREAD_QUANTILE))
     limit_by_roi = {roi: round(float(np.quantile(spreads, SPREAD_QUANTILE)), 2) for roi in sorted(own)
                     for spreads in [[e.spread_mm for e, _, r in picked if r == roi]] if spreads}
     sure = [(abs(estimate.dice - true), roi) for estimate, true, roi in picked
@@ -206,13 +202,13 @@ def _named(manifest: Path) -> str:
 
 def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: tuple[Path, list[CachedCase]],
                        held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
-                       extra_body_parts: Iterable[str] = (), quantile: float = SPREAD_QUANTILE) -> ModelCard:
+                       extra_body_parts: Iterable[str] = ()) -> ModelCard:
     """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
     the modalities, ROIs and body parts of the studies it was trained on (and ``extra_body_parts``, a
     site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
     Both are (manifest, cases)."""
     (manifest, cases), (held_manifest, held) = trained_on, held_out
-    held_figures = held_out_figures(picker, held, quantile)
+    held_figures = held_out_figures(picker, held)
     realistic = [c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")]
     roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
     body_parts = sorted({c.body_part for c in cases if c.body_part}
@@ -227,7 +223,7 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
                        "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
-                          threshold=round(held_figures.spread_limit, 2), quantile=quantile, body_parts=body_parts,
+                          threshold=round(held_figures.spread_limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
                           fitted_on={"manifest": _named(manifest), "cases": len(cases)},
                           threshold_from={"manifest": _named(held_manifest), "cases": len(held),
                                           "candidates": held_figures.candidates}),
