@@ -85,8 +85,8 @@ def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCas
     # where every held-out ROI has a picker of its own, the default's limit is set on all of them
     shared = [estimate.spread_mm for estimate, _, roi in picked if roi not in own] or [e.spread_mm for e, _, _ in picked]
     limit = float(np.quantile(shared, SPREAD_QUANTILE))
-    limit_by_roi = {roi: round(float(np.quantile(spreads, SPREAD_QUANTILE)), 2) for roi in sorted(own)
-                    for spreads in [[e.spread_mm for e, _, r in picked if r == roi]] if spreads}
+    own_spreads = {roi: [e.spread_mm for e, _, r in picked if r == roi] for roi in sorted(own)}
+    limit_by_roi = {roi: round(float(np.quantile(s, SPREAD_QUANTILE)), 2) for roi, s in own_spreads.items() if s}
     sure = [(abs(estimate.dice - true), roi) for estimate, true, roi in picked
             if estimate.spread_mm <= limit_by_roi.get(roi, limit)]
     errors = np.array([error for error, _ in sure])
@@ -213,13 +213,14 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
     roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
     body_parts = sorted({c.body_part for c in cases if c.body_part}
                         | set(filter(None, map(normalise_body_part, extra_body_parts))))
+    default = picker_for_roi(picker, None)
     card = ModelCard(
         name=name, version=version, architecture=PICKER_ARCHITECTURE,
         modalities=sorted({case.modality for case in cases}), roi_names=roi_names,
         contourqa_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         seed=seed,
         training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
-                       "members": len(first) if isinstance(first := picker_for_roi(picker, None), PickerEnsemble) else 1,
+                       "members": len(default) if isinstance(default, PickerEnsemble) else 1,
                        "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
