@@ -27,6 +27,11 @@ if TYPE_CHECKING:  # torch is imported only where a model is used
 log = logging.getLogger(__name__)
 
 SUPPORTED_STRUCTURE_CLASSES = {RTSTRUCT_SOP_CLASS: "RT Structure Set", SEG_SOP_CLASS: "Segmentation"}
+# A Dice model reads a contour drawn on its organ: the picker, the image's edges within 8 mm of it. A
+# contour a screen rejects (off the body, all ones, noise) is not one, and a number from it can look good
+# (a prostate moved off the organ read 0.59 against the edges it landed on): it is withheld.
+SCREEN_WITHHELD = ("no Dice predicted: the contour failed the {screens} screen, and a predicted Dice "
+                   "assumes a contour drawn on its organ")
 
 
 class Verdict(str, Enum):
@@ -221,7 +226,11 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
                             f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         domain = prediction.domain if prediction else None
-        if prediction is not None and not prediction.trusted:
+        rejected = [s.name for s in screens if not s.passed and s.severity is Severity.REJECT]
+        if prediction is not None and rejected:  # the contour, not the image, is what is wrong
+            warnings.append(SCREEN_WITHHELD.format(screens=", ".join(rejected)))
+            prediction = None
+        elif prediction is not None and not prediction.trusted:
             warnings.append(domain.warning())
             prediction = None  # never a confident number on an image the model does not know
         voxels = int(roi_mask.mask.sum())

@@ -67,6 +67,25 @@ def test_shifted_failure_is_rejected_where_it_leaves_the_body(phantom):
     assert sum(r["verdict"] == "reject" for r in rois) >= 4
 
 
+
+@pytest.mark.parametrize("model", ["edge-picker", "phantom-v15"])
+def test_a_contour_a_screen_rejects_gets_no_dice_and_says_which_screen(phantom, model):
+    # a prostate moved off its organ once read 0.59 against the edges it landed on; the screen's reject stands alone
+    study = phantom / "case001"
+    for candidate in ("failure_shifted.dcm", "failure_all_ones.dcm"):
+        result = run_cli("assess", study / "image", study / "candidates" / candidate, "--json", "--model", model)
+        rois = json.loads(result.stdout)["rois"]
+        rejected = {r["name"]: [s["name"] for s in r["screens"] if not s["passed"] and s["severity"] == "reject"]
+                    for r in rois}
+        assert any(rejected.values()), candidate
+        for roi in rois:
+            if rejected[roi["name"]]:
+                assert roi["predicted_dice"] is None and roi["verdict"] == "reject", roi
+                assert any(w.startswith("no Dice predicted: the contour failed the " + rejected[roi["name"]][0])
+                           for w in roi["warnings"]), roi["warnings"]
+            else:  # the others keep their number, or the domain guard's reason for none
+                assert roi["predicted_dice"] is not None or roi["domain"]["inside"] is False, roi
+
 def test_reference_contours_are_not_rejected(phantom):
     study = phantom / "case001"
     result = run_cli("assess", study / "image", study / "reference.dcm", "--json")
