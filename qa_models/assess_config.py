@@ -30,6 +30,15 @@ class ScreenConfig(BaseModel):
     noise_min_voxels: int = Field(100, ge=1, description="smallest mask the noise rule judges")
     max_slice_gaps: int = Field(0, ge=0, description="empty slices allowed between contoured ones")
     volume_ranges: list[VolumeRange] = Field(default_factory=lambda: list(DEFAULT_VOLUME_RANGES))
+    max_midline_offset: float = Field(0.3, gt=0, le=1,
+                                      description="largest distance of a midline organ's centre (prostate, bladder, "
+                                                  "rectum) from the body's left-right midline, in body half-widths")
+    min_lateral_offset: float = Field(0.35, ge=0, lt=1,
+                                      description="smallest distance of a lateral organ's centre (a femoral head) "
+                                                  "from the midline, on its named side, in body half-widths")
+    max_depth_offset: float = Field(0.8, gt=0, le=1,
+                                    description="largest distance of an organ's centre from the body's "
+                                                "anterior-posterior middle, in body half-depths")
     large_roi_types: list[str] = Field(default_factory=lambda: ["EXTERNAL", "BODY"],
                                        description="RTROIInterpretedType values exempt from the size screens")
 

@@ -16,7 +16,7 @@ from .errors import InputError
 from .references import structure_references
 from .rtstruct import RTSTRUCT_SOP_CLASS, RoiMask, check_references, find_roi, rasterise_roi, read_rois
 from .assess_config import AssessConfig
-from .screens import ScreenResult, Severity, body_mask, run_screens
+from .screens import ScreenResult, Severity, body_mask, run_screens, says_off_organ
 from .seg import SEG_SOP_CLASS, decode_segments
 from .series import ImageSeries, load_series, read_dicom
 from .uncertainty import voxelwise_entropy_sum
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_STRUCTURE_CLASSES = {RTSTRUCT_SOP_CLASS: "RT Structure Set", SEG_SOP_CLASS: "Segmentation"}
 # A Dice model reads a contour drawn on its organ: the picker, the image's edges within 8 mm of it. A
-# contour a screen rejects (off the body, all ones, noise) is not one, and a number from it can look good
-# (a prostate moved off the organ read 0.59 against the edges it landed on): it is withheld.
+# contour a screen finds off its organ (outside the body, out of its place, all ones, noise) is not one,
+# and a number from it can look good (a prostate moved off the organ read 0.59 against the edges it
+# landed on): it is withheld.
 SCREEN_WITHHELD = ("no Dice predicted: the contour failed the {screens} screen, and a predicted Dice "
                    "assumes a contour drawn on its organ")
 
@@ -226,9 +227,9 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
                             f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         domain = prediction.domain if prediction else None
-        rejected = [s.name for s in screens if not s.passed and s.severity is Severity.REJECT]
-        if prediction is not None and rejected:  # the contour, not the image, is what is wrong
-            warnings.append(SCREEN_WITHHELD.format(screens=", ".join(rejected)))
+        off_organ = [s.name for s in screens if says_off_organ(s)]
+        if prediction is not None and off_organ:  # the contour, not the image, is what is wrong
+            warnings.append(SCREEN_WITHHELD.format(screens=", ".join(off_organ)))
             prediction = None
         elif prediction is not None and not prediction.trusted:
             warnings.append(domain.warning())

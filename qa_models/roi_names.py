@@ -18,13 +18,16 @@ class Organ:
     site: str         # keyword of the finding site's SNOMED CT code in pydicom's `codes.SCT`
     min_ml: float     # plausible volume range of an adult's organ
     max_ml: float
+    placement: str = ""  # MIDLINE or LATERAL across the body, for the position screen; "": not checked
 
+
+MIDLINE, LATERAL = "midline", "lateral"
 
 ORGANS = (
-    Organ(r"prostate", "Prostate", 8, 200),
-    Organ(r"bladder", "Bladder", 20, 1200),
-    Organ(r"rectum", "Rectum", 5, 300),
-    Organ(r"femo|femur", "FemoralHead", 10, 600),
+    Organ(r"prostate", "Prostate", 8, 200, MIDLINE),
+    Organ(r"bladder", "Bladder", 20, 1200, MIDLINE),
+    Organ(r"rectum", "Rectum", 5, 300, MIDLINE),
+    Organ(r"femo|femur", "FemoralHead", 10, 600, LATERAL),
 )
 
 _LEFT, _RIGHT = re.compile(r"(^|_)(l|left|lt)($|_)"), re.compile(r"(^|_)(r|right|rt)($|_)")

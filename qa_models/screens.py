@@ -3,7 +3,8 @@ one-line detail and the numbers behind it.
 
 They catch the gross failures of auto-contouring (the four failure modes of Isaksson et al. 2022:
 empty, uniform binary noise, all ones, a mask shifted far off its organ) and a few common defects
-(implausible volume, gaps between contoured slices, masks cut off by the field of view).
+(implausible volume, an organ out of its place in the body, gaps between contoured slices, masks cut
+off by the field of view).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scipy import ndimage
 
 from .geometry import Grid
 from .assess_config import ScreenConfig
-from .roi_names import normalised_name
+from .roi_names import MIDLINE, laterality_of, normalised_name, organ_of
 
 
 class Severity(str, Enum):
@@ -97,6 +98,46 @@ def screen_volume(mask: np.ndarray, grid: Grid, roi_name: str, config: ScreenCon
                         Severity.REVIEW, {"volume_ml": volume_ml})
 
 
+def screen_position(mask: np.ndarray, body: np.ndarray, grid: Grid, roi_name: str,
+                    config: ScreenConfig) -> ScreenResult:
+    """Where the organ lies across the body: a midline organ (prostate, bladder, rectum) near the body's
+    left-right midline, a lateral one (a femoral head) on its named side, and either within the body's
+    anterior-posterior extent; measured over the body at the ROI's own levels (patient z, so any slice
+    orientation), in fractions of the body's half-width and half-depth. A contour moved far off its
+    organ that stays inside the body fails here, as does a left and right swapped."""
+    organ = organ_of(roi_name)
+    if organ is None or not organ.placement or not mask.any():
+        return ScreenResult("position", True, f"no position rule for '{roi_name}'", Severity.REVIEW)
+    roi = grid.to_patient(np.argwhere(mask)[:, ::-1].astype(float))
+    # a sample of the body's voxels (every 4th along rows and columns) is plenty for its extent
+    body_points = grid.to_patient((np.argwhere(body[:, ::4, ::4]) * [1, 4, 4])[:, ::-1].astype(float))
+    reach = float(grid.spacing.max()) / 2
+    level = body_points[(body_points[:, 2] >= roi[:, 2].min() - reach) & (body_points[:, 2] <= roi[:, 2].max() + reach)]
+    low, high = np.percentile(level[:, :2], [1, 99], axis=0) if len(level) else (np.zeros(2), np.zeros(2))
+    if np.any(high - low <= 0):
+        return ScreenResult("position", True, "no body at the ROI's levels to place it in", Severity.REVIEW)
+    lateral, depth = (roi.mean(axis=0)[:2] - (low + high) / 2) / ((high - low) / 2)  # patient +x left, +y posterior
+    side = laterality_of(roi_name)
+    if organ.placement == MIDLINE:
+        placed, rule = abs(lateral) <= config.max_midline_offset, f"within {config.max_midline_offset:.0%} of the midline"
+    else:
+        wanted = {"Left": 1, "Right": -1}.get(side or "")
+        placed = (lateral * wanted if wanted else abs(lateral)) >= config.min_lateral_offset
+        rule = f"at least {config.min_lateral_offset:.0%} {'to the ' + side.lower() if side else 'to either side'}"
+    placed = placed and abs(depth) <= config.max_depth_offset
+    detail = (f"centre {abs(lateral):.0%} of the body's half-width {'left' if lateral >= 0 else 'right'} of its midline, "
+              f"{abs(depth):.0%} of its half-depth {'posterior' if depth >= 0 else 'anterior'} of its middle "
+              f"(a {organ.placement} organ: {rule}, and within {config.max_depth_offset:.0%} of the middle)")
+    return ScreenResult("position", bool(placed), detail if placed else "organ out of place: " + detail, Severity.REVIEW,
+                        {"lateral": round(float(lateral), 4), "depth": round(float(depth), 4)})
+
+
+def says_off_organ(screen: ScreenResult) -> bool:
+    """A failed screen that says the contour is not drawn on its organ, which a predicted Dice assumes:
+    every reject (empty, all ones, noise, outside the body), and an organ out of place."""
+    return not screen.passed and (screen.severity is Severity.REJECT or screen.name == "position")
+
+
 def screen_slice_gaps(mask: np.ndarray, config: ScreenConfig) -> ScreenResult:
     contoured = np.flatnonzero(mask.any(axis=(1, 2)))
     if contoured.size == 0:
@@ -149,6 +190,7 @@ def run_screens(mask: np.ndarray, grid: Grid, roi_name: str, body: np.ndarray, c
     results += [
         screen_fragmentation(mask, config),
         screen_volume(mask, grid, roi_name, config),
+        screen_position(mask, body, grid, roi_name, config),
         screen_slice_gaps(mask, config),
         screen_fov_edge(mask),
     ]

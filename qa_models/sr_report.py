@@ -43,6 +43,7 @@ SCREEN_CONCEPTS = {
     "outside_body": hd.sr.CodedConcept("S-OUTBODY", PRIVATE_SCHEME, "Inside body screen passed"),
     "fragmentation": hd.sr.CodedConcept("S-FRAG", PRIVATE_SCHEME, "Fragmentation screen passed"),
     "volume_range": hd.sr.CodedConcept("S-VOLUME", PRIVATE_SCHEME, "Plausible volume screen passed"),
+    "position": hd.sr.CodedConcept("S-POSITION", PRIVATE_SCHEME, "Organ position screen passed"),
     "slice_gaps": hd.sr.CodedConcept("S-GAPS", PRIVATE_SCHEME, "Slice gap screen passed"),
     "fov_edge": hd.sr.CodedConcept("S-FOVEDGE", PRIVATE_SCHEME, "Field of view edge screen passed"),
 }
@@ -54,6 +55,7 @@ REASON_VALUES = {rule: hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning) for rul
     ("outside_body", "R-OUTBODY", "Mask lies outside the body"),
     ("fragmentation", "R-FRAG", "Mask is fragmented"),
     ("volume_range", "R-VOLUME", "Volume outside the plausible range"),
+    ("position", "R-POSITION", "Organ out of its place in the body"),
     ("slice_gaps", "R-GAPS", "Gaps between contoured slices"),
     ("fov_edge", "R-FOVEDGE", "Mask cut off by the field of view"),
     ("dice_reject", "R-DICEREJ", "Predicted Dice below the reject threshold"),

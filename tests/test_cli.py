@@ -68,23 +68,29 @@ def test_shifted_failure_is_rejected_where_it_leaves_the_body(phantom):
 
 
 
+def _failed(roi: dict, severity: str | None = None) -> list[str]:
+    return [s["name"] for s in roi["screens"] if not s["passed"] and severity in (None, s["severity"])]
+
+
 @pytest.mark.parametrize("model", ["edge-picker", "phantom-v15"])
-def test_a_contour_a_screen_rejects_gets_no_dice_and_says_which_screen(phantom, model):
-    # a prostate moved off its organ once read 0.59 against the edges it landed on; the screen's reject stands alone
+def test_a_contour_a_screen_finds_off_its_organ_gets_no_dice_and_says_which_screen(phantom, model):
+    # a prostate moved off its organ once read 0.59 against the edges it landed on; the screen's verdict stands alone
     study = phantom / "case001"
     for candidate in ("failure_shifted.dcm", "failure_all_ones.dcm"):
         result = run_cli("assess", study / "image", study / "candidates" / candidate, "--json", "--model", model)
         rois = json.loads(result.stdout)["rois"]
-        rejected = {r["name"]: [s["name"] for s in r["screens"] if not s["passed"] and s["severity"] == "reject"]
-                    for r in rois}
-        assert any(rejected.values()), candidate
+        off = {r["name"]: [n for n in _failed(r) if n == "position" or n in _failed(r, "reject")] for r in rois}
+        assert any(off.values()), candidate
         for roi in rois:
-            if rejected[roi["name"]]:
-                assert roi["predicted_dice"] is None and roi["verdict"] == "reject", roi
-                assert any(w.startswith("no Dice predicted: the contour failed the " + rejected[roi["name"]][0])
-                           for w in roi["warnings"]), roi["warnings"]
+            if off[roi["name"]]:
+                assert roi["predicted_dice"] is None and roi["verdict"] != "accept", roi
+                assert f"no Dice predicted: the contour failed the {', '.join(off[roi['name']])} screen" in \
+                    " ".join(roi["warnings"]), roi["warnings"]
             else:  # the others keep their number, or the domain guard's reason for none
                 assert roi["predicted_dice"] is not None or roi["domain"]["inside"] is False, roi
+        # moved inside the body, out of its place: the position screen alone withholds the number, for review
+        in_body = [r for r in rois if off[r["name"]] == ["position"]]
+        assert all(r["verdict"] == "review" for r in in_body) and (in_body or candidate != "failure_shifted.dcm")
 
 def test_reference_contours_are_not_rejected(phantom):
     study = phantom / "case001"

@@ -5,7 +5,7 @@ from contourqa.qa_models.assessment import Verdict, verdict_of
 from contourqa.qa_models.geometry import Grid
 from contourqa.qa_models.screens import (ScreenConfig, body_mask, run_screens, screen_empty, screen_fov_edge,
                                          screen_fov_fraction, screen_fragmentation, screen_outside_body,
-                                         screen_slice_gaps, screen_volume)
+                                         screen_position, screen_slice_gaps, screen_volume, says_off_organ)
 
 SHAPE = (20, 64, 64)
 GRID = Grid(np.zeros(3), np.array([1.0, 1.0, 3.0]), np.eye(3), SHAPE)  # 3 mm3 voxels
@@ -35,7 +35,7 @@ def verdict(mask, name="Prostate"):
 def test_good_mask_passes_every_screen():
     results = run_screens(GOOD, GRID, "Prostate", BODY, CONFIG)
     assert [r.name for r in results] == ["empty", "fov_fraction", "outside_body", "fragmentation", "volume_range",
-                                         "slice_gaps", "fov_edge"]
+                                         "position", "slice_gaps", "fov_edge"]
     assert all(r.passed for r in results), [r.detail for r in results if not r.passed]
     assert verdict_of(results) is Verdict.ACCEPT
 
@@ -74,6 +74,41 @@ def test_failure_shifted_by_a_large_share_of_the_field_of_view(shift):
     assert not result.passed
     assert screen_outside_body(GOOD, BODY, CONFIG).passed
     assert verdict(shifted) is Verdict.REJECT
+
+
+# patient +x is the patient's left, +y posterior: on GRID, along i and j; the body spans i and j 6-57
+def test_a_midline_organ_moved_sideways_inside_the_body_is_out_of_place_and_its_dice_is_not_to_be_given():
+    assert screen_position(GOOD, BODY, GRID, "Prostate", CONFIG).passed
+    moved = sphere(centre=(10, 32, 48), radius=(5, 6, 6))  # 16 mm to the left of the midline: 0.6 of the half-width
+    result = screen_position(moved, BODY, GRID, "Prostate", CONFIG)
+    assert screen_outside_body(moved, BODY, CONFIG).passed and not result.passed
+    assert result.detail.startswith("organ out of place: centre 6") and "left of its midline" in result.detail
+    assert result.values["lateral"] == pytest.approx(16 / 25.5, abs=0.05)
+    assert verdict(moved) is Verdict.REVIEW and says_off_organ(result)
+    deep = sphere(centre=(10, 54, 32), radius=(3, 3, 3))  # near the back of the body
+    assert not screen_position(deep, BODY, GRID, "Bladder", CONFIG).passed
+    assert screen_position(moved, BODY, GRID, "Seminal vesicles", CONFIG).detail == "no position rule for 'Seminal vesicles'"
+
+
+def test_a_femoral_head_must_lie_on_its_named_side():
+    left = sphere(centre=(10, 32, 48), radius=(5, 6, 6))  # patient left
+    assert screen_position(left, BODY, GRID, "FemoralHead_L", CONFIG).passed
+    swapped = screen_position(left, BODY, GRID, "Femur (R)", CONFIG)
+    assert not swapped.passed and "at least 35% to the right" in swapped.detail
+    assert screen_position(left, BODY, GRID, "Femoral head", CONFIG).passed  # no side named: either side
+    assert not screen_position(GOOD, BODY, GRID, "Femoral head", CONFIG).passed  # at the midline
+
+
+def test_the_position_is_read_in_patient_coordinates_whatever_the_slice_orientation():
+    # the same body and organ stored as sagittal slices: array axes (x, z, y) instead of (z, y, x)
+    sagittal = Grid(np.zeros(3), np.array([1.0, 3.0, 1.0]), np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float),
+                    (64, 20, 64))
+    moved = sphere(centre=(10, 32, 48), radius=(5, 6, 6))
+    axial = screen_position(moved, BODY, GRID, "Prostate", CONFIG)
+    turned = screen_position(moved.transpose(2, 0, 1), BODY.transpose(2, 0, 1), sagittal, "Prostate", CONFIG)
+    assert not turned.passed
+    assert turned.values["lateral"] == pytest.approx(axial.values["lateral"], abs=0.05)
+    assert turned.values["depth"] == pytest.approx(axial.values["depth"], abs=0.05)
 
 
 def test_volume_range_by_roi_name():

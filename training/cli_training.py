@@ -297,7 +297,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                   + (f"; {d['body_part_unknown_realistic']:.1%} on images naming a body part the model was not "
                      f"fitted on ({', '.join(d['unknown_body_parts'])})" if d["unknown_body_parts"] else ""))
         for kind, f in report["failures"].items():
-            print(f"{kind}: flagged {f['flagged']}/{f['n']}, MAE {f['mae']:.3f}")
+            print(f"{kind}: flagged {f['flagged']}/{f['n']}, given a number {f['given']}, MAE {f['mae']:.3f}")
         for name, b in report["baselines"].items():
             print(f"baseline {name}: n={b['n']} MAE={b['mae']:.4f} Spearman={_rounded(b['spearman'])} "
                   f"global accuracy={b['global_accuracy']:.1%}")

@@ -31,7 +31,7 @@ from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, Mod
 from .cache import CachedCase, Candidate
 from .progress import progress
 
-SPREAD_QUANTILE = 0.95  # the spread limit, as the domain guard's threshold: a quantile of held-out studies
+SPREAD_QUANTILE = 0.99  # the spread limit, as a network guard's threshold: a quantile of held-out studies
 INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
 MIN_PER_ROI = 20  # held-out candidates a ROI needs for a half-width of its own
 SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "

@@ -22,7 +22,7 @@ from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
 from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, model_folder, read_card, write_card
-from contourqa.qa_models.screens import body_mask, run_screens
+from contourqa.qa_models.screens import body_mask, run_screens, says_off_organ
 from contourqa.reporting import charts
 from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
 from contourqa.reporting.html import render_page
@@ -106,7 +106,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     predictor = load_predictor(model_dir)
     picker = PickerPredictor.from_model_folder(model_folder(picker_dir)) if picker_dir else None
     cases = load_cases(rows, cache_dir)
-    ordered_rows, true, predicted, flagged, inside, body_part_unknown, edge = [], [], [], [], [], [], []
+    ordered_rows, true, predicted, flagged, inside, given, body_part_unknown, edge = [], [], [], [], [], [], [], []
     picked = []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
@@ -119,8 +119,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                     picked.append(NOT_PICKED if surface is None else
                                   picked_edge_of(picker.network_for(candidate.row.roi), surface))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
-            verdict = combined_verdict(screens, prediction.dice if prediction.trusted else None, config,
-                                       prediction.domain)
+            # as assess gives it: withheld outside the domain and where a screen finds the contour off its organ
+            given.append(prediction.trusted and not any(says_off_organ(s) for s in screens))
+            verdict = combined_verdict(screens, prediction.dice if given[-1] else None, config, prediction.domain)
             inside.append(prediction.trusted)
             known = prediction.domain.body_part_known if prediction.domain else None
             body_part_unknown.append(prediction.domain.body_part if known is False else None)
@@ -128,7 +129,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             true.append(candidate.dice)
             predicted.append(prediction.dice)
             flagged.append(verdict.value != "accept")
-    true, predicted, flagged, inside = np.array(true), np.array(predicted), np.array(flagged), np.array(inside)
+    true, predicted, flagged, inside, given = (np.array(values) for values in (true, predicted, flagged, inside, given))
     failure = np.array([r.kind.startswith("failure") for r in ordered_rows])
     realistic = ~failure
     realistic_rows = [r for r, keep in zip(ordered_rows, realistic) if keep]
@@ -147,7 +148,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
         "realistic_by_roi": metrics_by_group(true[realistic], predicted[realistic], [r.roi for r in realistic_rows]),
         "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
         "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
-                            "flagged": int(flagged[m].sum())}
+                            "flagged": int(flagged[m].sum()), "given": int(given[m].sum())}
                      for kind in sorted({r.kind for r in ordered_rows if r.kind.startswith("failure")})
                      for m in [np.array([r.kind == kind for r in ordered_rows])]},
         # with a domain guard, the share of candidates given a number; the figures above use every raw prediction
