@@ -241,6 +241,9 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phanto
     # no worse where it is sure
     sure = report["baselines"][sure_row]
     assert 76 <= sure["n"] <= 80 and sure["mae"] <= picker["mae"]
+    # the quick network's own guard: the figures of the candidates it gives a number, as assess gives them
+    given = report["realistic_given"]
+    assert given["n"] == round(report["domain"]["inside_realistic"] * 80) and set(given) == set(report["realistic"])
     html = html_file.read_text()
     assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
     assert "resampling whole cases" in html

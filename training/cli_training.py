@@ -289,6 +289,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         for name, (low, high) in report["realistic_interval_95"].items():
             interval = f"{low:.1%}-{high:.1%}" if name == "global_accuracy" else f"{low:.4f}-{high:.4f}"
             print(f"  95% interval by case bootstrap: {name} {interval}")
+        given = report["realistic_given"]
+        if given:
+            print(f"  given a number: n={given['n']} MAE={given['mae']:.4f} Spearman={_rounded(given['spearman'])} "
+                  f"global accuracy={given['global_accuracy']:.1%}")
         for roi, r in report["realistic_by_roi"].items():
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} naive MAE={r['naive_mae']:.4f}")
         if report["domain"]["guard"]:

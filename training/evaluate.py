@@ -146,6 +146,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             true[realistic], predicted[realistic], [r.case_id for r in realistic_rows],
             seed=seed, flag_below=config.reject_below, accept_above=config.review_below) if realistic.any() else {},
         "realistic_by_roi": metrics_by_group(true[realistic], predicted[realistic], [r.roi for r in realistic_rows]),
+        # the candidates assess gives a number (inside the domain, on their organ), as a user sees them
+        "realistic_given": regression_metrics(true[realistic & given], predicted[realistic & given],
+                                              config.reject_below, config.review_below) if (realistic & given).any() else {},
         "all": regression_metrics(true, predicted, config.reject_below, config.review_below),
         "failures": {kind: {"n": int(m.sum()), "mae": float(np.abs(predicted[m] - true[m]).mean()),
                             "flagged": int(flagged[m].sum()), "given": int(given[m].sum())}
