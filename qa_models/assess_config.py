@@ -28,6 +28,8 @@ class ScreenConfig(BaseModel):
     noise_surface_fraction: float = Field(0.6, gt=0, le=1,
                                           description="share of surface voxels above which a mask is noise")
     noise_min_voxels: int = Field(100, ge=1, description="smallest mask the noise rule judges")
+    noise_min_hole_fraction: float = Field(0.1, ge=0, description="one-voxel holes (in plane), as a share of the "
+                                           "mask's size, above which an all-surface mask is noise and not a thin organ")
     max_slice_gaps: int = Field(0, ge=0, description="empty slices allowed between contoured ones")
     volume_ranges: list[VolumeRange] = Field(default_factory=lambda: list(DEFAULT_VOLUME_RANGES))
     max_midline_offset: float = Field(0.3, gt=0, le=1,

@@ -64,7 +64,9 @@ def screen_outside_body(mask: np.ndarray, body: np.ndarray, config: ScreenConfig
 
 
 def screen_fragmentation(mask: np.ndarray, config: ScreenConfig) -> ScreenResult:
-    """Connected components and the share of surface voxels: noise is many tiny, all-surface pieces."""
+    """Connected components and the share of surface voxels: noise is all surface and full of one-voxel
+    holes. A thin organ (a collapsed rectum on coarse pixels) is all surface too, but closing its holes
+    adds next to nothing (at most 2 % on the phantoms' rectums, 15-73 % on noise)."""
     labels, components = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     voxels = int(mask.sum())
     if voxels == 0:
@@ -81,7 +83,11 @@ def screen_fragmentation(mask: np.ndarray, config: ScreenConfig) -> ScreenResult
     detail = (f"{components} component{'s' if components != 1 else ''} (largest {largest} of {voxels} voxels"
               f"{others}), {surface_fraction:.0%} surface voxels")
     if surface_fraction > config.noise_surface_fraction and voxels >= config.noise_min_voxels:
-        return ScreenResult("fragmentation", False, "noise-like mask: " + detail, Severity.REJECT, values)
+        holes = int((ndimage.binary_closing(mask, in_plane) & ~mask).sum()) / voxels
+        values["hole_fraction"] = holes
+        if holes > config.noise_min_hole_fraction:
+            return ScreenResult("fragmentation", False, f"noise-like mask: {detail}, one-voxel holes {holes:.0%} of "
+                                f"its size", Severity.REJECT, values)
     return ScreenResult("fragmentation", components <= config.max_components, detail, Severity.REVIEW, values)
 
 

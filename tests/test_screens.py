@@ -3,7 +3,7 @@ import pytest
 
 from contourqa.qa_models.assessment import Verdict, verdict_of
 from contourqa.qa_models.geometry import Grid
-from contourqa.qa_models.screens import (ScreenConfig, body_mask, run_screens, screen_empty, screen_fov_edge,
+from contourqa.qa_models.screens import (ScreenConfig, Severity, body_mask, run_screens, screen_empty, screen_fov_edge,
                                          screen_fov_fraction, screen_fragmentation, screen_outside_body,
                                          screen_position, screen_slice_gaps, screen_volume, says_off_organ)
 
@@ -55,6 +55,16 @@ def test_failure_uniform_binary_noise():
     assert result.values["surface_fraction"] > 0.9
     assert screen_fragmentation(GOOD, CONFIG).passed
     assert verdict(noise) is Verdict.REJECT
+
+
+def test_a_thin_organ_is_all_surface_but_not_noise():
+    # a collapsed rectum on coarse pixels: a curved band one or two voxels thick, one piece, no holes
+    k, j, i = np.indices(SHAPE)
+    band = (np.abs(np.hypot(j - 32, i - 32) - 12) < 1.0) & (j > 28) & (k >= 5) & (k < 15)
+    result = screen_fragmentation(band, CONFIG)
+    assert result.values["surface_fraction"] > 0.9 and result.values["hole_fraction"] < 0.05
+    assert result.passed and result.severity is Severity.REVIEW
+    assert verdict(band, "Rectum") is not Verdict.REJECT
 
 
 def test_failure_all_ones():
