@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,13 +32,24 @@ from .web import start_web
 log = logging.getLogger(__name__)
 
 
+STOP_POLL_S = 0.1  # how soon a stop request is seen
+
+
 def _wait_for_signal(tick: Callable[[], None] | None = None, interval_s: float = 1.0) -> None:
-    stop = threading.Event()
+    """Until SIGINT or SIGTERM, calling ``tick`` every ``interval_s``. The handler takes no lock: a second
+    signal that lands while the first is handled (Ctrl-C twice, a supervisor's SIGTERM after it) would
+    deadlock one that sets a threading.Event, whose set() holds a lock the second set() waits for."""
+    received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(interval_s):
-        if tick is not None:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    next_tick = time.monotonic() + interval_s
+    while True:
+        time.sleep(STOP_POLL_S)
+        if received:  # before the tick: it would start again the children the same Ctrl-C is stopping
+            return
+        if tick is not None and time.monotonic() >= next_tick:
             tick()
+            next_tick = time.monotonic() + interval_s
 
 
 def prepare_home(settings: Settings) -> None:
