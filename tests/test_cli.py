@@ -67,7 +67,6 @@ def test_shifted_failure_is_rejected_where_it_leaves_the_body(phantom):
     assert sum(r["verdict"] == "reject" for r in rois) >= 4
 
 
-
 def _failed(roi: dict, severity: str | None = None) -> list[str]:
     return [s["name"] for s in roi["screens"] if not s["passed"] and severity in (None, s["severity"])]
 
@@ -91,6 +90,7 @@ def test_a_contour_a_screen_finds_off_its_organ_gets_no_dice_and_says_which_scre
         # moved inside the body, out of its place: the position screen alone withholds the number, for review
         in_body = [r for r in rois if off[r["name"]] == ["position"]]
         assert all(r["verdict"] == "review" for r in in_body) and (in_body or candidate != "failure_shifted.dcm")
+
 
 def test_reference_contours_are_not_rejected(phantom):
     study = phantom / "case001"
