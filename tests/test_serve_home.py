@@ -67,8 +67,26 @@ def test_ctrl_c_twice_stops_serve_and_every_process_it_started(node_factory):
     time.sleep(0.2)
     os.killpg(group, signal.SIGINT)
     assert node.process.wait(timeout=90) == 0, node.log_text()[-3000:]
-    wait_for(lambda: not _alive(group), 30, "the workers and Redis to exit")
+    wait_for(lambda: not _alive(group), 30, "the workers to exit")
     assert "Traceback" not in node.log_text()
+    # Redis, in a session of its own, missed the Ctrl-C: serve stopped it last, once the workers were done
+    redis_log = (node.home / "redis" / "redis.log").read_text()
+    assert "Received SIGTERM" in redis_log and "Received SIGINT" not in redis_log, redis_log[-2000:]
+    assert not (node.home / "redis" / "redis.sock").exists()
+
+
+def test_the_embedded_redis_dies_with_a_killed_serve(node_factory):
+    # no orphan may keep the append-only file the next start opens
+    node = node_factory(assess={"mc_samples": 0}).start()
+    socket = node.home / "redis" / "redis.sock"
+    assert socket.exists()
+    node.process.kill()
+    node.process.wait(timeout=30)
+    try:
+        wait_for(lambda: not socket.exists(), 30, "Redis to exit with its parent")
+        assert "Received SIGTERM" in (node.home / "redis" / "redis.log").read_text()
+    finally:  # the workers, orphaned in serve's group, are not this test's subject
+        os.killpg(node.process.pid, signal.SIGKILL)
 
 
 def _alive(group: int) -> bool:
