@@ -195,6 +195,16 @@ def structure_masks(structure: Dataset, series: ImageSeries, config: AssessConfi
     return [(rasterise_roi(roi, series, config.plane_tolerance), roi.interpreted_type) for roi in rois]
 
 
+def withheld_because(prediction: Prediction, screens: list[ScreenResult]) -> str | None:
+    """Why ``prediction`` must not be given, as the ROI's warning, or None: a screen finds the contour off
+    its organ (the contour, not the image, is what is wrong), or the image lies outside the model's domain
+    (never a confident number on an image the model does not know)."""
+    off_organ = [s.name for s in screens if says_off_organ(s)]
+    if off_organ:
+        return SCREEN_WITHHELD.format(screens=", ".join(off_organ))
+    return None if prediction.trusted else prediction.domain.warning()
+
+
 def verdict_of(screens: list[ScreenResult]) -> Verdict:
     """Reject when a reject-severity screen failed, review when any other failed, else accept."""
     return worst_verdict([_screen_reason(s) for s in screens if not s.passed])
@@ -227,13 +237,10 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
                             f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         domain = prediction.domain if prediction else None
-        off_organ = [s.name for s in screens if says_off_organ(s)]
-        if prediction is not None and off_organ:  # the contour, not the image, is what is wrong
-            warnings.append(SCREEN_WITHHELD.format(screens=", ".join(off_organ)))
+        withheld = withheld_because(prediction, screens) if prediction is not None else None
+        if withheld is not None:
+            warnings.append(withheld)
             prediction = None
-        elif prediction is not None and not prediction.trusted:
-            warnings.append(domain.warning())
-            prediction = None  # never a confident number on an image the model does not know
         voxels = int(roi_mask.mask.sum())
         dice = prediction.dice if prediction else None
         reasons = verdict_reasons(screens, dice, config, domain)

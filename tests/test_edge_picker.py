@@ -104,9 +104,9 @@ def test_proportional_training_contours_are_the_reference_scaled_with_their_true
     assert agreement[22.5] > 0.95 and agreement[22.5] == max(agreement.values())  # 3 mm slices: a staircase
     case = _case(_organ(100, 5, 0), "scaled")
     plain = training_vertices([case], per_candidate=50)[1]
-    features, offsets, scaled = training_vertices([case], per_candidate=50, proportional=True)
+    features, offsets, is_scaled = training_vertices([case], per_candidate=50, proportional=True)
     assert len(features) == len(offsets) == len(plain) + 2 * 25
-    assert not scaled[:len(plain)].any() and scaled[len(plain):].all()
+    assert not is_scaled[:len(plain)].any() and is_scaled[len(plain):].all()
     assert np.array_equal(offsets[:len(plain)], plain)  # the candidates' vertices as without the option
     scaled = offsets[len(plain):]
     assert np.median(scaled[:25]) < -1 and np.median(scaled[25:]) > 1  # grown: the edge lies inwards

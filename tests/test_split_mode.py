@@ -106,7 +106,6 @@ def test_ten_processes_creating_the_schema_at_once_all_succeed(kind, tmp_path, p
         assert [p.returncode for p in processes] == [0] * 10, [e for e in errors if e][:1]
 
 
-
 # the worker command with one more consumer step, which fails as a library error would once connected
 FAILING_WORKER = """
 import sys

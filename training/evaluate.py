@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from contourqa.qa_models.assessment import AssessConfig, combined_verdict
+from contourqa.qa_models.assessment import AssessConfig, combined_verdict, withheld_because
 from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
 from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, model_folder, read_card, write_card
-from contourqa.qa_models.screens import body_mask, run_screens, says_off_organ
+from contourqa.qa_models.screens import body_mask, run_screens
 from contourqa.reporting import charts
 from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
 from contourqa.reporting.html import render_page
@@ -119,8 +119,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                     picked.append(NOT_PICKED if surface is None else
                                   picked_edge_of(picker.network_for(candidate.row.roi), surface))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
-            # as assess gives it: withheld outside the domain and where a screen finds the contour off its organ
-            given.append(prediction.trusted and not any(says_off_organ(s) for s in screens))
+            given.append(withheld_because(prediction, screens) is None)  # as assess gives it
             verdict = combined_verdict(screens, prediction.dice if given[-1] else None, config, prediction.domain)
             inside.append(prediction.trusted)
             known = prediction.domain.body_part_known if prediction.domain else None
