@@ -39,6 +39,9 @@ def main() -> int:
         study = Path(folder) / "case000"
         series = load_series(study / "image")
         masks = structure_masks(pydicom.dcmread(study / "candidates" / "auto01.dcm"), series, AssessConfig())
+        # what a node is sent: the reference and the six auto-contours, from nearly right to far off
+        every = [structure_masks(pydicom.dcmread(path), series, AssessConfig())
+                 for path in [study / "reference.dcm", *sorted((study / "candidates").glob("auto0?.dcm"))]]
     prostate = next(m for m, _ in masks if m.name == "Prostate").mask
     xs = [x[None].contiguous(memory_format=torch.channels_last_3d)
           for x in predictor.network_input(series.array, prostate, series.grid)]
@@ -56,25 +59,32 @@ def main() -> int:
     card = predictor.card
     print(f"model {card.name} {card.version} ({card.architecture} x{card.ensemble_size}, input {card.input_shapes}"
           f"{', test-time flip' if card.test_time_flip else ''}), {torch.get_num_threads()} CPU threads, 320x320x28 series")
-    print(f"{'step':<42} {'median s':>9} {'x forward':>10}")
+    print(f"{'step':<46} {'median s':>9} {'x forward':>10}")
     for name, seconds in rows:
-        print(f"{name:<42} {seconds:>9.4f} {seconds / forward:>10.2f}")
-    bench_picker(args.picker, series, masks, prostate, args.repeat)
+        print(f"{name:<46} {seconds:>9.4f} {seconds / forward:>10.2f}")
+    bench_picker(args.picker, series, masks, every, prostate, args.repeat)
     return 0
 
 
-def bench_picker(model_dir: Path, series, masks, prostate, repeat: int) -> None:
+def bench_picker(model_dir: Path, series, masks, every, prostate, repeat: int) -> None:
     picker = load_predictor(model_dir)
     spacing = series.grid.spacing[::-1]
+
+    def predict(structure_set) -> None:
+        picker.predict_rois(series.array, series.grid, [m.mask for m, _ in structure_set],
+                            [m.name for m, _ in structure_set])
+
     mesh = median_seconds(lambda: surface_mesh(prostate, spacing), repeat, warm_up=True)
     one = median_seconds(lambda: picker.predict_rois(series.array, series.grid, [prostate], ["Prostate"]), repeat, warm_up=True)
-    five = median_seconds(lambda: picker.predict_rois(series.array, series.grid, [m.mask for m, _ in masks],
-                                                      [m.name for m, _ in masks]), repeat, warm_up=True)
+    five = median_seconds(lambda: predict(masks), repeat, warm_up=True)
+    rois = sum(len(structure_set) for structure_set in every)
+    mixed = median_seconds(lambda: [predict(structure_set) for structure_set in every], max(repeat // 5, 1), warm_up=True)
     print(f"\nedge picker {picker.card.name} {picker.card.version}")
-    print(f"{'step':<42} {'median s':>9} {'x mesh':>10}")
+    print(f"{'step':<46} {'median s':>9} {'x mesh':>10}")
     for name, seconds in [("marching cubes of the mask (reference)", mesh), ("predict_rois, the prostate", one),
-                          ("predict_rois, 5 ROIs, per ROI", five / len(masks))]:
-        print(f"{name:<42} {seconds:>9.4f} {seconds / mesh:>10.2f}")
+                          ("predict_rois, 5 ROIs, per ROI", five / len(masks)),
+                          (f"reference and 6 auto-contours, per ROI ({rois})", mixed / rois)]:
+        print(f"{name:<46} {seconds:>9.4f} {seconds / mesh:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -108,14 +108,21 @@ def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
     image's grid: a voxel within the band of the surface belongs to the moved mask when its signed
     distance to the surface (to its nearest vertex) is below that vertex's offset."""
     mask, spacing = surface.mask, surface.spacing
-    reach = BAND_MM + spacing.max()
-    band = np.where(mask, ndimage.distance_transform_edt(mask, sampling=spacing),
-                    ndimage.distance_transform_edt(~mask, sampling=spacing)) < reach
-    index = np.argwhere(band)
-    # the nearest-vertex search is most of a prediction's time: it uses the threads torch is given
-    distance, nearest = cKDTree(surface.verts).query(index * spacing, workers=torch.get_num_threads())
+    tree = cKDTree(surface.verts)
     moved = mask.copy()
-    moved[tuple(index.T)] = np.where(mask[tuple(index.T)], -distance, distance) < offsets[nearest]
+    # a voxel inside leaves only where a vertex nearer than it moves inwards by more than that, one outside
+    # joins only where one moves outwards so, so each side's band and nearest-vertex search (most of a
+    # prediction's time) stop at that side's farthest move; only which of two equally near vertices a
+    # voxel takes can differ from an unbounded search (2 voxels in classic 903's 720 candidates)
+    for side, sign, farthest in ((mask, -1.0, -offsets.min()), (~mask, 1.0, offsets.max())):
+        if farthest <= 0:
+            continue
+        reach = min(farthest, BAND_MM) + spacing.max()
+        index = np.argwhere(side & (ndimage.distance_transform_edt(side, sampling=spacing) < reach))
+        distance, nearest = tree.query(index * spacing, distance_upper_bound=farthest,
+                                       workers=torch.get_num_threads())
+        near = np.isfinite(distance)  # beyond it, the voxel keeps its side
+        moved[tuple(index[near].T)] = sign * distance[near] < offsets[nearest[near]]
     return float(2 * np.logical_and(moved, mask).sum() / max(int(moved.sum() + mask.sum()), 1))
 
 

@@ -57,6 +57,29 @@ def test_the_moved_surface_is_counted_voxel_by_voxel_as_the_true_dice_is():
     assert (estimate[-3] < estimate[3]) == (true[-3] < true[3])  # in is in, out is out
 
 
+def _moved_everywhere(surface, offsets: np.ndarray) -> float:
+    """moved_surface_dice's rule on every voxel of the crop, each with its nearest vertex, no band, no bound."""
+    from scipy.spatial import cKDTree
+    index = np.indices(surface.mask.shape).reshape(3, -1).T
+    distance, nearest = cKDTree(surface.verts).query(index * surface.spacing)
+    inside = surface.mask.ravel()
+    moved = np.where(inside, -distance, distance) < offsets[nearest]
+    return dice(moved.reshape(surface.mask.shape), surface.mask)
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "outward only", "inward only", "one far vertex", "none"])
+def test_the_bounded_search_counts_every_voxel_as_a_search_of_the_whole_crop_does(pattern):
+    # the band and the nearest-vertex search stop at each side's farthest move: a voxel left out by that
+    # bound must be one that no vertex's move could reach
+    surface = contour_surface(_organ(100, 5, 0), REFERENCE, SPACING)
+    rng = np.random.default_rng(3)
+    wave = 4 * np.sin(surface.verts[:, 1] / 7) + rng.normal(0, 0.5, len(surface.verts))
+    offsets = {"mixed": wave, "outward only": np.abs(wave), "inward only": -np.abs(wave),
+               "one far vertex": np.where(np.arange(len(wave)) == 7, 8.0, 0.2 * np.abs(wave)),
+               "none": 0 * wave}[pattern]
+    assert moved_surface_dice(surface, offsets) == pytest.approx(_moved_everywhere(surface, offsets), abs=2e-4)
+
+
 def test_the_training_target_is_how_far_each_vertex_lies_from_the_reference():
     surface = contour_surface(_organ(100, 5, 0), RADIUS < 22, SPACING)
     offsets = true_offsets(surface, signed_distance(REFERENCE, SPACING))
