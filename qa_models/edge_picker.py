@@ -110,9 +110,9 @@ def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
     mask, spacing = surface.mask, surface.spacing
     tree = cKDTree(surface.verts)
     moved = mask.copy()
-    # a voxel inside leaves only where a vertex nearer than it moves inwards by more than that, one outside
-    # joins only where one moves outwards so, so each side's band and nearest-vertex search (most of a
-    # prediction's time) stop at that side's farthest move; only which of two equally near vertices a
+    # a voxel inside leaves only where a vertex nearer than it moves inwards further than that, and one
+    # outside joins only where a vertex moves outwards so: each side's band and nearest-vertex search (most
+    # of a prediction's time) stop at that side's farthest move. Only which of two equally near vertices a
     # voxel takes can differ from an unbounded search (2 voxels in classic 903's 720 candidates)
     for side, sign, farthest in ((mask, -1.0, -offsets.min()), (~mask, 1.0, offsets.max())):
         if farthest <= 0:

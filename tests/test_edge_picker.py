@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from contourqa.qa_models.edge_picker import (EdgePicker, PickerEnsemble, PickersByRoi, moved_surface_dice,
                                              picked_edge, vertex_features)
@@ -59,7 +60,6 @@ def test_the_moved_surface_is_counted_voxel_by_voxel_as_the_true_dice_is():
 
 def _moved_everywhere(surface, offsets: np.ndarray) -> float:
     """moved_surface_dice's rule on every voxel of the crop, each with its nearest vertex, no band, no bound."""
-    from scipy.spatial import cKDTree
     index = np.indices(surface.mask.shape).reshape(3, -1).T
     distance, nearest = cKDTree(surface.verts).query(index * surface.spacing)
     inside = surface.mask.ravel()
