@@ -78,7 +78,8 @@ def bench_picker(model_dir: Path, series, masks, every, prostate, repeat: int) -
     one = median_seconds(lambda: picker.predict_rois(series.array, series.grid, [prostate], ["Prostate"]), repeat, warm_up=True)
     five = median_seconds(lambda: predict(masks), repeat, warm_up=True)
     rois = sum(len(structure_set) for structure_set in every)
-    mixed = median_seconds(lambda: [predict(structure_set) for structure_set in every], max(repeat // 5, 1), warm_up=True)
+    mixed = median_seconds(lambda: [predict(structure_set) for structure_set in every], max(repeat // 5, 1),
+                           warm_up=True)
     print(f"\nedge picker {picker.card.name} {picker.card.version}")
     print(f"{'step':<46} {'median s':>9} {'x mesh':>10}")
     for name, seconds in [("marching cubes of the mask (reference)", mesh), ("predict_rois, the prostate", one),

@@ -6,8 +6,9 @@ quantile over held-out studies of its training style that the card records (99 %
 ``quantile`` of its domain), set as a network's domain guard threshold is; beyond it the image does not
 show the picker one edge (a style it does not know, a boundary that does not show), and the number is
 withheld. A contour moved far off its organ is left to the screens (``says_off_organ``). The card's
-body parts are checked as a network's are. The 5-95 % interval is split conformal: the estimate plus or minus the 90 % quantile of the absolute error on those
-held-out studies where the picker was sure, the ROI's own where the card has it.
+body parts are checked as a network's are. The 5-95 % interval is split conformal: the estimate plus or
+minus the 90 % quantile of the absolute error on those held-out studies where the picker was sure, the
+ROI's own where the card has it.
 """
 
 from __future__ import annotations
