@@ -4,8 +4,9 @@
 #
 # Measured on the 2-core CPU (beside other jobs): the 116 phantom studies about 25 min; the picker about
 # 12 min for version 3 (2026-12-07: rasterising 48 studies into the cache, reading 640,000 vertices twice
-# over, eight pickers of 10 epochs each); each evaluation 5-8 min with its CatBoost baseline. Every step is
-# skipped when its output exists, so the script resumes.
+# over, eight pickers of 10 epochs each); each evaluation 5-8 min with its CatBoost baseline; the floor
+# 15 min. The studies and the picker are skipped where they exist, so the script resumes; the
+# measurements run again.
 #
 # It is trained on the randomised synth style only (40 studies, seed 2000); the spread limits and the
 # interval are set on 8 held-out synth studies (seed 2903; set on 24 they were no better, docs/model.md);
@@ -42,4 +43,7 @@ done
 contourqa evaluate --manifest classic_eval/manifest.csv --model picker --cache cache --json > cross-style-901.json
 contourqa evaluate --manifest classic_fresh/manifest.csv --model picker --cache cache --json > cross-style-902.json
 contourqa evaluate --manifest classic_903/manifest.csv --model picker --cache cache --json --record > cross-style.json
+# how much of the error is the picks and how much the voxel count they feed (docs/model.md, "The floor")
+python -m contourqa.training.picker_floor synth_eval/manifest.csv synth_2904/manifest.csv synth_2905/manifest.csv \
+    synth_2906/manifest.csv classic_903/manifest.csv --cache cache --model picker > floor.txt
 echo "$WORK/picker: copy model.json and weights.pt to qa_models/picker_model to ship it"
