@@ -57,13 +57,13 @@ def floor_rows(manifest: Path, cache_dir: Path | None, predictor: PickerPredicto
             surface = contour_surface(case.image, mask, spacing)
             if surface is None:
                 continue
-            roi = candidate.row.roi
-            if roi.lower() not in distances:
-                distances[roi.lower()] = signed_distance(case.references[roi.lower()], spacing)
+            roi, key = candidate.row.roi, candidate.row.roi.lower()  # references are kept by lower-case name
+            if key not in distances:
+                distances[key] = signed_distance(case.references[key], spacing)
             picked = float("nan")
             if predictor is not None:
                 picked = moved_surface_dice(surface, pick_edges(predictor.network_for(roi), surface)[0])
-            rows.append(FloorRow(roi, candidate.dice, floor_dice(surface, distances[roi.lower()]), picked))
+            rows.append(FloorRow(roi, candidate.dice, floor_dice(surface, distances[key]), picked))
     return rows
 
 
