@@ -17,8 +17,11 @@ STEP_MM = 0.5  # sampling along each normal
 
 def surface_mesh(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(vertices in mm of the mask's array, faces, outward unit normals, area per vertex in mm2) of the
-    mask's surface; the mask is padded so that a mask touching its array's edge still gives a closed surface."""
+    mask's surface; the mask is padded so that a mask touching its array's edge still gives a closed surface.
+    A mask of lone voxels has none (the smoothing takes each below the surface's level): no vertices."""
     padded = ndimage.gaussian_filter(np.pad(mask, 1).astype(np.float32), 0.5)
+    if padded.max() <= 0.5:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=int), np.zeros((0, 3)), np.zeros(0)
     verts, faces, _, _ = measure.marching_cubes(padded, 0.5, spacing=tuple(float(s) for s in spacing))
     verts -= spacing
     corners = verts[faces]
@@ -102,7 +105,7 @@ class ContourSurface(NamedTuple):
 
 def contour_surface(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> ContourSurface | None:
     """The surface of ``mask`` on ``image`` (arrays k, j, i; ``spacing`` in mm in the same order); None for
-    an empty mask, or one whose whole surface lies on the image's ends."""
+    an empty mask, one of lone voxels (no surface), or one whose whole surface lies on the image's ends."""
     spacing = np.asarray(spacing, dtype=float)
     if not mask.any():
         return None
@@ -111,6 +114,8 @@ def contour_surface(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) ->
     crop = tuple(slice(max(a - m, 0), min(b + m + 1, n))
                  for a, b, m, n in zip(index.min(0), index.max(0), margin, mask.shape))
     verts, faces, normals, area = surface_mesh(mask[crop], spacing)
+    if len(verts) == 0:
+        return None
     # a mask cut by the image's first or last slice (or its edge) has a surface there that no edge can
     # show; a reference drawn on that image is cut there too, so those vertices count as placed exactly
     start = np.array([c.start for c in crop])

@@ -75,8 +75,8 @@ class PickerPredictor(CardPredictor):
     @staticmethod
     def _estimate(network: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
         """(Dice, spread). An empty mask scores 0 against any reference, surely; a mask the picker cannot
-        read (too fragmented, or its surface mostly on the image's ends) gets a spread beyond any limit,
-        so its number, 0, is withheld."""
+        read (too fragmented, lone voxels with no surface, or its surface mostly on the image's ends) gets
+        a spread beyond any limit, so its number, 0, is withheld."""
         if not mask.any():
             return 0.0, 0.0
         if not 0 < boundary_faces(mask) <= MAX_BOUNDARY_FACES:  # the whole array, or noise

@@ -114,3 +114,37 @@ def test_the_default_picker_gives_no_number_on_real_ct_even_under_pelvic_roi_nam
     assert report["model"]["architecture"] == "edge_picker" and report["image_series"]["modality"] == "CT"
     for roi in report["rois"]:
         assert roi["predicted_dice"] is None and any("covers" in w and "on MR" in w for w in roi["warnings"])
+
+
+def test_a_roi_drawn_round_one_voxel_gets_no_number_and_the_others_still_do(case_copy, tmp_path):
+    """A contour so small that it covers one voxel has no surface to read (the mesh of a lone voxel is
+    empty): its number is withheld, not a traceback, and the rest of the structure set is assessed."""
+    import numpy as np
+    import pydicom
+
+    structure = pydicom.dcmread(case_copy / "reference.dcm")
+    number = next(r.ROINumber for r in structure.StructureSetROISequence if r.ROIName == "Prostate")
+    roi = next(r for r in structure.ROIContourSequence if r.ReferencedROINumber == number)
+    contour = roi.ContourSequence[len(roi.ContourSequence) // 2]
+    points = np.array(contour.ContourData, dtype=float).reshape(-1, 3)
+    image = pydicom.dcmread(next(p for p in (case_copy / "image").iterdir()
+                                 if abs(float(pydicom.dcmread(p).ImagePositionPatient[2]) - points[0, 2]) < 1e-3))
+    x0, y0 = map(float, image.ImagePositionPatient[:2])
+    row_mm, column_mm = map(float, image.PixelSpacing)
+    # the case is axial: a square of 0.6 pixel round the pixel centre nearest the contour's middle
+    centre = [x0 + round((points[:, 0].mean() - x0) / column_mm) * column_mm,
+              y0 + round((points[:, 1].mean() - y0) / row_mm) * row_mm]
+    half = 0.3 * np.array([column_mm, row_mm])
+    corners = [(centre[0] + sx * half[0], centre[1] + sy * half[1], points[0, 2])
+               for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    contour.ContourData = [f"{v:.4f}" for corner in corners for v in corner]
+    contour.NumberOfContourPoints = 4
+    roi.ContourSequence = [contour]
+    structure.save_as(case_copy / "reference.dcm")
+    result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json", "--sr", tmp_path / "sr.dcm")
+    assert result.returncode == 0, result.stderr
+    rois = {r["name"]: r for r in json.loads(result.stdout)["rois"]}
+    assert rois["Prostate"]["voxels"] == 1
+    assert rois["Prostate"]["predicted_dice"] is None and rois["Prostate"]["verdict"] in ("review", "reject")
+    assert all(r["predicted_dice"] is not None for name, r in rois.items() if name != "Prostate")
+    assert sr_dump_and_errors(tmp_path / "sr.dcm")[1] == []
