@@ -7,15 +7,7 @@ from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.reporting.overlap import dice
 from contourqa.training.edge_picker import signed_distance
 from contourqa.training.picker_floor import FloorRow, floor_dice, main, report
-
-SPACING = np.array([3.0, 1.0, 1.0])
-SHAPE = (24, 80, 80)
-
-
-def _radius_mm(centre) -> np.ndarray:
-    k, j, i = np.indices(SHAPE)
-    return np.sqrt(((k - centre[0]) * SPACING[0]) ** 2 + ((j - centre[1]) * SPACING[1]) ** 2
-                   + ((i - centre[2]) * SPACING[2]) ** 2)
+from test_edge_picker import SPACING, _radius_mm  # the picker's own test spheres
 
 
 def _floor(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from contourqa.qa_models.edge_picker import moved_surface_dice, pick_edges
+from contourqa.qa_models.edge_picker import moved_surface_dice, picked_edge_of
 from contourqa.qa_models.edge_surface import PROFILE_MM, ContourSurface, contour_surface
 from contourqa.qa_models.errors import ContourQAError
 from contourqa.qa_models.picker_predictor import PickerPredictor
@@ -60,9 +60,7 @@ def floor_rows(manifest: Path, cache_dir: Path | None, predictor: PickerPredicto
             roi, key = candidate.row.roi, candidate.row.roi.lower()  # references are kept by lower-case name
             if key not in distances:
                 distances[key] = signed_distance(case.references[key], spacing)
-            picked = float("nan")
-            if predictor is not None:
-                picked = moved_surface_dice(surface, pick_edges(predictor.network_for(roi), surface)[0])
+            picked = float("nan") if predictor is None else picked_edge_of(predictor.network_for(roi), surface).dice
             rows.append(FloorRow(roi, candidate.dice, floor_dice(surface, distances[key]), picked))
     return rows
 
