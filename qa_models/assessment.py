@@ -33,6 +33,7 @@ SUPPORTED_STRUCTURE_CLASSES = {RTSTRUCT_SOP_CLASS: "RT Structure Set", SEG_SOP_C
 # landed on): it is withheld.
 SCREEN_WITHHELD = ("no Dice predicted: the contour failed the {screens} screen, and a predicted Dice "
                    "assumes a contour drawn on its organ")
+UNREADABLE_WARNING = "no Dice predicted: the model read no organ's surface in the contour ({why}); check the contour"
 
 
 class Verdict(str, Enum):
@@ -47,7 +48,8 @@ _ORDER = [Verdict.ACCEPT, Verdict.REVIEW, Verdict.REJECT]
 @dataclass(frozen=True)
 class VerdictReason:
     """Why a ROI did not get ``accept``: a failed screen (``rule`` is its name), the Dice rule
-    (``dice_reject``, ``dice_review``) or the domain guard (``outside_domain``), and the verdict it implies."""
+    (``dice_reject``, ``dice_review``), the domain guard (``outside_domain``) or a contour the model could not
+    read (``unreadable_contour``), and the verdict it implies."""
 
     rule: str
     detail: str
@@ -63,10 +65,13 @@ def _screen_reason(screen: ScreenResult) -> VerdictReason:
 
 
 def verdict_reasons(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
-                    domain: DomainScore | None = None) -> list[VerdictReason]:
+                    domain: DomainScore | None = None, unreadable: str | None = None) -> list[VerdictReason]:
     """Every rule that pulls the verdict below accept, with the value and threshold behind it. Outside the
-    model's domain at least review, since nothing vouches for the contour."""
+    model's domain, or a contour it could not read: at least review, since nothing vouches for the contour."""
     reasons = [_screen_reason(s) for s in screens if not s.passed]
+    if unreadable is not None:
+        reasons.append(VerdictReason("unreadable_contour", f"the model read no organ's surface in the contour "
+                                     f"({unreadable})", Verdict.REVIEW))
     if domain is not None and not domain.inside:
         reasons.append(VerdictReason("outside_domain", f"image outside the model's training domain "
                                      f"({domain.reason()})", Verdict.REVIEW))
@@ -98,7 +103,8 @@ class RoiAssessment:
     mask: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = None  # None also when the domain guard withheld it
     uncertainty_vs: float | None = None  # voxel-wise sum of entropy of a FRACTIONAL segment
-    domain: DomainScore | None = None  # where the model has a domain guard
+    domain: DomainScore | None = None  # where the model has a domain guard and read the contour
+    unreadable: str | None = None  # why the model read no surface in the contour, where it could not
     reasons: list[VerdictReason] = field(default_factory=list)
 
     @property
@@ -121,6 +127,8 @@ class RoiAssessment:
             result["predicted_dice"] = None
         if self.domain is not None:
             result["domain"] = self.domain.as_dict()
+        if self.unreadable is not None:
+            result["unreadable_contour"] = self.unreadable
         if self.uncertainty_vs is not None:
             result["uncertainty_vs"] = round(self.uncertainty_vs, 3)
         return result
@@ -197,11 +205,13 @@ def structure_masks(structure: Dataset, series: ImageSeries, config: AssessConfi
 
 def withheld_because(prediction: Prediction, screens: list[ScreenResult]) -> str | None:
     """Why ``prediction`` must not be given, as the ROI's warning, or None: a screen finds the contour off
-    its organ (the contour, not the image, is what is wrong), or the image lies outside the model's domain
-    (never a confident number on an image the model does not know)."""
+    its organ (the contour, not the image, is what is wrong), the model read no surface in the contour, or
+    the image lies outside the model's domain (never a confident number on an image the model does not know)."""
     off_organ = [s.name for s in screens if says_off_organ(s)]
     if off_organ:
         return SCREEN_WITHHELD.format(screens=", ".join(off_organ))
+    if prediction.unreadable is not None:
+        return UNREADABLE_WARNING.format(why=prediction.unreadable)
     return None if prediction.trusted else prediction.domain.warning()
 
 
@@ -211,10 +221,11 @@ def verdict_of(screens: list[ScreenResult]) -> Verdict:
 
 
 def combined_verdict(screens: list[ScreenResult], predicted_dice: float | None, config: AssessConfig,
-                     domain: DomainScore | None = None) -> Verdict:
-    """The worse of the screens' verdict, the predicted Dice's (below reject_below / review_below) and
-    the domain guard's: the verdict of ``verdict_reasons``, so a verdict and its reasons never disagree."""
-    return worst_verdict(verdict_reasons(screens, predicted_dice, config, domain))
+                     domain: DomainScore | None = None, unreadable: str | None = None) -> Verdict:
+    """The worse of the screens' verdict, the predicted Dice's (below reject_below / review_below), the
+    domain guard's and an unreadable contour's: the verdict of ``verdict_reasons``, so a verdict and its
+    reasons never disagree."""
+    return worst_verdict(verdict_reasons(screens, predicted_dice, config, domain, unreadable))
 
 
 def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None = None,
@@ -237,20 +248,21 @@ def assess(series: ImageSeries, structure: Dataset, config: AssessConfig | None 
             warnings.append(f"no Dice prediction: model {predictor.card.name} covers "
                             f"{', '.join(predictor.card.roi_names)} on {', '.join(predictor.card.modalities)}")
         domain = prediction.domain if prediction else None
+        unreadable = prediction.unreadable if prediction else None
         withheld = withheld_because(prediction, screens) if prediction is not None else None
         if withheld is not None:
             warnings.append(withheld)
             prediction = None
         voxels = int(roi_mask.mask.sum())
         dice = prediction.dice if prediction else None
-        reasons = verdict_reasons(screens, dice, config, domain)
+        reasons = verdict_reasons(screens, dice, config, domain, unreadable)
         rois.append(RoiAssessment(
             number=roi_mask.number, name=roi_mask.name, interpreted_type=interpreted_type,
             volume_ml=voxels * series.grid.voxel_volume_ml, voxels=voxels, screens=screens,
             verdict=worst_verdict(reasons),
             warnings=warnings, segment_number=roi_mask.segment_number, mask=roi_mask.mask, prediction=prediction,
             uncertainty_vs=voxelwise_entropy_sum(roi_mask.probabilities) if roi_mask.probabilities is not None else None,
-            domain=domain, reasons=reasons,
+            domain=domain, unreadable=unreadable, reasons=reasons,
         ))
     return Assessment(structure=structure, series=series, rois=rois, model=predictor.card if predictor else None)
 

@@ -21,7 +21,7 @@ import torch
 
 from .domain import DomainScore, normalise_body_part
 from .edge_picker import FEATURES, EdgePicker, Picker, PickerEnsemble, PickersByRoi, picked_edge_of, picker_for_roi
-from .edge_surface import BAND_MM, contour_surface
+from .edge_surface import ContourSurface, contour_surface
 from .errors import InputError
 from .geometry import Grid
 from .predictor import CardPredictor, ModelCard, Prediction, identify, load_weights, read_card
@@ -33,7 +33,6 @@ RETRAIN = "contourqa picker --manifest SITE.csv --held SITE_HELD.csv"
 MAX_BOUNDARY_FACES = 400_000
 # a surface the image's own ends cut for the most part (an all-ones mask) leaves too little to read
 MIN_MEASURED_SHARE = 0.5
-NOTHING_READ_MM = 2 * BAND_MM  # the spread given where the picker reads nothing: beyond any limit
 
 
 class PickerPredictor(CardPredictor):
@@ -67,25 +66,18 @@ class PickerPredictor(CardPredictor):
         predictions = []
         for mask, roi_name in zip(masks, roi_names):
             half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
-            dice, spread = self._estimate(self.network_for(roi_name), image, mask, spacing)
+            surface, unreadable = readable_surface(image, mask, spacing)
+            if unreadable is not None:  # nothing was read, so the image is not judged either
+                predictions.append(Prediction(0.0, 0.0, 0.0, None, unreadable))
+                continue
+            if surface is None:  # empty: 0 against any reference, surely
+                dice, spread = 0.0, 0.0
+            else:
+                picked = picked_edge_of(self.network_for(roi_name), surface)
+                dice, spread = picked.dice, picked.spread_mm
             score = DomainScore(spread, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm", RETRAIN)
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
-
-    @staticmethod
-    def _estimate(network: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
-        """(Dice, spread). An empty mask scores 0 against any reference, surely; a mask the picker cannot
-        read (too fragmented, lone voxels with no surface, or its surface mostly on the image's ends) gets
-        a spread beyond any limit, so its number, 0, is withheld."""
-        if not mask.any():
-            return 0.0, 0.0
-        if not 0 < boundary_faces(mask) <= MAX_BOUNDARY_FACES:  # the whole array, or noise
-            return 0.0, NOTHING_READ_MM
-        surface = contour_surface(image, mask, spacing)
-        if surface is None or np.sum(surface.area * surface.measured) < MIN_MEASURED_SHARE * np.sum(surface.area):
-            return 0.0, NOTHING_READ_MM
-        picked = picked_edge_of(network, surface)
-        return picked.dice, picked.spread_mm
 
 
 def _picker_for(weights: object, model_dir: Path) -> Picker | PickersByRoi:
@@ -118,6 +110,23 @@ def _picker_for(weights: object, model_dir: Path) -> Picker | PickersByRoi:
         raise InputError(f"{model_dir}: weights do not match the edge picker "
                          f"({str(error).strip().splitlines()[0]})") from None
     return network
+
+
+def readable_surface(image: np.ndarray, mask: np.ndarray,
+                     spacing: np.ndarray) -> tuple[ContourSurface | None, str | None]:
+    """The contour's surface, or why the picker can read none: (surface, None), (None, why), or (None, None)
+    for an empty mask. The cheap checks come first: meshing noise would take a minute."""
+    if not mask.any():
+        return None, None
+    faces = boundary_faces(mask)
+    if faces == 0:
+        return None, "the contour fills the whole image"
+    if faces > MAX_BOUNDARY_FACES:
+        return None, f"{faces} voxel faces on its boundary, too fragmented to be an organ's"
+    surface = contour_surface(image, mask, spacing)
+    if surface is None or np.sum(surface.area * surface.measured) < MIN_MEASURED_SHARE * np.sum(surface.area):
+        return None, "no surface inside the image to read: lone voxels, or a surface mostly on the image's ends"
+    return surface, None
 
 
 def boundary_faces(mask: np.ndarray) -> int:

@@ -111,12 +111,14 @@ class Prediction:
     dice: float
     low: float  # 5th percentile of the MC-dropout / ensemble samples
     high: float  # 95th percentile
-    domain: DomainScore | None = None  # None: the model has no domain guard
+    domain: DomainScore | None = None  # None: the model has no domain guard, or the contour gave it nothing to read
+    unreadable: str | None = None  # why the model could read no surface in the contour (lone voxels, noise ...)
 
     @property
     def trusted(self) -> bool:
-        """False when the input lies outside the model's training domain: the number must not be used."""
-        return self.domain is None or self.domain.inside
+        """False when the contour could not be read or the input lies outside the model's training domain:
+        the number must not be used."""
+        return self.unreadable is None and (self.domain is None or self.domain.inside)
 
 
 # the models shipped inside the package, by the name `--model` and worker.model_dir accept: the edge

@@ -61,6 +61,7 @@ REASON_VALUES = {rule: hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning) for rul
     ("dice_reject", "R-DICEREJ", "Predicted Dice below the reject threshold"),
     ("dice_review", "R-DICEREV", "Predicted Dice below the review threshold"),
     ("outside_domain", "R-DOMAIN", "Image outside the model's training domain"),
+    ("unreadable_contour", "R-UNREAD", "Model read no organ surface in the contour"),
 )}
 PREDICTED_WITHOUT_REFERENCE = hd.sr.CodedConcept("PRED-NOREF", PRIVATE_SCHEME,
                                                   "Predicted without reference segmentation")

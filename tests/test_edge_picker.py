@@ -298,11 +298,18 @@ def test_masks_it_cannot_read_get_no_number_and_cost_no_mesh(model, monkeypatch)
     monkeypatch.setattr(picker_predictor, "contour_surface", lambda *a: pytest.fail("meshed a mask it cannot read"))
     # a noise mask on a clinical series has millions of boundary faces; on this small array 230,000
     monkeypatch.setattr(picker_predictor, "MAX_BOUNDARY_FACES", 100_000)
-    for mask in (np.ones(SHAPE, bool), noise):
+    for mask, why in ((np.ones(SHAPE, bool), "fills the whole image"), (noise, "too fragmented")):
         [prediction] = model.predict_rois(_organ(70, 6, 4), GRID, [mask], ["Organ"])
-        assert not prediction.trusted and prediction.domain.score > prediction.domain.threshold
+        # the contour is what cannot be read, so the image is not judged (nor called outside the domain)
+        assert not prediction.trusted and why in prediction.unreadable and prediction.domain is None
     monkeypatch.undo()
     mostly_cut = np.zeros(SHAPE, bool)
     mostly_cut[:, 2:78, 2:78] = True  # every slice: only its in-plane rim lies inside the image
     [prediction] = model.predict_rois(_organ(70, 6, 4), GRID, [mostly_cut], ["Organ"])
     assert not prediction.trusted
+    all_but_one_side = np.ones(SHAPE, bool)
+    all_but_one_side[:, :, 78:] = False  # one face inside the image, five on its ends
+    [prediction] = model.predict_rois(_organ(70, 6, 4), GRID, [all_but_one_side], ["Organ"])
+    assert not prediction.trusted and "image's ends" in prediction.unreadable
+    [readable] = model.predict_rois(_organ(70, 6, 4), GRID, [REFERENCE], ["Organ"])
+    assert readable.unreadable is None and readable.domain is not None

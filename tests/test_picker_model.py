@@ -118,7 +118,8 @@ def test_the_default_picker_gives_no_number_on_real_ct_even_under_pelvic_roi_nam
 
 def test_a_roi_drawn_round_one_voxel_gets_no_number_and_the_others_still_do(case_copy, tmp_path):
     """A contour so small that it covers one voxel has no surface to read (the mesh of a lone voxel is
-    empty): its number is withheld, not a traceback, and the rest of the structure set is assessed."""
+    empty): its number is withheld, not a traceback, with the contour named as the cause (not the image),
+    and the rest of the structure set is assessed."""
     import numpy as np
     import pydicom
 
@@ -144,7 +145,14 @@ def test_a_roi_drawn_round_one_voxel_gets_no_number_and_the_others_still_do(case
     result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json", "--sr", tmp_path / "sr.dcm")
     assert result.returncode == 0, result.stderr
     rois = {r["name"]: r for r in json.loads(result.stdout)["rois"]}
-    assert rois["Prostate"]["voxels"] == 1
-    assert rois["Prostate"]["predicted_dice"] is None and rois["Prostate"]["verdict"] in ("review", "reject")
+    lone = rois["Prostate"]
+    assert lone["voxels"] == 1
+    assert lone["predicted_dice"] is None and lone["verdict"] in ("review", "reject")
+    # the contour is what the model cannot read: said so, and the image is not called outside the domain
+    assert "lone voxels" in lone["unreadable_contour"] and "domain" not in lone
+    assert "unreadable_contour" in [r["rule"] for r in lone["verdict_reasons"]]
+    assert any("check the contour" in w for w in lone["warnings"])
+    assert not any("training domain" in w for w in lone["warnings"])
     assert all(r["predicted_dice"] is not None for name, r in rois.items() if name != "Prostate")
-    assert sr_dump_and_errors(tmp_path / "sr.dcm")[1] == []
+    dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
+    assert errors == [] and "Model read no organ surface in the contour" in dump

@@ -120,7 +120,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                                   picked_edge_of(picker.network_for(candidate.row.roi), surface))
             screens = run_screens(mask, case.grid, candidate.row.roi, body, config.screens)
             given.append(withheld_because(prediction, screens) is None)  # as assess gives it
-            verdict = combined_verdict(screens, prediction.dice if given[-1] else None, config, prediction.domain)
+            verdict = combined_verdict(screens, prediction.dice if given[-1] else None, config, prediction.domain,
+                                       prediction.unreadable)
             inside.append(prediction.trusted)
             known = prediction.domain.body_part_known if prediction.domain else None
             body_part_unknown.append(prediction.domain.body_part if known is False else None)
