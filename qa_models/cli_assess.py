@@ -80,7 +80,8 @@ def _print_table(assessment: "Assessment") -> None:
     print(f"{'ROI':<24} {'volume ml':>10} {'Dice (5-95 %)':>20}  {'verdict':<8} reasons")
     for roi in assessment.rois:
         p = roi.prediction
-        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if roi.outside_domain or roi.unreadable else "-"
+        withheld = roi.outside_domain or roi.unreadable is not None
+        dice = f"{p.dice:.3f} ({p.low:.2f}-{p.high:.2f})" if p else "withheld" if withheld else "-"
         reasons = [r.detail for r in roi.reasons] or ["-"]
         print(f"{roi.name[:24]:<24} {roi.volume_ml:>10.2f} {dice:>20}  {roi.verdict.value:<8} {reasons[0]}")
         for reason in reasons[1:]:

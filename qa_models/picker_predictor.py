@@ -5,7 +5,8 @@ Its guard is its own spread: how far its distributions reach round the edge it p
 quantile over held-out studies of its training style that the card records (99 % since version 3; the
 ``quantile`` of its domain), set as a network's domain guard threshold is; beyond it the image does not
 show the picker one edge (a style it does not know, a boundary that does not show), and the number is
-withheld. A contour moved far off its organ is left to the screens (``says_off_organ``). The card's
+withheld. A contour moved far off its organ is left to the screens (``says_off_organ``); one with no
+surface to read (``readable_surface``) gets no number, and its image is not judged. The card's
 body parts are checked as a network's are. The 5-95 % interval is split conformal: the estimate plus or
 minus the 90 % quantile of the absolute error on those held-out studies where the picker was sure, the
 ROI's own where the card has it.
@@ -65,16 +66,13 @@ class PickerPredictor(CardPredictor):
         spacing = np.asarray(grid.spacing[::-1], dtype=float)
         predictions = []
         for mask, roi_name in zip(masks, roi_names):
-            half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
             surface, unreadable = readable_surface(image, mask, spacing)
             if unreadable is not None:  # nothing was read, so the image is not judged either
                 predictions.append(Prediction(0.0, 0.0, 0.0, None, unreadable))
                 continue
-            if surface is None:  # empty: 0 against any reference, surely
-                dice, spread = 0.0, 0.0
-            else:
-                picked = picked_edge_of(self.network_for(roi_name), surface)
-                dice, spread = picked.dice, picked.spread_mm
+            # an empty mask scores 0 against any reference, surely
+            dice, spread = (0.0, 0.0) if surface is None else picked_edge_of(self.network_for(roi_name), surface)
+            half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
             score = DomainScore(spread, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm", RETRAIN)
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
