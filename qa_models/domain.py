@@ -30,6 +30,7 @@ from .errors import InputError
 DOMAIN_FILE = "domain.npz"
 FEATURES = ("per network, unmirrored input: mean and standard deviation over space of the stem, the first stage "
             "and the encoder output (EfficientDet3D); of the first block, and the pooled encoding (RegNet3D)")
+FEATURE_MEASURE = "picker feature distance"
 OUTSIDE_WARNING = ("image outside the model's training domain ({reason}): "
                    "no Dice predicted; retrain on this site's data ({remedy})")
 
@@ -63,6 +64,14 @@ class DomainScore:
     measure: str = "domain score"  # what the score is: a Mahalanobis distance, or the edge picker's spread
     unit: str = ""
     remedy: str = "contourqa train --init-from ..."  # the command that retrains such a model on a site's studies
+    # the edge picker's second guard, where its card has one: the Mahalanobis distance of its pooled
+    # features from its training contours', and the limit set on held-out studies
+    feature_distance: float | None = None
+    feature_threshold: float | None = None
+
+    @property
+    def features_known(self) -> bool:
+        return self.feature_distance is None or self.feature_distance <= self.feature_threshold
 
     @property
     def body_part_known(self) -> bool | None:
@@ -73,24 +82,31 @@ class DomainScore:
 
     @property
     def inside(self) -> bool:
-        return self.score <= self.threshold and self.body_part_known is not False
+        return self.score <= self.threshold and self.features_known and self.body_part_known is not False
 
     def as_dict(self) -> dict:
         result = {"measure": self.measure, "score": round(self.score, 2), "threshold": round(self.threshold, 2),
                   "inside": self.inside}
+        if self.feature_distance is not None:
+            result.update(feature_distance=round(self.feature_distance, 2),
+                          feature_threshold=round(self.feature_threshold, 2))
         if self.body_part_known is not None:
             result.update(body_part=self.body_part, body_part_known=self.body_part_known)
         return result
 
     def detail(self) -> str:
         """The score against its limit, in the guard's own terms, e.g. "edge spread 1.79 mm (limit 2.46 mm)"."""
-        return f"{self.measure} {self.score:.2f}{self.unit} (limit {self.threshold:.2f}{self.unit})"
+        features = ("" if self.feature_distance is None else
+                    f"; {FEATURE_MEASURE} {self.feature_distance:.1f} (limit {self.feature_threshold:.1f})")
+        return f"{self.measure} {self.score:.2f}{self.unit} (limit {self.threshold:.2f}{self.unit}){features}"
 
     def reason(self) -> str:
         """Why the image is outside, e.g. "domain score 41.2 > 31.7; body part EXTREMITY, not PELVIS"."""
         reasons = []
         if self.score > self.threshold:
             reasons.append(f"{self.measure} {self.score:.2f}{self.unit} > {self.threshold:.2f}{self.unit}")
+        if not self.features_known:
+            reasons.append(f"{FEATURE_MEASURE} {self.feature_distance:.1f} > {self.feature_threshold:.1f}")
         if self.body_part_known is False:
             reasons.append(f"body part {self.body_part}, not {' or '.join(self.known_body_parts)}")
         return "; ".join(reasons)

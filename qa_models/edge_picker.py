@@ -129,23 +129,51 @@ def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
 class PickedEdge(NamedTuple):
     dice: float  # the Dice against the boundary the picker finds
     spread_mm: float  # how far from that boundary the picker's own distributions reach: wide where no one edge shows
+    features: np.ndarray  # the pickers' last hidden layer pooled over the surface: what the feature guard reads
 
 
-NOT_PICKED = PickedEdge(float("nan"), float("nan"))
+NOT_PICKED = PickedEdge(float("nan"), float("nan"), np.zeros(0, np.float32))
 
 
-def pick_edges(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, float]:
-    """Each vertex's offset to the organ's edge, and the spread: the mode of the picker's distributions
-    averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset towards zero), and the mean
-    distance from it under those distributions. Offsets are 0 where the image's end cuts the surface."""
+def read_vertices(picker: Picker, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each vertex's distribution over ``PROFILE_MM`` (the members' averaged, as ``PickerEnsemble`` gives
+    it) and its last hidden layer, the members' side by side."""
+    x = torch.from_numpy(features)
+    probabilities, hidden = [], []
     with torch.no_grad():
-        probabilities = torch.softmax(picker(torch.from_numpy(vertex_features(surface))), dim=1).numpy()
+        for member in picker if isinstance(picker, PickerEnsemble) else [picker]:
+            *body, head = member
+            h = x
+            for layer in body:
+                h = layer(h)
+            hidden.append(h.numpy())
+            probabilities.append(torch.softmax(head(h), dim=1).numpy())
+    return np.mean(probabilities, axis=0), np.concatenate(hidden, axis=1)
+
+
+def pooled_features(picker: Picker, surface: ContourSurface) -> np.ndarray:
+    """The pickers' last hidden layer over the measured surface, weighted by area: one vector per contour,
+    as the feature guard reads it (``pick_edges`` gives the same)."""
+    return _pooled(read_vertices(picker, vertex_features(surface))[1], surface)
+
+
+def _pooled(hidden: np.ndarray, surface: ContourSurface) -> np.ndarray:
+    weights = surface.area * surface.measured
+    return (weights @ hidden / np.sum(weights)).astype(np.float32)
+
+
+def pick_edges(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, float, np.ndarray]:
+    """Each vertex's offset to the organ's edge, the spread and the pooled features: the mode of the
+    picker's distributions averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset
+    towards zero), and the mean distance from it under those distributions. Offsets are 0 where the
+    image's end cuts the surface."""
+    probabilities, hidden = read_vertices(picker, vertex_features(surface))
     weights = surface.area * surface.measured
     averaged = smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM, surface.edge_mm)
     offsets = peak_position(averaged)
     spread = np.sum(averaged * np.abs(PROFILE_MM[None, :] - offsets[:, None]), axis=1)
     offsets[~surface.measured] = 0.0
-    return offsets, float(np.sum(weights * spread) / np.sum(weights))
+    return offsets, float(np.sum(weights * spread) / np.sum(weights)), _pooled(hidden, surface)
 
 
 def picked_edge(picker: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:
@@ -158,5 +186,5 @@ def picked_edge(picker: Picker, image: np.ndarray, mask: np.ndarray, spacing: np
 
 def picked_edge_of(picker: Picker, surface: ContourSurface) -> PickedEdge:
     """``picked_edge`` on a surface already built."""
-    offsets, spread = pick_edges(picker, surface)
-    return PickedEdge(moved_surface_dice(surface, offsets), spread)
+    offsets, spread, features = pick_edges(picker, surface)
+    return PickedEdge(moved_surface_dice(surface, offsets), spread, features)

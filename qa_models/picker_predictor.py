@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .domain import DomainScore, normalise_body_part
-from .edge_picker import FEATURES, EdgePicker, Picker, PickerEnsemble, PickersByRoi, picked_edge_of, picker_for_roi
+from .domain import DomainGuard, DomainScore, normalise_body_part
+from .edge_picker import (FEATURES, EdgePicker, PickedEdge, Picker, PickerEnsemble, PickersByRoi, picked_edge_of,
+                          picker_for_roi)
 from .edge_surface import ContourSurface, contour_surface
 from .errors import InputError
 from .geometry import Grid
@@ -37,8 +38,8 @@ MIN_MEASURED_SHARE = 0.5
 
 
 class PickerPredictor(CardPredictor):
-    def __init__(self, card: ModelCard, network: Picker | PickersByRoi):
-        self.card, self.network = card, network
+    def __init__(self, card: ModelCard, network: Picker | PickersByRoi, guard: DomainGuard | None = None):
+        self.card, self.network, self.guard = card, network, guard
 
     def network_for(self, roi_name: str | None) -> Picker:
         return picker_for_roi(self.network, roi_name)
@@ -54,7 +55,8 @@ class PickerPredictor(CardPredictor):
         if card.domain is None:
             raise InputError(f"{model_dir}: an edge picker without a spread limit (train it with --held)")
         identify(card, model_dir)
-        return cls(card, network.eval())
+        guard = DomainGuard.load(model_dir, card.feature_guard) if card.feature_guard else None
+        return cls(card, network.eval(), guard)
 
     def predict_rois(self, image: np.ndarray, grid: Grid, masks: Sequence[np.ndarray], roi_names: Sequence[str | None],
                      probabilities: Sequence[np.ndarray | None] | None = None, mc_samples: int = 0,
@@ -71,11 +73,19 @@ class PickerPredictor(CardPredictor):
                 predictions.append(Prediction(0.0, 0.0, 0.0, None, unreadable))
                 continue
             # an empty mask scores 0 against any reference, surely
-            dice, spread = (0.0, 0.0) if surface is None else picked_edge_of(self.network_for(roi_name), surface)
+            picked = PickedEdge(0.0, 0.0, None) if surface is None else picked_edge_of(self.network_for(roi_name), surface)
             half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
-            score = DomainScore(spread, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm", RETRAIN)
+            score = DomainScore(picked.spread_mm, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm",
+                                RETRAIN, *self._feature_distance(picked.features, roi_name))
+            dice = picked.dice
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
+
+    def _feature_distance(self, features: np.ndarray | None, roi_name: str | None) -> tuple[float | None, float | None]:
+        """(distance, threshold) of the feature guard, or (None, None) where the card has none or nothing was read."""
+        if self.guard is None or features is None:
+            return None, None
+        return float(self.guard.distances(features[None], [roi_name])[0]), self.card.feature_guard.threshold
 
 
 def _picker_for(weights: object, model_dir: Path) -> Picker | PickersByRoi:

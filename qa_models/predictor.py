@@ -79,6 +79,9 @@ class ModelCard(BaseModel):
     spread_limit_by_roi: dict[str, float] = Field(
         default_factory=dict, description="the edge picker's spread limit for each ROI (lower case) with a picker "
                                           "of its own; every other ROI's is domain.threshold")
+    feature_guard: DomainCard | None = Field(
+        None, description="the edge picker's second guard: Mahalanobis distance of its pooled hidden features from "
+                          "its training contours' (arrays in domain.npz); beyond the threshold the image is outside")
     sha256: str | None = Field(None, description="digest of the weights, the guard's arrays and this card "
                                                  "(without this field): the model's identity")
 
@@ -155,7 +158,7 @@ def read_card(model_dir: Path) -> ModelCard:
         raise InputError(f"{path}: invalid model card ({str(error).splitlines()[0]})") from None
 
 
-LATER_FIELDS = ("interval_half_width", "interval_half_width_by_roi", "spread_limit_by_roi")
+LATER_FIELDS = ("interval_half_width", "interval_half_width_by_roi", "spread_limit_by_roi", "feature_guard")
 
 
 def model_digest(card: ModelCard, model_dir: Path) -> str:

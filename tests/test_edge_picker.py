@@ -228,7 +228,28 @@ def test_an_ensemble_averages_its_members_distributions_and_one_member_alone_loa
     loaded = load_predictor(single).network
     assert type(loaded) is EdgePicker
     image = _organ(90, 6, 3)
-    assert picked_edge(loaded, image, RADIUS < 20.5, SPACING) == picked_edge(ensemble[0], image, RADIUS < 20.5, SPACING)
+    alone, first = (picked_edge(p, image, RADIUS < 20.5, SPACING) for p in (loaded, ensemble[0]))
+    assert (alone.dice, alone.spread_mm) == (first.dice, first.spread_mm)
+
+
+def test_the_feature_guard_withholds_on_an_organ_unlike_any_it_was_trained_on_where_the_spread_is_sure(model,
+                                                                                                           model_dir):
+    """Trained on solid spheres, the pickers read a hollow one (its wall alone) surely, its spread within
+    the limit, but their pooled features lie beyond the feature guard's threshold (set on held-out
+    spheres): the number is withheld and the reason names the features. Solid spheres of other contrasts
+    and noise than the training ones lie inside."""
+    card = model.card
+    assert card.feature_guard.threshold > 0 and (model_dir / "domain.npz").exists()
+    for contrast, seed in ((70, 21), (110, 23)):
+        [solid] = model.predict_rois(_organ(contrast, 8, seed), GRID, [REFERENCE], ["Organ"])
+        assert solid.trusted and solid.domain.feature_distance < card.feature_guard.threshold
+    hollow = 80.0 * ((RADIUS < 18) & (RADIUS > 13)) + np.random.default_rng(31).normal(0, 8, SHAPE)
+    [wall] = model.predict_rois(hollow, GRID, [REFERENCE], ["Organ"])
+    assert wall.domain.score <= wall.domain.threshold  # the spread alone would have given the number
+    assert not wall.trusted and wall.domain.feature_distance > 1.2 * card.feature_guard.threshold
+    assert "picker feature distance" in wall.domain.warning()
+    shown = wall.domain.as_dict()
+    assert shown["inside"] is False and shown["feature_distance"] > shown["feature_threshold"]
 
 
 def test_a_roi_with_a_picker_of_its_own_reads_with_it_and_is_judged_by_its_own_spread_limit(model, tmp_path):

@@ -263,6 +263,7 @@ def _run_picker(args: argparse.Namespace) -> int:
     print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of {args.manifest} ({args.members} "
           f"member{'s' * (args.members > 1)}); withholds beyond a spread of {card.domain.threshold} mm"
           f"{''.join(f', {roi} {limit} mm' for roi, limit in card.spread_limit_by_roi.items())}"
+          f"{f', or a feature distance of {card.feature_guard.threshold}' if card.feature_guard else ''}"
           f"; interval +-{card.interval_half_width}"
           f"{''.join(f', {roi} +-{w}' for roi, w in card.interval_half_width_by_roi.items())}; {', '.join(card.modalities)}, "
           f"ROIs {', '.join(card.roi_names)}, body parts {', '.join(card.domain.body_parts) or 'not checked'}")

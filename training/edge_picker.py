@@ -4,6 +4,8 @@ Its targets come from every vertex of the training candidates: the reference's s
 vertex is how far the organ's edge lies along its normal, so 40 studies give half a million labelled
 examples instead of 1,400 Dice values. Held-out studies of the same style (never trained on) set the
 spread beyond which it withholds its number and the half-width of its interval (``picker_predictor``).
+Its second guard, the feature guard, holds the pooled hidden features of the training contours (means per
+ROI and a shared precision, as a network's guard); its threshold too is set on the held-out studies.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from scipy import ndimage
 
 from contourqa import __version__
 from contourqa.qa_models.atomic import atomic_path
-from contourqa.qa_models.domain import DomainCard, normalise_body_part
+from contourqa.qa_models.domain import DOMAIN_FILE, DomainCard, DomainGuard, normalise_body_part
 from contourqa.qa_models.edge_picker import (EdgePicker, Picker, PickerEnsemble, PickersByRoi, picked_edge,
-                                             picker_for_roi, vertex_features)
+                                             picker_for_roi, pooled_features, vertex_features)
 from contourqa.qa_models.edge_surface import PROFILE_MM, STEP_MM, ContourSurface, contour_surface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
@@ -34,6 +36,8 @@ from .progress import progress
 SPREAD_QUANTILE = 0.99  # the spread limit, as a network guard's threshold: a quantile of held-out studies
 INTERVAL_QUANTILE = 0.90  # of the held-out absolute errors: the 5-95 % interval's half-width
 MIN_PER_ROI = 20  # held-out candidates a ROI needs for a half-width of its own
+FEATURE_GUARD_FEATURES = ("the edge pickers' last hidden layer (every member's side by side) averaged over "
+                          "the contour's measured surface, weighted by area")
 SPREAD_FEATURES = ("the edge picker's spread: the mean distance (mm) from the edge it picks under its "
                    "surface-averaged distributions, over the contour's surface")
 
@@ -68,6 +72,8 @@ class HeldOutFigures(NamedTuple):
     half_width: float
     half_width_by_roi: dict[str, float]
     candidates: int
+    features: np.ndarray  # each candidate's pooled features (rows), for the feature guard's threshold
+    rois: list[str]  # each candidate's ROI
 
 
 def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCase]) -> HeldOutFigures:
@@ -93,7 +99,28 @@ def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCas
     by_roi = {roi: np.array([e for e, r in sure if r == roi]) for roi in sorted({r for _, r in sure})}
     return HeldOutFigures(limit, limit_by_roi, float(np.quantile(errors, INTERVAL_QUANTILE)),
                           {roi: round(float(np.quantile(e, INTERVAL_QUANTILE)), 4)
-                           for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked))
+                           for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked),
+                          np.stack([estimate.features for estimate, _, _ in picked]), [roi for _, _, roi in picked])
+
+
+def _member_counts(picker: Picker | PickersByRoi) -> set[int]:
+    pickers = picker.values() if isinstance(picker, PickersByRoi) else [picker]
+    return {len(p) if isinstance(p, PickerEnsemble) else 1 for p in pickers}
+
+
+def feature_guard(picker: Picker | PickersByRoi, cases: list[CachedCase]) -> DomainGuard:
+    """The feature guard fitted on the pooled features of every realistic training contour: a contour of an
+    image the pickers never learned reads far from all of them (a classic-trained picker put synth studies
+    at a median distance of 120 against 15 for its own style's, docs/model.md)."""
+    features, rois = [], []
+    for case, candidate, mask in realistic_masks(progress(cases, "training contours read for the feature guard")):
+        surface = contour_surface(case.image, mask, np.asarray(case.grid.spacing[::-1], dtype=float))
+        if surface is not None:
+            features.append(pooled_features(picker_for_roi(picker, candidate.row.roi), surface))
+            rois.append(candidate.row.roi)
+    if not features:
+        raise InputError("no realistic candidate with a surface to fit the feature guard on")
+    return DomainGuard.fit(np.stack(features), rois)
 
 
 # A reference scaled about its centre is an auto-contour too large or too small in proportion, as the
@@ -209,6 +236,9 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
     Both are (manifest, cases)."""
     (manifest, cases), (held_manifest, held) = trained_on, held_out
     held_figures = held_out_figures(picker, held)
+    # the guard's rows are the pickers' hidden layers side by side: one length only where every picker
+    # has as many members (as `contourqa picker` trains them)
+    guard = feature_guard(picker, cases) if len(_member_counts(picker)) == 1 else None
     realistic = [c.dice for case in cases for c in case.candidates if not c.row.kind.startswith("failure")]
     roi_names = sorted({c.row.roi for case in cases for c in case.candidates}, key=str.lower)
     body_parts = sorted({c.body_part for c in cases if c.body_part}
@@ -230,8 +260,17 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
                                           "candidates": held_figures.candidates}),
         interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
         spread_limit_by_roi=held_figures.spread_limit_by_roi,
+        feature_guard=None if guard is None else DomainCard(
+            features=FEATURE_GUARD_FEATURES, roi_names=guard.roi_names, quantile=SPREAD_QUANTILE, body_parts=body_parts,
+            threshold=round(float(np.quantile(guard.distances(held_figures.features, held_figures.rois),
+                                              SPREAD_QUANTILE)), 2),
+            fitted_on={"manifest": _named(manifest), "cases": len(cases)},
+            threshold_from={"manifest": _named(held_manifest), "cases": len(held), "candidates": held_figures.candidates}),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # a guard of an earlier model in this folder
+    if guard is not None:
+        guard.save(out_dir)
     with atomic_path(out_dir / WEIGHTS_FILE) as weights:
         torch.save(picker.state_dict(), weights)
     write_card(card, out_dir)  # the card last: a folder with a card is a whole model
