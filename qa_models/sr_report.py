@@ -69,6 +69,7 @@ DICE_LOW = hd.sr.CodedConcept("DICE-P05", PRIVATE_SCHEME, "Predicted Dice 5th pe
 DICE_HIGH = hd.sr.CodedConcept("DICE-P95", PRIVATE_SCHEME, "Predicted Dice 95th percentile")
 INSIDE_DOMAIN = hd.sr.CodedConcept("DOMAIN-IN", PRIVATE_SCHEME, "Image inside the model's training domain")
 DOMAIN_SCORE = hd.sr.CodedConcept("DOMAIN-D", PRIVATE_SCHEME, "Distance from the model's training domain")
+FEATURE_DISTANCE = hd.sr.CodedConcept("DOMAIN-F", PRIVATE_SCHEME, "Feature distance from the model's training contours")
 ENTROPY_SUM = hd.sr.CodedConcept("ENTROPY-VS", PRIVATE_SCHEME, "Voxel-wise sum of segmentation entropy")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 BITS = hd.sr.CodedConcept("bit", "UCUM", "bit")
@@ -111,6 +112,9 @@ def _measurements(roi: RoiAssessment, model: hd.sr.AlgorithmIdentification | Non
     if roi.domain is not None and model is not None:
         measurements.append(hd.sr.Measurement(name=DOMAIN_SCORE, value=round(roi.domain.score, 3), unit=NO_UNITS,
                                               algorithm_id=model))
+        if roi.domain.feature_distance is not None:
+            measurements.append(hd.sr.Measurement(name=FEATURE_DISTANCE, value=round(roi.domain.feature_distance, 3),
+                                                  unit=NO_UNITS, algorithm_id=model))
     if roi.uncertainty_vs is not None:
         measurements.append(hd.sr.Measurement(name=ENTROPY_SUM, value=round(roi.uncertainty_vs, 3), unit=BITS))
     return measurements

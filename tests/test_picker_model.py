@@ -32,8 +32,11 @@ def test_assess_gives_the_pickers_number_interval_and_spread_and_an_sr_with_them
         assert roi["predicted_dice"] > 0.85 and low < roi["predicted_dice"] <= high
         assert roi["domain"]["measure"] == "edge spread" and roi["domain"]["inside"]
         assert roi["domain"]["score"] <= roi["domain"]["threshold"]
+        # `contourqa picker` also fits the feature guard; its distance stands beside the spread
+        assert roi["domain"]["feature_distance"] <= roi["domain"]["feature_threshold"]
     dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
     assert errors == [] and dump.count("Dice Similarity Coefficient") == len(given)
+    assert dump.count("Feature distance from the model's training contours") == len(report["rois"])
     assert "edge_picker" in dump  # the algorithm's parameters name it
 
 
