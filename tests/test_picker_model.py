@@ -2,11 +2,12 @@
 folder as they take a network's, and it withholds its number where it does not see one edge."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import THIGH, require_tool, run_cli, set_image_tags
+from conftest import THIGH, one_case_manifest, require_tool, run_cli, set_image_tags
 from contourqa.daemon.case_runner import load_predictor as worker_predictor
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.sr_report import INSIDE_DOMAIN
@@ -159,3 +160,24 @@ def test_a_roi_drawn_round_one_voxel_gets_no_number_and_the_others_still_do(case
     assert all(r["predicted_dice"] is not None for name, r in rois.items() if name != "Prostate")
     dump, errors = sr_dump_and_errors(tmp_path / "sr.dcm")
     assert errors == [] and "Model read no organ surface in the contour" in dump
+
+
+def test_contourqa_guard_gives_a_picker_without_one_the_feature_guard_contourqa_picker_fits(picker_model, phantom,
+                                                                                          tmp_path):
+    """A picker trained before the feature guard (as the shipped picker 3 was) gets it from `contourqa guard`,
+    fitted as `contourqa picker` fits it: the same threshold from the same studies, and a new identity."""
+    from contourqa.qa_models.predictor import read_card, write_card
+
+    older = tmp_path / "older"
+    shutil.copytree(picker_model, older)
+    fitted = read_card(picker_model)
+    (older / "domain.npz").unlink()
+    write_card(fitted.model_copy(update={"feature_guard": None}), older)
+    without = read_card(older).sha256
+    result = run_cli("guard", "--fit", one_case_manifest(phantom, "case000", tmp_path), "--threshold",
+                     one_case_manifest(phantom, "case001", tmp_path), "--model", older, "--cache", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    card = read_card(older)
+    assert card.feature_guard.threshold == pytest.approx(fitted.feature_guard.threshold, rel=1e-3)
+    assert card.domain == fitted.domain and (older / "domain.npz").exists()
+    assert card.sha256 != without  # the guard is part of what the model is

@@ -90,7 +90,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     _add_cache_option(calibrate)
     calibrate.set_defaults(run=_run_calibrate)
 
-    guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights)")
+    guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights); for an edge "
+                                              "picker trained before it had one, its feature guard")
     guard.add_argument("--fit", type=Path, required=True, metavar="MANIFEST",
                        help="studies the model was trained on: the class means and covariance")
     guard.add_argument("--threshold", type=Path, required=True, metavar="MANIFEST",

@@ -18,7 +18,7 @@ import numpy as np
 
 from contourqa.qa_models.domain import DomainCard, DomainGuard, normalise_body_part
 from contourqa.qa_models.errors import InputError
-from contourqa.qa_models.predictor import DicePredictor, write_card
+from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, DicePredictor, read_card, write_card
 
 from .cache import CachedCase, load_cases
 from .manifest import read_manifest, refuse_shared_series
@@ -52,6 +52,8 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
     model_dir = Path(model_dir)
     fit_rows, held_rows = read_manifest(fit_manifest), read_manifest(threshold_manifest)
     refuse_shared_series(fit_rows, held_rows, "the threshold needs studies the guard was not fitted on")
+    if read_card(model_dir).architecture == PICKER_ARCHITECTURE:
+        return _fit_picker_guard(model_dir, fit_manifest, threshold_manifest, fit_rows, held_rows, cache_dir, quantile)
     predictor = DicePredictor.from_model_folder(model_dir)
     fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
     features, names, _ = case_features(predictor, fit_cases)
@@ -81,4 +83,29 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
     return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": threshold,
             "fit_median": float(np.median(fit_distances)), "held_median": float(np.median(held_distances)),
             "held_inside": float((held_distances <= threshold).mean()), "held_cases": len(set(held_ids)),
+            "body_parts": body_parts}
+
+
+def _fit_picker_guard(model_dir: Path, fit_manifest: str | Path, threshold_manifest: str | Path, fit_rows: list,
+                      held_rows: list, cache_dir: Path | None, quantile: float) -> dict:
+    """An edge picker's feature guard (its spread limits stay as trained), for a picker trained before
+    ``contourqa picker`` fitted one; the card keeps the body parts its spread guard records."""
+    from contourqa.qa_models.picker_predictor import PickerPredictor
+    from contourqa.training.edge_picker import feature_guard_card, pooled_rows
+
+    predictor = PickerPredictor.from_model_folder(model_dir)
+    fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
+    features, names = pooled_rows(predictor.network, fit_cases, "training contours read for the feature guard")
+    guard = DomainGuard.fit(features, names)
+    held, held_names = pooled_rows(predictor.network, held_cases, "held-out contours read for the feature guard")
+    body_parts = predictor.card.domain.body_parts
+    card = feature_guard_card(guard, held, held_names, Path(fit_manifest).name, len(fit_cases),
+                              Path(threshold_manifest).name, len(held_cases), body_parts, quantile)
+    guard.save(model_dir)
+    write_card(predictor.card.model_copy(update={"feature_guard": card}), model_dir)
+    held_distances = guard.distances(held, held_names)
+    return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": card.threshold,
+            "fit_median": float(np.median(guard.distances(features, names))),
+            "held_median": float(np.median(held_distances)),
+            "held_inside": float((held_distances <= card.threshold).mean()), "held_cases": len(held_cases),
             "body_parts": body_parts}

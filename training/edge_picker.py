@@ -108,19 +108,34 @@ def _member_counts(picker: Picker | PickersByRoi) -> set[int]:
     return {len(p) if isinstance(p, PickerEnsemble) else 1 for p in pickers}
 
 
-def feature_guard(picker: Picker | PickersByRoi, cases: list[CachedCase]) -> DomainGuard:
-    """The feature guard fitted on the pooled features of every realistic training contour: a contour of an
-    image the pickers never learned reads far from all of them (a classic-trained picker put synth studies
-    at a median distance of 120 against 15 for its own style's, docs/model.md)."""
+def pooled_rows(picker: Picker | PickersByRoi, cases: list[CachedCase], what: str) -> tuple[np.ndarray, list[str]]:
+    """The pooled features (rows) and the ROI of every realistic candidate with a surface."""
     features, rois = [], []
-    for case, candidate, mask in realistic_masks(progress(cases, "training contours read for the feature guard")):
+    for case, candidate, mask in realistic_masks(progress(cases, what)):
         surface = contour_surface(case.image, mask, np.asarray(case.grid.spacing[::-1], dtype=float))
         if surface is not None:
             features.append(pooled_features(picker_for_roi(picker, candidate.row.roi), surface))
             rois.append(candidate.row.roi)
     if not features:
-        raise InputError("no realistic candidate with a surface to fit the feature guard on")
-    return DomainGuard.fit(np.stack(features), rois)
+        raise InputError(f"no realistic candidate with a surface among the {what.split(' read')[0]}")
+    return np.stack(features), rois
+
+
+def feature_guard(picker: Picker | PickersByRoi, cases: list[CachedCase]) -> DomainGuard:
+    """The feature guard fitted on the pooled features of every realistic training contour: a contour of an
+    image the pickers never learned reads far from all of them (a classic-trained picker put synth studies
+    at a median distance of 120 against 15 for its own style's, docs/model.md)."""
+    return DomainGuard.fit(*pooled_rows(picker, cases, "training contours read for the feature guard"))
+
+
+def feature_guard_card(guard: DomainGuard, held_features: np.ndarray, held_rois: list[str], trained_on: str,
+                       cases: int, held_on: str, held: int, body_parts: list[str],
+                       quantile: float = SPREAD_QUANTILE) -> DomainCard:
+    """The card's summary of ``guard``: its threshold the ``quantile`` of the held-out distances."""
+    threshold = float(np.quantile(guard.distances(held_features, held_rois), quantile))
+    return DomainCard(features=FEATURE_GUARD_FEATURES, roi_names=guard.roi_names, threshold=round(threshold, 2),
+                      quantile=quantile, body_parts=body_parts, fitted_on={"manifest": trained_on, "cases": cases},
+                      threshold_from={"manifest": held_on, "cases": held, "candidates": len(held_rois)})
 
 
 # A reference scaled about its centre is an auto-contour too large or too small in proportion, as the
@@ -260,12 +275,9 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
                                           "candidates": held_figures.candidates}),
         interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
         spread_limit_by_roi=held_figures.spread_limit_by_roi,
-        feature_guard=None if guard is None else DomainCard(
-            features=FEATURE_GUARD_FEATURES, roi_names=guard.roi_names, quantile=SPREAD_QUANTILE, body_parts=body_parts,
-            threshold=round(float(np.quantile(guard.distances(held_figures.features, held_figures.rois),
-                                              SPREAD_QUANTILE)), 2),
-            fitted_on={"manifest": _named(manifest), "cases": len(cases)},
-            threshold_from={"manifest": _named(held_manifest), "cases": len(held), "candidates": held_figures.candidates}),
+        feature_guard=None if guard is None else feature_guard_card(
+            guard, held_figures.features, held_figures.rois, _named(manifest), len(cases), _named(held_manifest),
+            len(held), body_parts),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # a guard of an earlier model in this folder
