@@ -135,31 +135,28 @@ class PickedEdge(NamedTuple):
 NOT_PICKED = PickedEdge(float("nan"), float("nan"), np.zeros(0, np.float32))
 
 
-def read_vertices(picker: Picker, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def read_vertices(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, np.ndarray]:
     """Each vertex's distribution over ``PROFILE_MM`` (the members' averaged, as ``PickerEnsemble`` gives
-    it) and its last hidden layer, the members' side by side."""
-    x = torch.from_numpy(features)
-    probabilities, hidden = [], []
+    it), and the pooled features: each member's last hidden layer averaged over the measured surface,
+    weighted by area, the members side by side (what the feature guard reads)."""
+    x = torch.from_numpy(vertex_features(surface))
+    weights = torch.from_numpy((surface.area * surface.measured / np.sum(surface.area * surface.measured))
+                               .astype(np.float32))
+    probabilities, pooled = [], []
     with torch.no_grad():
         for member in picker if isinstance(picker, PickerEnsemble) else [picker]:
             *body, head = member
-            h = x
+            hidden = x
             for layer in body:
-                h = layer(h)
-            hidden.append(h.numpy())
-            probabilities.append(torch.softmax(head(h), dim=1).numpy())
-    return np.mean(probabilities, axis=0), np.concatenate(hidden, axis=1)
+                hidden = layer(hidden)
+            pooled.append((weights @ hidden).numpy())
+            probabilities.append(torch.softmax(head(hidden), dim=1).numpy())
+    return np.mean(probabilities, axis=0), np.concatenate(pooled)
 
 
 def pooled_features(picker: Picker, surface: ContourSurface) -> np.ndarray:
-    """The pickers' last hidden layer over the measured surface, weighted by area: one vector per contour,
-    as the feature guard reads it (``pick_edges`` gives the same)."""
-    return _pooled(read_vertices(picker, vertex_features(surface))[1], surface)
-
-
-def _pooled(hidden: np.ndarray, surface: ContourSurface) -> np.ndarray:
-    weights = surface.area * surface.measured
-    return (weights @ hidden / np.sum(weights)).astype(np.float32)
+    """One vector per contour, as the feature guard reads it (``read_vertices``)."""
+    return read_vertices(picker, surface)[1]
 
 
 def pick_edges(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, float, np.ndarray]:
@@ -167,13 +164,13 @@ def pick_edges(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, flo
     picker's distributions averaged over ``SMOOTH_MM`` of surface (their mean would pull every offset
     towards zero), and the mean distance from it under those distributions. Offsets are 0 where the
     image's end cuts the surface."""
-    probabilities, hidden = read_vertices(picker, vertex_features(surface))
+    probabilities, pooled = read_vertices(picker, surface)
     weights = surface.area * surface.measured
     averaged = smooth_on_mesh(probabilities.astype(np.float64), weights, surface.faces, SMOOTH_MM, surface.edge_mm)
     offsets = peak_position(averaged)
     spread = np.sum(averaged * np.abs(PROFILE_MM[None, :] - offsets[:, None]), axis=1)
     offsets[~surface.measured] = 0.0
-    return offsets, float(np.sum(weights * spread) / np.sum(weights)), _pooled(hidden, surface)
+    return offsets, float(np.sum(weights * spread) / np.sum(weights)), pooled
 
 
 def picked_edge(picker: Picker, image: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> PickedEdge:

@@ -87,11 +87,10 @@ def test_a_nodes_worker_loads_a_picker_folder_as_it_loads_a_network(picker_model
     assert isinstance(loaded, PickerPredictor) and loaded.card.architecture == "edge_picker"
 
 
-@pytest.mark.parametrize("command", ["train", "guard", "calibrate"])
+@pytest.mark.parametrize("command", ["train", "calibrate"])
 def test_commands_that_train_a_network_refuse_a_picker_folder_in_one_line(picker_model, phantom, tmp_path, command):
-    manifest, first, second = phantom / "manifest.csv", picker_model.parent / "case000.csv", picker_model.parent / "case001.csv"
+    manifest = phantom / "manifest.csv"
     arguments = {"train": ["--manifest", manifest, "--out", tmp_path / "m", "--init-from", picker_model, "--quick"],
-                 "guard": ["--fit", first, "--threshold", second, "--model", picker_model],
                  "calibrate": ["--manifest", manifest, "--model", picker_model]}[command]
     result = run_cli(command, *arguments)
     assert result.returncode == 2 and "an edge_picker model, not a network" in result.stderr

@@ -31,9 +31,12 @@ studies classic_fresh classic 12 902
 studies classic_903 classic 12 903
 
 # four pickers on every ROI (scaled references among their training contours) and four more for the
-# rectum (without them); the studies name PELVIS, the other DICOM terms for the region of the five ROIs
+# rectum (without them), and the feature guard (version 3.1: version 3's weights and limits, its feature
+# guard fitted by `contourqa guard --fit synth_train/manifest.csv --threshold synth_held/manifest.csv`,
+# as `contourqa picker` now fits it itself);
+# the studies name PELVIS, the other DICOM terms for the region of the five ROIs
 [ -f picker/model.json ] || contourqa picker --manifest synth_train/manifest.csv --held synth_held/manifest.csv \
-    --cache cache --out picker --name contourqa-pelvis-picker --model-version 3 --seed 0 \
+    --cache cache --out picker --name contourqa-pelvis-picker --model-version 3.1 --seed 0 \
     --members 4 --proportional --unscaled Rectum \
     --body-part ABDOMENPELVIS --body-part BLADDER --body-part PROSTATE --body-part RECTUM
 contourqa evaluate --manifest synth_eval/manifest.csv --model picker --cache cache --json > in-style.json
@@ -46,4 +49,4 @@ contourqa evaluate --manifest classic_903/manifest.csv --model picker --cache ca
 # how much of the error is the picks and how much the voxel count they feed (docs/model.md, "The floor")
 python -m contourqa.training.picker_floor synth_eval/manifest.csv synth_2904/manifest.csv synth_2905/manifest.csv \
     synth_2906/manifest.csv classic_903/manifest.csv --cache cache --model picker > floor.txt
-echo "$WORK/picker: copy model.json and weights.pt to qa_models/picker_model to ship it"
+echo "$WORK/picker: copy model.json, weights.pt and domain.npz to qa_models/picker_model to ship it"
