@@ -78,9 +78,12 @@ def test_a_case_page_shows_each_roi_with_its_contour_drawn_on_the_image(served):
     case_page = body.decode()
     assert status == 200 and "state</th><td class=\"done\">done" in case_page
     assert case_page.count("<img ") == 5 and "screen slice_gaps" in case_page
-    # the default model's guard in its own terms: the edge picker's spread in mm against its limit
-    limit = read_card(default_model_dir()).domain.threshold
-    assert case_page.count("<th>domain</th><td>edge spread ") == 5 and f" mm (limit {limit:.2f} mm): " in case_page
+    # the default model's guards in their own terms: the edge picker's spread in mm against its limit, and
+    # its feature distance against the feature guard's
+    card = read_card(default_model_dir())
+    assert case_page.count("<th>domain</th><td>edge spread ") == 5
+    assert f" mm (limit {card.domain.threshold:.2f} mm); picker feature distance " in case_page
+    assert f" (limit {card.feature_guard.threshold:.1f}): " in case_page
     picture = link + "/roi/1.png"
     status, kind, png = fetch(base + picture)
     assert status == 200 and kind == "image/png"
