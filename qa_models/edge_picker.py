@@ -129,10 +129,11 @@ def moved_surface_dice(surface: ContourSurface, offsets: np.ndarray) -> float:
 class PickedEdge(NamedTuple):
     dice: float  # the Dice against the boundary the picker finds
     spread_mm: float  # how far from that boundary the picker's own distributions reach: wide where no one edge shows
-    features: np.ndarray  # the pickers' last hidden layer pooled over the surface: what the feature guard reads
+    # the pickers' last hidden layer pooled over the surface, what the feature guard reads; None: nothing read
+    features: np.ndarray | None
 
 
-NOT_PICKED = PickedEdge(float("nan"), float("nan"), np.zeros(0, np.float32))
+NOT_PICKED = PickedEdge(float("nan"), float("nan"), None)
 
 
 def read_vertices(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +141,8 @@ def read_vertices(picker: Picker, surface: ContourSurface) -> tuple[np.ndarray, 
     it), and the pooled features: each member's last hidden layer averaged over the measured surface,
     weighted by area, the members side by side (what the feature guard reads)."""
     x = torch.from_numpy(vertex_features(surface))
-    weights = torch.from_numpy((surface.area * surface.measured / np.sum(surface.area * surface.measured))
-                               .astype(np.float32))
+    area = surface.area * surface.measured
+    weights = torch.from_numpy((area / np.sum(area)).astype(np.float32))
     probabilities, pooled = [], []
     with torch.no_grad():
         for member in picker if isinstance(picker, PickerEnsemble) else [picker]:

@@ -35,6 +35,7 @@ RETRAIN = "contourqa picker --manifest SITE.csv --held SITE_HELD.csv"
 MAX_BOUNDARY_FACES = 400_000
 # a surface the image's own ends cut for the most part (an all-ones mask) leaves too little to read
 MIN_MEASURED_SHARE = 0.5
+EMPTY_MASK = PickedEdge(0.0, 0.0, None)  # what an empty mask reads: no surface, so a Dice of 0 and no spread
 
 
 class PickerPredictor(CardPredictor):
@@ -70,22 +71,24 @@ class PickerPredictor(CardPredictor):
         for mask, roi_name in zip(masks, roi_names):
             surface, unreadable = readable_surface(image, mask, spacing)
             if unreadable is not None:  # nothing was read, so the image is not judged either
-                predictions.append(Prediction(0.0, 0.0, 0.0, None, unreadable))
+                predictions.append(Prediction(0.0, 0.0, 0.0, unreadable=unreadable))
                 continue
             # an empty mask scores 0 against any reference, surely
-            picked = PickedEdge(0.0, 0.0, None) if surface is None else picked_edge_of(self.network_for(roi_name), surface)
+            picked = EMPTY_MASK if surface is None else picked_edge_of(self.network_for(roi_name), surface)
             half = self.card.interval_half_width_by_roi.get((roi_name or "").lower(), self.card.interval_half_width or 0.0)
             score = DomainScore(picked.spread_mm, self.spread_limit(roi_name), part, known, SPREAD_MEASURE, " mm",
-                                RETRAIN, *self._feature_distance(picked.features, roi_name))
+                                RETRAIN, **self._feature_distance(picked.features, roi_name))
             dice = picked.dice
             predictions.append(Prediction(dice, max(dice - half, 0.0), min(dice + half, 1.0), score))
         return predictions
 
-    def _feature_distance(self, features: np.ndarray | None, roi_name: str | None) -> tuple[float | None, float | None]:
-        """(distance, threshold) of the feature guard, or (None, None) where the card has none or nothing was read."""
+    def _feature_distance(self, features: np.ndarray | None, roi_name: str | None) -> dict[str, float]:
+        """The feature guard's distance and threshold as ``DomainScore`` takes them; none where the card has
+        no feature guard or nothing was read."""
         if self.guard is None or features is None:
-            return None, None
-        return float(self.guard.distances(features[None], [roi_name])[0]), self.card.feature_guard.threshold
+            return {}
+        return {"feature_distance": float(self.guard.distances(features[None], [roi_name])[0]),
+                "feature_threshold": self.card.feature_guard.threshold}
 
 
 def _picker_for(weights: object, model_dir: Path) -> Picker | PickersByRoi:
