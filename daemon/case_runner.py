@@ -176,7 +176,7 @@ def _finish_done(settings: Settings, sessions: sessionmaker, case: Case, assessm
         dice_low=r.prediction.low if r.prediction else None, dice_high=r.prediction.high if r.prediction else None,
         screens=[s.as_dict() for s in r.screens], warnings=r.warnings, reasons=[why.as_dict() for why in r.reasons],
         domain_score=r.domain.score if r.domain else None, domain_inside=r.domain.inside if r.domain else None,
-        domain_detail=r.domain.detail() if r.domain else None)
+        domain_detail=r.domain.detail() if r.domain else None, unreadable=r.unreadable)
         for r in assessment.rois]
     destination = settings.export.destination_for(case.calling_ae)
     outbox = None if destination is None else OutboxItem(

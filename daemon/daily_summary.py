@@ -142,6 +142,7 @@ def summary_data(session: Session, day: date, thresholds: tuple[float, float] = 
         "assessed": sum(c.state == CaseState.DONE.value for c in finished), "failed_count": len(failed),
         "verdicts": Counter(roi.verdict for _, roi in rows),
         "outside_domain": sum(roi.domain_inside is False for _, roi in rows),
+        "unreadable": sum(roi.unreadable is not None for _, roi in rows),
         "flagged": flagged,
         "rois": [{"name": name, **_distribution(values, name), "trend": _trend(session, day, "roi", name)}
                  for name, values in sorted(by_roi.items())],

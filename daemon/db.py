@@ -131,6 +131,9 @@ class RoiResult(Base):
     domain_score: Mapped[float | None] = mapped_column(Float)
     domain_inside: Mapped[bool | None] = mapped_column(Boolean)
     domain_detail: Mapped[str | None] = mapped_column(String(200))  # the score against its limit, in its own terms
+    # why the model read no surface in the contour (lone voxels, noise ...), so no Dice was given; the image
+    # is not judged, so such a ROI is not counted outside the domain
+    unreadable: Mapped[str | None] = mapped_column(String(200))
     # when the approved version of this auto-contour came back: agreement with it
     real_dice: Mapped[float | None] = mapped_column(Float)
     hd95_mm: Mapped[float | None] = mapped_column(Float)

@@ -330,6 +330,11 @@ def rois_outside_domain(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(RoiResult).where(RoiResult.domain_inside.is_(False))))
 
 
+def rois_unreadable(session: Session) -> int:
+    """ROIs in whose contour the model read no organ's surface (lone voxels, noise ...), so no Dice was given."""
+    return int(session.scalar(select(func.count()).select_from(RoiResult).where(RoiResult.unreadable.is_not(None))))
+
+
 def dead_letters(session: Session) -> list[OutboxItem]:
     return list(session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD.value)
                                 .order_by(OutboxItem.id)))

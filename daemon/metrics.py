@@ -36,6 +36,7 @@ class _DatabaseCollector:
         with self.sessions() as session:
             cases, outbox = ledger.counts_by_state(session)
             outside = ledger.rois_outside_domain(session)
+            unreadable = ledger.rois_unreadable(session)
             failures = ledger.export_failures(session)
             latencies = ledger.latencies_s(session)
         for name, help_text, counts in (("contourqa_cases", "cases by state", cases),
@@ -47,6 +48,8 @@ class _DatabaseCollector:
         yield CounterMetricFamily("contourqa_export_failures", "failed export attempts", value=failures)
         yield CounterMetricFamily("contourqa_rois_outside_domain",
                                   "ROIs whose image lay outside the model's training domain (no Dice given)", value=outside)
+        yield CounterMetricFamily("contourqa_rois_unreadable",
+                                  "ROIs in whose contour the model read no organ's surface (no Dice given)", value=unreadable)
         yield _latency_histogram(latencies)
         depth = GaugeMetricFamily("contourqa_queue_depth", "messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(self.broker_url).items():

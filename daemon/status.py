@@ -75,6 +75,7 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
     with sessions() as session:
         cases, outbox = ledger.counts_by_state(session)
         outside = ledger.rois_outside_domain(session)
+        unreadable = ledger.rois_unreadable(session)
         dead = ledger.dead_letters(session)
         failed = ledger.recent_failures(session)
     from .jobs import last_runs  # the scheduler's modules only when asked
@@ -86,6 +87,7 @@ def status_report(sessions: sessionmaker, broker_url: str | None) -> dict:
         "pending_cases": pending,
         "outbox": outbox,
         "rois_outside_domain": outside,
+        "rois_unreadable": unreadable,
         "dead_letters": [{"id": d.id, "case_id": d.case_id, "destination": d.destination, "attempts": d.attempts,
                           "last_error": d.last_error} for d in dead],
         "recent_failed_cases": [{"case_id": c.case_id, "reason": c.reason} for c in failed],
@@ -99,7 +101,8 @@ def format_status(report: dict) -> str:
              f"pending cases: {report['pending_cases']}  "
              + " ".join(f"{k}={v}" for k, v in report["cases"].items()),
              "outbox:        " + " ".join(f"{k}={v}" for k, v in report["outbox"].items()),
-             f"ROIs outside the model's domain (no Dice given): {report['rois_outside_domain']}"]
+             f"ROIs outside the model's domain (no Dice given): {report['rois_outside_domain']}",
+             f"ROIs whose contour the model could not read (no Dice given): {report['rois_unreadable']}"]
     for item in report["dead_letters"]:
         lines.append(f"dead letter {item['id']}: case {item['case_id']} -> {item['destination']} after "
                      f"{item['attempts']} attempts: {item['last_error']}")

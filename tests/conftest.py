@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -186,3 +187,26 @@ def node_factory(tmp_path):
     yield make
     for node in nodes:
         node.stop()
+
+
+def draw_round_one_voxel(case: Path, roi_name: str) -> None:
+    """Redraw ROI ``roi_name`` of an axial phantom case's reference.dcm as one square of 0.6 pixel round the
+    pixel centre nearest its middle contour's middle: a contour that covers one voxel."""
+    structure = pydicom.dcmread(case / "reference.dcm")
+    number = next(r.ROINumber for r in structure.StructureSetROISequence if r.ROIName == roi_name)
+    roi = next(r for r in structure.ROIContourSequence if r.ReferencedROINumber == number)
+    contour = roi.ContourSequence[len(roi.ContourSequence) // 2]
+    points = np.array(contour.ContourData, dtype=float).reshape(-1, 3)
+    image = pydicom.dcmread(next(p for p in (case / "image").iterdir()
+                                 if abs(float(pydicom.dcmread(p).ImagePositionPatient[2]) - points[0, 2]) < 1e-3))
+    x0, y0 = map(float, image.ImagePositionPatient[:2])
+    row_mm, column_mm = map(float, image.PixelSpacing)
+    centre = [x0 + round((points[:, 0].mean() - x0) / column_mm) * column_mm,
+              y0 + round((points[:, 1].mean() - y0) / row_mm) * row_mm]
+    half = 0.3 * np.array([column_mm, row_mm])
+    corners = [(centre[0] + sx * half[0], centre[1] + sy * half[1], points[0, 2])
+               for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    contour.ContourData = [f"{v:.4f}" for corner in corners for v in corner]
+    contour.NumberOfContourPoints = 4
+    roi.ContourSequence = [contour]
+    structure.save_as(case / "reference.dcm")

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from node_harness import DCMTK_ENV, Destination, Node, approved_copy, clone_study, dcmtk, free_port, send, wait_for
-from conftest import THIGH, require_tool, run_cli
+from conftest import THIGH, draw_round_one_voxel, require_tool, run_cli
 from contourqa.training.cache import load_cases
 from contourqa.training.manifest import read_manifest
 
@@ -88,6 +88,24 @@ def test_an_image_outside_the_models_domain_is_answered_without_a_number(thigh_n
     assert node.status()["rois_outside_domain"] == 1
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert "contourqa_rois_outside_domain_total 1.0" in scraped
+
+
+def test_a_contour_the_model_cannot_read_is_counted_apart_from_the_domain(case_copy, destination, node_factory):
+    """A Prostate drawn round one voxel gets no number because of the contour, not the image: the node counts
+    it as unreadable, not as outside the domain, and the other ROIs keep their numbers."""
+    draw_round_one_voxel(case_copy, "Prostate")
+    metrics_port = free_port()
+    node = node_factory(export={"default_destination": destination.address}, metrics_port=metrics_port).start()
+    sent = send(node.port, case_copy / "image", case_copy / "reference.dcm")
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: destination.received(), 60, "the SR")
+    status = node.status(cli=True)
+    assert status["rois_unreadable"] == 1 and status["rois_outside_domain"] == 0
+    rows = {row["roi"]: row for row in json.loads(run_cli("results", "--json", "--home", node.home).stdout)}
+    assert rows["Prostate"]["predicted_dice"] is None and "read no organ's surface" in rows["Prostate"]["reason"]
+    assert all(row["predicted_dice"] is not None for name, row in rows.items() if name != "Prostate")
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "contourqa_rois_unreadable_total 1.0" in scraped and "contourqa_rois_outside_domain_total 0.0" in scraped
 
 
 def node_running_a_case(phantom, destination, node_factory) -> Node:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import THIGH, one_case_manifest, require_tool, run_cli, set_image_tags
+from conftest import THIGH, draw_round_one_voxel, one_case_manifest, require_tool, run_cli, set_image_tags
 from contourqa.daemon.case_runner import load_predictor as worker_predictor
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.sr_report import INSIDE_DOMAIN
@@ -123,28 +123,7 @@ def test_a_roi_drawn_round_one_voxel_gets_no_number_and_the_others_still_do(case
     """A contour so small that it covers one voxel has no surface to read (the mesh of a lone voxel is
     empty): its number is withheld, not a traceback, with the contour named as the cause (not the image),
     and the rest of the structure set is assessed."""
-    import numpy as np
-    import pydicom
-
-    structure = pydicom.dcmread(case_copy / "reference.dcm")
-    number = next(r.ROINumber for r in structure.StructureSetROISequence if r.ROIName == "Prostate")
-    roi = next(r for r in structure.ROIContourSequence if r.ReferencedROINumber == number)
-    contour = roi.ContourSequence[len(roi.ContourSequence) // 2]
-    points = np.array(contour.ContourData, dtype=float).reshape(-1, 3)
-    image = pydicom.dcmread(next(p for p in (case_copy / "image").iterdir()
-                                 if abs(float(pydicom.dcmread(p).ImagePositionPatient[2]) - points[0, 2]) < 1e-3))
-    x0, y0 = map(float, image.ImagePositionPatient[:2])
-    row_mm, column_mm = map(float, image.PixelSpacing)
-    # the case is axial: a square of 0.6 pixel round the pixel centre nearest the contour's middle
-    centre = [x0 + round((points[:, 0].mean() - x0) / column_mm) * column_mm,
-              y0 + round((points[:, 1].mean() - y0) / row_mm) * row_mm]
-    half = 0.3 * np.array([column_mm, row_mm])
-    corners = [(centre[0] + sx * half[0], centre[1] + sy * half[1], points[0, 2])
-               for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
-    contour.ContourData = [f"{v:.4f}" for corner in corners for v in corner]
-    contour.NumberOfContourPoints = 4
-    roi.ContourSequence = [contour]
-    structure.save_as(case_copy / "reference.dcm")
+    draw_round_one_voxel(case_copy, "Prostate")
     result = run_cli("assess", case_copy / "image", case_copy / "reference.dcm", "--json", "--sr", tmp_path / "sr.dcm")
     assert result.returncode == 0, result.stderr
     rois = {r["name"]: r for r in json.loads(result.stdout)["rois"]}
