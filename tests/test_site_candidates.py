@@ -122,6 +122,9 @@ def test_evaluate_on_a_sites_candidates_withholds_where_the_model_does_not_know_
     text = run_cli("evaluate", "--manifest", tmp_path / "manifest.csv").stdout
     assert ("domain guard: 0.0% of realistic candidates inside (given a number); 100.0% on images naming a body "
             "part the model was not fitted on (EXTREMITY)") in text
+    # the site's expert contour itself gets no number either
+    assert report["references"]["n"] == 1 and report["references"]["given"] == 0
+    assert "reference contours: n=1 given=0\n" in text
     edge = report["baselines"]["edge profile (nothing fitted)"]
     assert (f"baseline edge profile (nothing fitted): n=6 MAE={edge['mae']:.4f} Spearman=" in text
             and f"global accuracy={edge['global_accuracy']:.1%}" in text)

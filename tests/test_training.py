@@ -245,7 +245,8 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phanto
     given = report["realistic_given"]
     assert given["n"] == round(report["domain"]["inside_realistic"] * 80) and set(given) == set(report["realistic"])
     html = html_file.read_text()
-    assert "By ROI" in html and html.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in html
+    by_roi_table = html.split("By ROI", 1)[1].split("</table>", 1)[0]
+    assert by_roi_table.count("<td>Rectum</td>") == 1 and "<th>naive MAE</th>" in by_roi_table
     assert "resampling whole cases" in html
     assert html.count("<circle") == report["realistic"]["n"]
     assert "Error histogram" in html and "CatBoost on clinical columns" in html
@@ -256,6 +257,26 @@ def test_evaluate_reports_metrics_baselines_and_html(evaluation, phantom, phanto
     assert report["model"]["input_shapes"] == [[16, 32, 32]] and "input image+mask at 16x32x32)" in html
     assert "cases rasterised or read from the cache: 2/2" in result.stderr
     assert len(list(phantom_cache.glob("*.npz"))) == 2  # `--cache`: the studies the training rasterised, none again
+
+
+def test_evaluate_reads_each_reference_contour_as_assess_reads_it(evaluation, phantom, quick_model):
+    """The report's reference contours are each study's reference.dcm as `assess` reads it: the number it
+    gives, or none where it withholds it."""
+    report = json.loads(evaluation[0].stdout)
+    readings = []
+    for case in ("case000", "case001"):
+        assessed = run_cli("assess", phantom / case / "image", phantom / case / "reference.dcm", "--model", quick_model,
+                           "--json")
+        assert assessed.returncode == 0, assessed.stderr
+        readings += [(case, roi["name"], roi["predicted_dice"]) for roi in json.loads(assessed.stdout)["rois"]]
+    given = sorted((value, case, roi) for case, roi, value in readings if value is not None)
+    references = report["references"]
+    assert references["n"] == 10 and references["given"] == len(given) > 0
+    assert references["lowest"] == pytest.approx(given[0][0], abs=1e-4)
+    assert references["median"] == pytest.approx(float(np.median([value for value, _, _ in given])), abs=1e-4)
+    assert [(r["case_id"], r["roi"]) for r in references["below"]] == [(case, roi) for value, case, roi in given
+                                                                       if value < references["reads_at_least"]]
+    assert "The reference contours themselves" in evaluation[1].read_text()
 
 
 def test_evaluation_page_renders_in_headless_chromium(evaluation, tmp_path):

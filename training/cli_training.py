@@ -297,6 +297,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                   f"global accuracy={given['global_accuracy']:.1%}")
         for roi, r in report["realistic_by_roi"].items():
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} naive MAE={r['naive_mae']:.4f}")
+        references = report["references"]
+        line = f"reference contours: n={references['n']} given={references['given']}"
+        if references["given"]:
+            line += (f" median={references['median']:.3f} lowest={references['lowest']:.3f}; below "
+                     f"{references['reads_at_least']}: " + (", ".join(f"{r['case_id']} {r['roi']} {r['predicted']:.3f}"
+                                                                    for r in references["below"]) or "none"))
+        print(line)
         if report["domain"]["guard"]:
             d = report["domain"]
             print(f"  domain guard: {d['inside_realistic']:.1%} of realistic candidates inside (given a number)"

@@ -34,6 +34,9 @@ from .progress import progress
 
 log = logging.getLogger(__name__)
 
+# an expert's own contour should read at least this (the issue's target for any style's reference)
+REFERENCE_READS_AT_LEAST = 0.9
+
 
 def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, seed: int) -> np.ndarray | None:
     """Out-of-fold CatBoost predictions from the clinical columns, folds by case; None without clinical columns."""
@@ -96,6 +99,30 @@ def candidate_predictions(predictor: CardPredictor, case: CachedCase,
                                                      body_part=case.body_part))
 
 
+def reference_readings(predictor: CardPredictor, case: CachedCase, body: np.ndarray,
+                       config: AssessConfig) -> list[tuple[str, float | None]]:
+    """Each evaluated ROI's reference contour as the model reads it: (ROI, the number ``assess`` would give,
+    or None where it withholds it). A model that knows the image reads its expert's contour near 1."""
+    names = sorted({c.row.roi for c in case.candidates}, key=str.lower)
+    masks = [case.references[name.lower()] for name in names]
+    predictions = predictor.predict_rois(case.image, case.grid, masks, names, body_part=case.body_part)
+    return [(name, None if withheld_because(p, run_screens(mask, case.grid, name, body, config.screens)) else p.dice)
+            for name, mask, p in zip(names, masks, predictions)]
+
+
+def reference_summary(readings: list[tuple[str, str, float | None]]) -> dict:
+    """How the references (case, ROI, reading) read: how many got a number, their median and lowest, and
+    each below ``REFERENCE_READS_AT_LEAST``."""
+    given = [(case_id, roi, value) for case_id, roi, value in readings if value is not None]
+    values = np.array([value for _, _, value in given])
+    return {"n": len(readings), "given": len(given),
+            "median": float(np.median(values)) if given else None, "lowest": float(values.min()) if given else None,
+            "reads_at_least": REFERENCE_READS_AT_LEAST,
+            "below": [{"case_id": case_id, "roi": roi, "predicted": round(value, 4)}
+                      for case_id, roi, value in sorted(given, key=lambda item: item[2])
+                      if value < REFERENCE_READS_AT_LEAST]}
+
+
 def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig | None = None,
              baseline_trials: int = 20, seed: int = 0, cache_dir: Path | None = None,
              picker_dir: Path | None = None) -> dict:
@@ -107,7 +134,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     picker = PickerPredictor.from_model_folder(model_folder(picker_dir)) if picker_dir else None
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, given, body_part_unknown, edge = [], [], [], [], [], [], [], []
-    picked = []
+    picked, references = [], []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
         for candidate, prediction in candidate_predictions(predictor, case):
@@ -129,6 +156,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             true.append(candidate.dice)
             predicted.append(prediction.dice)
             flagged.append(verdict.value != "accept")
+        # after the candidates, which refuse a ROI or modality the model does not cover
+        references += [(case.case_id, roi, value) for roi, value in reference_readings(predictor, case, body, config)]
     true, predicted, flagged, inside, given = (np.array(values) for values in (true, predicted, flagged, inside, given))
     failure = np.array([r.kind.startswith("failure") for r in ordered_rows])
     realistic = ~failure
@@ -164,6 +193,8 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
                                                                   zip(body_part_unknown, realistic) if keep]))
                    if realistic.any() else None,
                    "unknown_body_parts": sorted({b for b in body_part_unknown if b is not None})},
+        # the expert's own contours: a model should read them near 1 wherever it gives a number
+        "references": reference_summary(references),
         "baselines": {},
         "points": {"true": true.round(4).tolist(), "predicted": predicted.round(4).tolist(),
                    "failure": failure.tolist()},
