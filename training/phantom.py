@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,8 @@ class PhantomSpec:
     slice_spacing_mm: float = 3.0
 
 
-STYLES = ("classic", "synth")
+STYLES = ("classic", "synth", "mrsim")
+CLASSIC_DESCRIPTION = "T2 TSE axial (phantom)"
 
 
 def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: PhantomSpec = PhantomSpec(),
@@ -47,7 +49,8 @@ def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: P
 
     ``classic``: the fixed-contrast T2-like phantom of this module; ``synth``: the randomised style of
     ``synth_style`` (images from label maps with a random appearance per study; ``spec`` gives the
-    matrix and the fewest slices, the spacings are drawn). Study n is drawn from the seed (seed, n)
+    matrix and the fewest slices, the spacings are drawn); ``mrsim``: the classic anatomy imaged by the
+    simulated MR acquisition of ``mrsim_style`` (relaxation times, coils, cut k-space, ghosts). Study n is drawn from the seed (seed, n)
     alone, so ``workers`` processes write the same studies as one (but for their random UIDs)."""
     if style not in STYLES:
         raise ValueError(f"unknown phantom style '{style}' (choose from {', '.join(STYLES)})")
@@ -76,6 +79,10 @@ def _write_study(out_dir: Path, seed: int, spec: PhantomSpec, style: str, case: 
         from .synth_style import generate_case
 
         return generate_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
+    if style == "mrsim":
+        from . import mrsim_style
+
+        return _generate_case(out_dir, case_id, rng, spec, mrsim_style.synthesise_image, mrsim_style.DESCRIPTION)
     return _generate_case(out_dir, case_id, rng, spec)
 
 
@@ -111,26 +118,31 @@ def _to_patient(grid: Grid, loop_uv: np.ndarray, w: float) -> np.ndarray:
     return np.round(grid.to_patient(index), 3)  # as written to ContourData
 
 
+def tissue_plane(u: np.ndarray, v: np.ndarray, height: float, slice_index: int, organs: dict[str, Organ], body: Body,
+                 values: dict[str, float]) -> np.ndarray:
+    """One slice at ``height`` mm, each tissue of ``INTENSITY`` painted with its value in ``values`` (a
+    grey value, or a style's own signal), organs over the body and the prostate's zones last."""
+    in_body, in_muscle = body.tissue(u, v)
+    plane = np.where(in_body, values["fat"], values["air"]).astype(np.float32)
+    plane[in_muscle] = values["muscle"]
+    for name in ("FemoralHead_L", "FemoralHead_R"):
+        plane[organs[name].inside(u, v, height, slice_index)] = values["femoral_head"]
+    plane[organs["Bladder"].inside(u, v, height, slice_index)] = values["bladder"]
+    rectum = organs["Rectum"]
+    plane[rectum.inside(u, v, height, slice_index)] = values["rectum_wall"]
+    plane[replace(rectum, lumen=0.0, scale=rectum.lumen).inside(u, v, height, slice_index)] = values["rectum_lumen"]
+    prostate = organs["Prostate"]
+    in_prostate = prostate.inside(u, v, height, slice_index)
+    peripheral = v > prostate.centre[1] + 0.25 * prostate.semi_axes[1]
+    plane[in_prostate] = values["prostate_tz"]
+    plane[in_prostate & peripheral] = values["prostate_pz"]
+    return plane
+
+
 def _synthesise_image(grid: Grid, organs: dict[str, Organ], body: Body, rng: np.random.Generator) -> np.ndarray:
     """A T2-weighted-like volume: tissue classes, partial volume blur, bias field and Rician noise."""
     uu, vv, w = _frame_coordinates(grid)
-    volume = np.zeros(grid.shape, dtype=np.float32)
-    prostate = organs["Prostate"]
-    for k, height in enumerate(w):
-        in_body, in_muscle = body.tissue(uu, vv)
-        plane = np.where(in_body, INTENSITY["fat"], INTENSITY["air"]).astype(np.float32)
-        plane[in_muscle] = INTENSITY["muscle"]
-        for name in ("FemoralHead_L", "FemoralHead_R"):
-            plane[organs[name].inside(uu, vv, height, k)] = INTENSITY["femoral_head"]
-        plane[organs["Bladder"].inside(uu, vv, height, k)] = INTENSITY["bladder"]
-        rectum = organs["Rectum"]
-        plane[rectum.inside(uu, vv, height, k)] = INTENSITY["rectum_wall"]
-        plane[replace(rectum, lumen=0.0, scale=rectum.lumen).inside(uu, vv, height, k)] = INTENSITY["rectum_lumen"]
-        in_prostate = prostate.inside(uu, vv, height, k)
-        peripheral = vv > prostate.centre[1] + 0.25 * prostate.semi_axes[1]
-        plane[in_prostate] = INTENSITY["prostate_tz"]
-        plane[in_prostate & peripheral] = INTENSITY["prostate_pz"]
-        volume[k] = plane
+    volume = np.stack([tissue_plane(uu, vv, height, k, organs, body, INTENSITY) for k, height in enumerate(w)])
     volume = ndimage.gaussian_filter(volume, sigma=(0.3, 0.8, 0.8))
     a, b = body.semi_axes
     bias = 1 + rng.uniform(-0.15, 0.15) * uu / a + rng.uniform(-0.15, 0.15) * vv / b
@@ -200,14 +212,16 @@ def _field_of_view_box(grid: Grid) -> dict[str, list[tuple[int, list[np.ndarray]
     return {name: box for name in ROI_NAMES}
 
 
-def _generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, spec: PhantomSpec) -> list[dict]:
+def _generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, spec: PhantomSpec,
+                   synthesise: Callable[[Grid, dict[str, Organ], Body, np.random.Generator], np.ndarray] = _synthesise_image,
+                   description: str = CLASSIC_DESCRIPTION) -> list[dict]:
     grid = _case_grid(rng, spec)
     organs = pelvis(rng)
     body = Body((rng.uniform(0.40, 0.45) * spec.field_of_view_mm, rng.uniform(0.28, 0.32) * spec.field_of_view_mm),
                 float(rng.uniform(10, 18)))
     identity = StudyIdentity.new(case_id, rng)
     case_dir = out_dir / case_id
-    images = mr_series_datasets(_synthesise_image(grid, organs, body, rng), grid, identity)
+    images = mr_series_datasets(synthesise(grid, organs, body, rng), grid, identity, description)
     if rng.random() < 0.5:  # descending InstanceNumber, as some scanners number feet-first stacks
         for ds, number in zip(images, range(len(images), 0, -1)):
             ds.InstanceNumber = number
