@@ -13,7 +13,8 @@
 # it is evaluated in-style on 32 more (seeds 2901, 2904, 2905 and 2906) and across styles on the
 # classic phantom, a style it never saw: seed 901, on which the rectum's picker of its own (--unscaled
 # Rectum) was chosen, seed 902, seen when the spread limit's quantile (99 %) was chosen, and seed 903,
-# which no choice has used and whose report is recorded in its card.
+# which no choice has used and whose report is recorded in its card; and on the mrsim style (seed 904),
+# written after the model was shipped.
 set -euo pipefail
 WORK=${1:-/tmp/cqa_picker}
 mkdir -p "$WORK"
@@ -29,6 +30,7 @@ for seed in 2904 2905 2906; do studies synth_$seed synth 8 $seed; done
 studies classic_eval classic 12 901
 studies classic_fresh classic 12 902
 studies classic_903 classic 12 903
+studies mrsim_904 mrsim 12 904  # a third style: the classic anatomy through a simulated MR acquisition
 
 # four pickers on every ROI (scaled references among their training contours) and four more for the
 # rectum (without them), and the feature guard (version 3.1: version 3's weights and limits, its feature
@@ -46,6 +48,7 @@ done
 contourqa evaluate --manifest classic_eval/manifest.csv --model picker --cache cache --json > cross-style-901.json
 contourqa evaluate --manifest classic_fresh/manifest.csv --model picker --cache cache --json > cross-style-902.json
 contourqa evaluate --manifest classic_903/manifest.csv --model picker --cache cache --json --record > cross-style.json
+contourqa evaluate --manifest mrsim_904/manifest.csv --model picker --cache cache --json > cross-style-mrsim.json
 # how much of the error is the picks and how much the voxel count they feed (docs/model.md, "The floor")
 python -m contourqa.training.picker_floor synth_eval/manifest.csv synth_2904/manifest.csv synth_2905/manifest.csv \
     synth_2906/manifest.csv classic_903/manifest.csv --cache cache --model picker > floor.txt
