@@ -16,6 +16,7 @@ import numpy as np
 
 from contourqa.qa_models.geometry import Grid
 
+from .phantom import tissue_plane
 from .phantom_anatomy import Body, Organ
 
 # proton density (relative to water) and T1 and T2 (ms) per tissue of the classic phantom, of the order
@@ -95,8 +96,6 @@ class Acquisition:
 
 def synthesise_image(grid: Grid, organs: dict[str, Organ], body: Body, rng: np.random.Generator) -> np.ndarray:
     """The volume (uint16, [k, j, i]) of one study on ``grid``."""
-    from .phantom import tissue_plane  # the classic phantom's painter of its tissues
-
     depth, rows, columns = grid.shape
     signal = spin_echo_signal(str(rng.choice(list(SEQUENCES))), rng)
     u = (np.arange(2 * columns) - (2 * columns - 1) / 2) * grid.spacing[0] / 2

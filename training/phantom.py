@@ -7,8 +7,8 @@ Everything is drawn from one seed, so a study set is reproducible from its comma
 from __future__ import annotations
 
 import csv
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -50,8 +50,9 @@ def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: P
     ``classic``: the fixed-contrast T2-like phantom of this module; ``synth``: the randomised style of
     ``synth_style`` (images from label maps with a random appearance per study; ``spec`` gives the
     matrix and the fewest slices, the spacings are drawn); ``mrsim``: the classic anatomy imaged by the
-    simulated MR acquisition of ``mrsim_style`` (relaxation times, coils, cut k-space, ghosts). Study n is drawn from the seed (seed, n)
-    alone, so ``workers`` processes write the same studies as one (but for their random UIDs)."""
+    simulated MR acquisition of ``mrsim_style`` (relaxation times, coils, cut k-space, ghosts). Study n is
+    drawn from the seed (seed, n) alone, so ``workers`` processes write the same studies as one (but for
+    their random UIDs)."""
     if style not in STYLES:
         raise ValueError(f"unknown phantom style '{style}' (choose from {', '.join(STYLES)})")
     out_dir = Path(out_dir)
