@@ -79,11 +79,7 @@ def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifes
                                       "candidates": len(held)})
     guard.save(model_dir)
     write_card(predictor.card.model_copy(update={"domain": card}), model_dir)
-    fit_distances = guard.distances(features, names)
-    return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": threshold,
-            "fit_median": float(np.median(fit_distances)), "held_median": float(np.median(held_distances)),
-            "held_inside": float((held_distances <= threshold).mean()), "held_cases": len(set(held_ids)),
-            "body_parts": body_parts}
+    return _measured(guard, features, names, held_distances, threshold, len(set(held_ids)), body_parts)
 
 
 def _fit_picker_guard(model_dir: Path, fit_manifest: str | Path, threshold_manifest: str | Path, fit_rows: list,
@@ -95,17 +91,24 @@ def _fit_picker_guard(model_dir: Path, fit_manifest: str | Path, threshold_manif
 
     predictor = PickerPredictor.from_model_folder(model_dir)
     fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
-    features, names = pooled_rows(predictor.network, fit_cases, "training contours read for the feature guard")
+    features, names = pooled_rows(predictor.network, fit_cases, "training contours")
     guard = DomainGuard.fit(features, names)
-    held, held_names = pooled_rows(predictor.network, held_cases, "held-out contours read for the feature guard")
+    held, held_names = pooled_rows(predictor.network, held_cases, "held-out contours")
     body_parts = predictor.card.domain.body_parts
     card = feature_guard_card(guard, held, held_names, Path(fit_manifest).name, len(fit_cases),
                               Path(threshold_manifest).name, len(held_cases), body_parts, quantile)
     guard.save(model_dir)
     write_card(predictor.card.model_copy(update={"feature_guard": card}), model_dir)
-    held_distances = guard.distances(held, held_names)
-    return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": card.threshold,
+    return _measured(guard, features, names, guard.distances(held, held_names), card.threshold, len(held_cases),
+                     body_parts)
+
+
+def _measured(guard: DomainGuard, features: np.ndarray, names: list[str], held_distances: np.ndarray,
+              threshold: float, held_cases: int, body_parts: list[str]) -> dict:
+    """What `contourqa guard` reports of a guard it fitted: its size, threshold and the distances' medians,
+    and the share of the held-out candidates inside."""
+    return {"features": int(features.shape[1]), "fit_candidates": len(features), "threshold": threshold,
             "fit_median": float(np.median(guard.distances(features, names))),
             "held_median": float(np.median(held_distances)),
-            "held_inside": float((held_distances <= card.threshold).mean()), "held_cases": len(held_cases),
+            "held_inside": float((held_distances <= threshold).mean()), "held_cases": held_cases,
             "body_parts": body_parts}

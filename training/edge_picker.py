@@ -108,16 +108,17 @@ def _member_counts(picker: Picker | PickersByRoi) -> set[int]:
     return {len(p) if isinstance(p, PickerEnsemble) else 1 for p in pickers}
 
 
-def pooled_rows(picker: Picker | PickersByRoi, cases: list[CachedCase], what: str) -> tuple[np.ndarray, list[str]]:
-    """The pooled features (rows) and the ROI of every realistic candidate with a surface."""
+def pooled_rows(picker: Picker | PickersByRoi, cases: list[CachedCase], contours: str) -> tuple[np.ndarray, list[str]]:
+    """The pooled features (rows) and the ROI of every realistic candidate with a surface; ``contours`` names
+    them in the progress and the error ("training contours", "held-out contours")."""
     features, rois = [], []
-    for case, candidate, mask in realistic_masks(progress(cases, what)):
+    for case, candidate, mask in realistic_masks(progress(cases, f"{contours} read for the feature guard")):
         surface = contour_surface(case.image, mask, np.asarray(case.grid.spacing[::-1], dtype=float))
         if surface is not None:
             features.append(pooled_features(picker_for_roi(picker, candidate.row.roi), surface))
             rois.append(candidate.row.roi)
     if not features:
-        raise InputError(f"no realistic candidate with a surface among the {what.split(' read')[0]}")
+        raise InputError(f"no realistic candidate with a surface among the {contours}")
     return np.stack(features), rois
 
 
@@ -125,7 +126,7 @@ def feature_guard(picker: Picker | PickersByRoi, cases: list[CachedCase]) -> Dom
     """The feature guard fitted on the pooled features of every realistic training contour: a contour of an
     image the pickers never learned reads far from all of them (a classic-trained picker put synth studies
     at a median distance of 120 against 15 for its own style's, docs/model.md)."""
-    return DomainGuard.fit(*pooled_rows(picker, cases, "training contours read for the feature guard"))
+    return DomainGuard.fit(*pooled_rows(picker, cases, "training contours"))
 
 
 def feature_guard_card(guard: DomainGuard, held_features: np.ndarray, held_rois: list[str], trained_on: str,

@@ -60,8 +60,7 @@ def _base_dataset(identity: StudyIdentity, sop_class_uid: str, sop_instance_uid:
     return ds
 
 
-def mr_series_datasets(volume: np.ndarray, grid: Grid, identity: StudyIdentity,
-                       description: str = "T2 TSE axial (phantom)") -> list[Dataset]:
+def mr_series_datasets(volume: np.ndarray, grid: Grid, identity: StudyIdentity, description: str) -> list[Dataset]:
     """One MR Image dataset per slice k of ``volume`` (uint16, [k, j, i])."""
     series_uid = generate_uid()
     datasets = []
