@@ -22,10 +22,11 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     phantom.add_argument("--size", type=int, nargs=3, metavar=("ROWS", "COLUMNS", "SLICES"), default=(320, 320, 28),
                          help="image matrix (default 320 320 28; synth: the fewest slices, spacings are drawn)")
-    phantom.add_argument("--style", choices=("classic", "synth", "mrsim"), default="classic",
+    phantom.add_argument("--style", choices=("classic", "synth", "mrsim", "fse"), default="classic",
                          help="classic: fixed T2-like contrast; synth: a random contrast, texture, resolution and "
                               "noise per study, from label maps; mrsim: the classic anatomy through a simulated MR "
-                              "acquisition (relaxation times, receive coils, cut k-space, ghosts) (default classic)")
+                              "acquisition (relaxation times, receive coils, cut k-space, ghosts); fse: an anatomy of its own "
+                              "as a turbo spin echo, the reference drawn as polygons (default classic)")
     phantom.add_argument("--workers", type=int, default=1, metavar="N",
                          help="processes writing studies at once (default 1); the studies are the same")
     phantom.set_defaults(run=_run_phantom)

@@ -39,7 +39,7 @@ class PhantomSpec:
     slice_spacing_mm: float = 3.0
 
 
-STYLES = ("classic", "synth", "mrsim")
+STYLES = ("classic", "synth", "mrsim", "fse")
 CLASSIC_DESCRIPTION = "T2 TSE axial (phantom)"
 
 
@@ -50,7 +50,9 @@ def generate_phantom_studies(out_dir: str | Path, cases: int, seed: int, spec: P
     ``classic``: the fixed-contrast T2-like phantom of this module; ``synth``: the randomised style of
     ``synth_style`` (images from label maps with a random appearance per study; ``spec`` gives the
     matrix and the fewest slices, the spacings are drawn); ``mrsim``: the classic anatomy imaged by the
-    simulated MR acquisition of ``mrsim_style`` (relaxation times, coils, cut k-space, ghosts). Study n is
+    simulated MR acquisition of ``mrsim_style`` (relaxation times, coils, cut k-space, ghosts); ``fse``: a
+    fourth anatomy of its own imaged as a turbo spin echo and contoured as an expert draws (``fse_style``;
+    ``spec`` gives the matrix and the fewest slices). Study n is
     drawn from the seed (seed, n) alone, so ``workers`` processes write the same studies as one (but for
     their random UIDs)."""
     if style not in STYLES:
@@ -80,6 +82,10 @@ def _write_study(out_dir: Path, seed: int, spec: PhantomSpec, style: str, case: 
         from .synth_style import generate_case
 
         return generate_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
+    if style == "fse":
+        from .fse_style import generate_case as generate_fse_case
+
+        return generate_fse_case(out_dir, case_id, rng, spec.rows, spec.columns, spec.slices)
     if style == "mrsim":
         from . import mrsim_style
 

@@ -263,6 +263,14 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
     masks = {name: np.isin(labels, [LABEL[t] for t in tissues]) for name, tissues in definitions.items()}
     save(rtstruct_dataset(images, identity, {n: trace(m, grid) for n, m in masks.items()}, "Reference"),
          case_dir / "reference.dcm")
+    return write_candidates(case_dir, case_id, images, identity, masks, grid, rng)
+
+
+def write_candidates(case_dir: Path, case_id: str, images: list[Dataset], identity: StudyIdentity,
+                     masks: dict[str, np.ndarray], grid: Grid, rng: np.random.Generator) -> list[dict]:
+    """A study's candidates beside its image and reference.dcm: ``CANDIDATES_PER_CASE`` structure sets
+    of realistic errors of ``masks`` (the first also as a SEG) and the constructed failures; its
+    manifest rows."""
     prostate_ml = float(masks["Prostate"].sum()) * grid.voxel_volume_ml
     clinical = {"age": identity.patient_age, "psa": round(float(rng.lognormal(np.log(7), 0.5)), 1),
                 "prostate_volume_ml": round(prostate_ml, 2)}
