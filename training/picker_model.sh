@@ -2,7 +2,7 @@
 # Rebuilds the shipped default model, the edge picker (qa_models/picker_model), and measures it in-style
 # and across styles. Usage: bash training/picker_model.sh [WORK_DIR]   (default /tmp/cqa_picker)
 #
-# Measured on the 2-core CPU (beside other jobs): the 116 phantom studies about 25 min; the picker about
+# Measured on the 2-core CPU (beside other jobs): the 128 phantom studies about 30 min; the picker about
 # 12 min for version 3 (2026-12-07: rasterising 48 studies into the cache, reading 640,000 vertices twice
 # over, eight pickers of 10 epochs each); each evaluation 5-8 min with its CatBoost baseline; the floor
 # 15 min. The studies and the picker are skipped where they exist, so the script resumes; the
@@ -13,8 +13,8 @@
 # it is evaluated in-style on 32 more (seeds 2901, 2904, 2905 and 2906) and across styles on the
 # classic phantom, a style it never saw: seed 901, on which the rectum's picker of its own (--unscaled
 # Rectum) was chosen, seed 902, seen when the spread limit's quantile (99 %) was chosen, and seed 903,
-# which no choice has used and whose report is recorded in its card; and on the mrsim style (seed 904),
-# written after the model was shipped.
+# which no choice has used and whose report is recorded in its card; and on two styles written after the
+# model was shipped: mrsim (seed 904) and fse (seed 905, an anatomy of its own as well, 320x320).
 set -euo pipefail
 WORK=${1:-/tmp/cqa_picker}
 mkdir -p "$WORK"
@@ -31,6 +31,8 @@ studies classic_eval classic 12 901
 studies classic_fresh classic 12 902
 studies classic_903 classic 12 903
 studies mrsim_904 mrsim 12 904  # a third style: the classic anatomy through a simulated MR acquisition
+# a fourth, unlike all three in anatomy too, at a prostate scan's matrix (about 4 min with --workers 2)
+[ -f fse_905/manifest.csv ] || contourqa phantom fse_905 --style fse --cases 12 --seed 905 --workers 2
 
 # four pickers on every ROI (scaled references among their training contours) and four more for the
 # rectum (without them), and the feature guard (version 3.1: version 3's weights and limits, its feature
@@ -49,6 +51,7 @@ contourqa evaluate --manifest classic_eval/manifest.csv --model picker --cache c
 contourqa evaluate --manifest classic_fresh/manifest.csv --model picker --cache cache --json > cross-style-902.json
 contourqa evaluate --manifest classic_903/manifest.csv --model picker --cache cache --json --record > cross-style.json
 contourqa evaluate --manifest mrsim_904/manifest.csv --model picker --cache cache --json > cross-style-mrsim.json
+contourqa evaluate --manifest fse_905/manifest.csv --model picker --cache cache --json > cross-style-fse.json
 # how much of the error is the picks and how much the voxel count they feed (docs/model.md, "The floor")
 python -m contourqa.training.picker_floor synth_eval/manifest.csv synth_2904/manifest.csv synth_2905/manifest.csv \
     synth_2906/manifest.csv classic_903/manifest.csv --cache cache --model picker > floor.txt
