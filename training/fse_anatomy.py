@@ -118,13 +118,13 @@ def pelvis(space: Space, rng: np.random.Generator) -> tuple[np.ndarray, dict[str
     """A label map (uint8, ``TISSUES``) of one pelvis and each ROI's mask."""
     z, y, x = space.grids()
     labels = np.full(space.shape, TISSUE["air"], dtype=np.uint8)
-    # the body: hips and buttocks as a blob over an oval, skin, then a layer of fat
+    # the body: the same outline on every slice, skin, then a layer of fat
     half_width, half_depth = rng.uniform(160, 195), rng.uniform(110, 135)
     centre_y = rng.uniform(15, 30)
     power = rng.uniform(2.2, 3.2)  # between an oval and a rounded box
     body = (np.abs(x[0] / half_width) ** power + np.abs((y[0] - centre_y) / half_depth) ** power) < 1
-    body_depth = ndimage.distance_transform_edt(body, sampling=space.step[1:])[None] + 0 * z
-    labels[(body_depth > 0)] = TISSUE["skin"]
+    body_depth = np.broadcast_to(ndimage.distance_transform_edt(body, sampling=space.step[1:]), space.shape)
+    labels[body_depth > 0] = TISSUE["skin"]
     labels[body_depth > rng.uniform(1.5, 2.5)] = TISSUE["fat"]
     deep = body_depth > rng.uniform(15, 45)
 
