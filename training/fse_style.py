@@ -41,7 +41,6 @@ APPEARANCE = {
 }
 TIMING = {"t2": ("4500", "105"), "t2_fatsat": ("5000", "90"), "t1": ("600", "11")}  # TR and TE written, ms
 FAT_FRACTION = {"fat": 0.95, "marrow": 0.6, "femoral_head": 0.6, "skin": 0.3}
-DESCRIPTION = "t2/t1 tse axial (fse phantom)"
 
 
 def _acquisition(rng: np.random.Generator, rows: int, columns: int, min_slices: int) -> tuple[Grid, float]:
