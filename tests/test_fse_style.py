@@ -10,7 +10,7 @@ from conftest import run_cli
 from contourqa.qa_models.polygon_fill import fill_polygons
 from contourqa.qa_models.series import load_series
 from contourqa.reporting.overlap import dice
-from contourqa.training.fse_anatomy import TISSUES, Space, blob, pelvis
+from contourqa.training.fse_anatomy import ROI_TISSUES, TISSUES, Space, blob, pelvis
 from contourqa.training.fse_style import SUB_PLANES, _acquisition, _fine_space, drawn_outline, tissue_signal
 from contourqa.training.phantom import PhantomSpec, generate_phantom_studies
 
@@ -54,8 +54,10 @@ def test_the_organs_have_adult_sizes_and_do_not_overlap():
         total = sum(mask.astype(int) for mask in masks.values())
         assert total.max() == 1
         # the label map paints each ROI with its own tissues: what the image shows is what is contoured
-        prostate = np.isin(labels, [TISSUES.index(t) for t in ("prostate_central", "prostate_peripheral", "nodule")])
-        assert np.array_equal(prostate, masks["Prostate"])
+        for name in ("Prostate", "Bladder", "Rectum"):
+            assert np.array_equal(np.isin(labels, [TISSUES.index(t) for t in ROI_TISSUES[name]]), masks[name]), name
+        heads = labels == TISSUES.index("femoral_head")
+        assert np.array_equal(heads, masks["FemoralHead_L"] | masks["FemoralHead_R"])
 
 
 def test_the_reference_is_drawn_as_a_smooth_polygon_that_fills_back_to_the_organ():
