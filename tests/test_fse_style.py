@@ -2,6 +2,7 @@
 expert draws it."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -102,3 +103,36 @@ def test_the_style_is_chosen_on_the_command_line_and_writes_every_kind_of_candid
     first = image.datasets[0]
     assert first.SeriesDescription.endswith("tse axial (fse phantom)")
     assert float(first.SliceThickness) <= float(first.SpacingBetweenSlices)  # a gap between slices, or none
+
+
+def test_evaluate_breaks_the_figures_down_by_series_description(tmp_path):
+    """A site's studies mix protocols; the fse T2 reads worse than its T1, so evaluate says so per series."""
+    for style in ("classic", "fse"):
+        result = run_cli("phantom", tmp_path / style, "--style", style, "--cases", "1", "--size", "64", "64", "8")
+        assert result.returncode == 0, result.stderr
+    rows = [{**row, **{key: f"{style}/{row[key]}" for key in ("image", "reference", "candidate")},
+             "case_id": f"{style}-{row['case_id']}"}
+            for style in ("classic", "fse") for row in csv.DictReader(open(tmp_path / style / "manifest.csv"))]
+    with open(tmp_path / "both.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    common = ("--manifest", tmp_path / "both.csv", "--baseline-trials", "1", "--cache", tmp_path / "cache")
+    result = run_cli("evaluate", *common, "--json", "--html", tmp_path / "report.html")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    descriptions = {style: load_series(tmp_path / style / "case000" / "image").datasets[0].SeriesDescription
+                    for style in ("classic", "fse")}
+    by_series = report["realistic_by_series"]
+    assert set(by_series) == set(descriptions.values())
+    for style, description in descriptions.items():
+        realistic = [r for r in rows if r["case_id"].startswith(style) and not r["kind"].startswith("failure")]
+        assert by_series[description]["n"] == len(realistic)
+    total = report["realistic"]["n"]
+    assert sum(g["mae"] * g["n"] for g in by_series.values()) / total == pytest.approx(report["realistic"]["mae"])
+    given = report["realistic_given"].get("n", 0) / total
+    assert sum(g["given"] * g["n"] for g in by_series.values()) / total == pytest.approx(given)
+    table = (tmp_path / "report.html").read_text().split("By series description", 1)[1].split("</table>", 1)[0]
+    assert all(f"<td>{description}</td>" in table for description in descriptions.values())
+    text = run_cli("evaluate", *common)
+    assert text.returncode == 0 and f"series '{descriptions['fse']}': n=" in text.stdout, text.stderr

@@ -299,6 +299,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                   f"global accuracy={given['global_accuracy']:.1%}")
         for roi, r in report["realistic_by_roi"].items():
             print(f"  {roi}: n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} naive MAE={r['naive_mae']:.4f}")
+        if len(report["realistic_by_series"]) > 1:
+            for name, r in report["realistic_by_series"].items():
+                print(f"  series '{name}': n={r['n']} MAE={r['mae']:.4f} bias={r['bias']:+.4f} given={r['given']:.1%}")
         references = report["references"]
         line = f"reference contours: n={references['n']} given={references['given']}"
         if references["given"]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict, withheld_because
 from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # an expert's own contour should read at least this (the issue's target for any style's reference)
 REFERENCE_READS_AT_LEAST = 0.9
+NO_DESCRIPTION = "(no series description)"
 
 
 def _clinical_baseline(rows: list[ManifestRow], true: np.ndarray, trials: int, seed: int) -> np.ndarray | None:
@@ -110,6 +113,26 @@ def reference_readings(predictor: CardPredictor, case: CachedCase, body: np.ndar
             for name, mask, p in zip(names, masks, predictions)]
 
 
+def series_description(image: Path) -> str:
+    """The Series Description of a case's image (a folder of slices, or one file), from the first readable
+    header: the protocol a site knows its scans by, so a model weak on one protocol shows as such."""
+    for path in sorted(p for p in image.iterdir() if p.is_file()) if image.is_dir() else [image]:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        return str(header.get("SeriesDescription", "")).strip() or NO_DESCRIPTION
+    return NO_DESCRIPTION
+
+
+def metrics_by_series(true: np.ndarray, predicted: np.ndarray, given: np.ndarray, series: list[str]) -> dict:
+    """Count, MAE and bias per series description, with the share of candidates given a number."""
+    groups = metrics_by_group(true, predicted, series)
+    for name, group in groups.items():
+        group["given"] = float(given[np.array(series) == name].mean())
+    return groups
+
+
 def reference_summary(readings: list[tuple[str, str, float | None]]) -> dict:
     """How the references (case, ROI, reading) read: how many got a number, their median and lowest, and
     each below ``REFERENCE_READS_AT_LEAST``."""
@@ -134,9 +157,10 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
     picker = PickerPredictor.from_model_folder(model_folder(picker_dir)) if picker_dir else None
     cases = load_cases(rows, cache_dir)
     ordered_rows, true, predicted, flagged, inside, given, body_part_unknown, edge = [], [], [], [], [], [], [], []
-    picked, references = [], []
+    picked, references, series = [], [], []
     for case in progress(cases, "cases evaluated"):
         body = body_mask(case.image, case.modality)
+        description = series_description(case.candidates[0].row.image)
         for candidate, prediction in candidate_predictions(predictor, case):
             mask = candidate.mask  # unpacked from its bits at every read: once here
             if not candidate.row.kind.startswith("failure"):  # one surface for the edge profile and the picker
@@ -153,6 +177,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             known = prediction.domain.body_part_known if prediction.domain else None
             body_part_unknown.append(prediction.domain.body_part if known is False else None)
             ordered_rows.append(candidate.row)
+            series.append(description)
             true.append(candidate.dice)
             predicted.append(prediction.dice)
             flagged.append(verdict.value != "accept")
@@ -175,6 +200,9 @@ def evaluate(manifest: str | Path, model_dir: str | Path, config: AssessConfig |
             true[realistic], predicted[realistic], [r.case_id for r in realistic_rows],
             seed=seed, flag_below=config.reject_below, accept_above=config.review_below) if realistic.any() else {},
         "realistic_by_roi": metrics_by_group(true[realistic], predicted[realistic], [r.roi for r in realistic_rows]),
+        # per protocol: a model may hold on one sequence of a site and not on another (docs/model.md, fse)
+        "realistic_by_series": metrics_by_series(true[realistic], predicted[realistic], given[realistic],
+                                                 [d for d, keep in zip(series, realistic) if keep]),
         # the candidates assess gives a number (inside the domain, on their organ), as a user sees them
         "realistic_given": regression_metrics(true[realistic & given], predicted[realistic & given],
                                               config.reject_below, config.review_below) if (realistic & given).any() else {},
