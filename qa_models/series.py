@@ -108,8 +108,12 @@ def load_series(folder: str | Path, referenced_frames: set[tuple[str, int]] | No
                          "then the RTSTRUCT or SEG file)")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return load_series_files(files, str(folder), referenced_frames)
+    return load_series_files(series_files(folder), str(folder), referenced_frames)
+
+
+def series_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively, hidden ones left out), sorted: what ``load_series`` reads."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def load_series_files(files: Sequence[Path], source: str,

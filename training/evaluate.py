@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from contourqa.qa_models.assessment import AssessConfig, combined_verdict, withheld_because
 from contourqa.qa_models.edge_picker import NOT_PICKED, picked_edge_of
@@ -25,6 +23,7 @@ from contourqa.qa_models.edge_surface import contour_surface
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import CardPredictor, Prediction, load_predictor, model_folder, read_card, write_card
 from contourqa.qa_models.screens import body_mask, run_screens
+from contourqa.qa_models.series import read_dicom, series_files
 from contourqa.reporting import charts
 from contourqa.reporting.agreement import case_bootstrap_intervals, metrics_by_group, regression_metrics
 from contourqa.reporting.html import render_page
@@ -114,22 +113,17 @@ def reference_readings(predictor: CardPredictor, case: CachedCase, body: np.ndar
 
 
 def series_description(image: Path) -> str:
-    """The Series Description of a case's image (a folder of slices, or one file), from the first readable
-    header: the protocol a site knows its scans by, so a model weak on one protocol shows as such."""
-    for path in sorted(p for p in image.iterdir() if p.is_file()) if image.is_dir() else [image]:
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
-            continue
-        return str(header.get("SeriesDescription", "")).strip() or NO_DESCRIPTION
-    return NO_DESCRIPTION
+    """The Series Description of a case's image folder, from the first file ``load_series`` read there: the
+    protocol a site knows its scans by, so a model weak on one protocol shows as such."""
+    header = read_dicom(series_files(image)[0], stop_before_pixels=True)
+    return str(header.get("SeriesDescription", "")).strip() or NO_DESCRIPTION
 
 
 def metrics_by_series(true: np.ndarray, predicted: np.ndarray, given: np.ndarray, series: list[str]) -> dict:
     """Count, MAE and bias per series description, with the share of candidates given a number."""
-    groups = metrics_by_group(true, predicted, series)
+    groups, series = metrics_by_group(true, predicted, series), np.asarray(series)
     for name, group in groups.items():
-        group["given"] = float(given[np.array(series) == name].mean())
+        group["given"] = float(given[series == name].mean())
     return groups
 
 

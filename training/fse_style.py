@@ -170,11 +170,10 @@ def generate_case(out_dir: Path, case_id: str, rng: np.random.Generator, rows: i
     volume, sequence = synthesise_image(labels, space, grid, thickness, rng)
     identity = StudyIdentity.new(case_id, rng)
     images = mr_series_datasets(volume, grid, identity, description=f"{sequence} tse axial (fse phantom)")
+    case_dir = out_dir / case_id
     for ds in images:
         ds.SliceThickness = f"{thickness:.2f}"
         ds.RepetitionTime, ds.EchoTime = TIMING[sequence]
-    case_dir = out_dir / case_id
-    for ds in images:
         save(ds, case_dir / "image" / f"{rng.integers(16**8):08x}.dcm")
     centre = SUB_PLANES // 2
     masks = {name: fine[centre::SUB_PLANES] for name, fine in fine_masks.items()}  # each slice's centre plane
