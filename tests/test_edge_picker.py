@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 from contourqa.qa_models.edge_picker import (EdgePicker, PickerEnsemble, PickersByRoi, moved_surface_dice,
                                              picked_edge, vertex_features)
 from contourqa.qa_models.edge_surface import contour_surface
+from contourqa.qa_models.domain import DomainGuard
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.geometry import Grid
 from contourqa.qa_models.picker_predictor import PickerPredictor
@@ -143,7 +144,7 @@ def model_dir(tmp_path_factory) -> Path:
     features, offsets, _ = training_vertices(cases, per_candidate=600)
     network = train_pickers(features, offsets, members=2, epochs=15)
     folder = tmp_path_factory.mktemp("picker") / "model"
-    write_picker_model(folder, network, (Path("spheres.csv"), cases), (Path("held.csv"), [_case(_organ(90, 8, 2), "held")]),
+    write_picker_model(folder, network, (Path("spheres.csv"), cases), [(Path("held.csv"), [_case(_organ(90, 8, 2), "held")])],
                        len(offsets), 0, "spheres", "1", ["whole body"])
     return folder
 
@@ -258,7 +259,7 @@ def test_a_roi_with_a_picker_of_its_own_reads_with_it_and_is_judged_by_its_own_s
     ensemble = model.network
     by_roi = PickersByRoi({PickersByRoi.DEFAULT: ensemble, "organ": ensemble[0]})
     held = [_case(_organ(90, 8, 2), "held")]
-    card = write_picker_model(tmp_path / "model", by_roi, (Path("spheres.csv"), held), (Path("held.csv"), held),
+    card = write_picker_model(tmp_path / "model", by_roi, (Path("spheres.csv"), held), [(Path("held.csv"), held)],
                               1, 0, "spheres", "1")
     assert set(card.spread_limit_by_roi) == {"organ"}
     loaded = load_predictor(tmp_path / "model")
@@ -301,13 +302,39 @@ def test_it_is_sure_where_the_image_shows_the_boundary_and_withholds_where_it_do
 
 
 def test_held_out_studies_set_the_spread_limit_and_the_interval_overall_and_per_roi(picker):
-    few = held_out_figures(picker, [_case(_organ(90, 8, 2), "held")])  # 6 candidates: too few for their own
+    few = held_out_figures(picker, [[_case(_organ(90, 8, 2), "held")]])  # 6 candidates: too few for their own
     assert few.candidates == 6 and few.half_width_by_roi == {} and 0 < few.half_width < 0.1
     cases = [_case(_organ(90, 8, seed), f"held{seed}") for seed in range(10, 10 + -(-MIN_PER_ROI // 6))]
-    enough = held_out_figures(picker, cases)
+    enough = held_out_figures(picker, [cases])
     assert set(enough.half_width_by_roi) == {"organ"}
     assert enough.half_width_by_roi["organ"] == pytest.approx(enough.half_width, abs=1e-4)  # one ROI: the same
     assert enough.spread_limit > 0
+
+
+def _spreads(picker, cases: list) -> np.ndarray:
+    return np.array([picked_edge(picker, case.image, candidate.mask, SPACING).spread_mm
+                     for case in cases for candidate in case.candidates])
+
+
+def test_held_out_styles_each_stay_inside_the_limits_set_on_them_together(picker, tmp_path):
+    """A picker trained on two styles is held out on both: its limits are the larger style's own, where the
+    quantile of the pooled sets would let the sharper style pull them below what the fainter one needs."""
+    sharp = [_case(_organ(120, 2, seed), f"sharp{seed}") for seed in (20, 21)]
+    faint = [_case(_organ(40, 14, seed), f"faint{seed}") for seed in (22, 23)]
+    sharp_spreads, faint_spreads = _spreads(picker, sharp), _spreads(picker, faint)
+    assert np.median(faint_spreads) > np.median(sharp_spreads)  # the styles differ as the test needs
+    both = held_out_figures(picker, [sharp, faint])
+    assert both.spread_limit == pytest.approx(np.quantile(faint_spreads, 0.99))
+    assert both.spread_limit > np.quantile(np.concatenate([sharp_spreads, faint_spreads]), 0.99)
+    assert both.candidates == 24 and both.sets.tolist() == [0] * 12 + [1] * 12
+    card = write_picker_model(tmp_path / "model", picker, (Path("spheres.csv"), sharp),
+                              [(Path("a/sharp.csv"), sharp), (Path("b/faint.csv"), faint)], 1, 0, "spheres", "1")
+    assert card.domain.threshold_from == {"manifest": "a/sharp.csv, b/faint.csv", "cases": 4, "candidates": 24}
+    assert card.domain.threshold == round(both.spread_limit, 2)
+    guard = DomainGuard.load(tmp_path / "model", card.feature_guard)
+    distances = [guard.distances(held_out_figures(picker, [cases]).features, ["organ"] * 12)
+                 for cases in (sharp, faint)]
+    assert card.feature_guard.threshold == round(max(np.quantile(d, 0.99) for d in distances), 2)
 
 
 def test_masks_it_cannot_read_get_no_number_and_cost_no_mesh(model, monkeypatch):

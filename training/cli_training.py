@@ -119,9 +119,11 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     picker = commands.add_parser("picker", help="train an edge picker (which edge along each normal is the organ's) "
                                                "as a model folder for assess, serve and evaluate")
     picker.add_argument("--manifest", type=Path, required=True, help="training manifest (its references give the targets)")
-    picker.add_argument("--held", type=Path, required=True, metavar="HELD.csv",
+    picker.add_argument("--held", type=Path, required=True, action="append", metavar="HELD.csv",
                         help="held-out studies (never trained on) that set the spread beyond which the picker "
-                             "withholds its number (its 95 %% quantile over their candidates) and its interval")
+                             "withholds its number (its 99 %% quantile over their candidates) and its interval; "
+                             "give it once per style the picker is trained on: each limit is then the largest "
+                             "of the styles' own, so every style's studies stay inside")
     picker.add_argument("--out", type=Path, required=True, help="model folder to write")
     picker.add_argument("--epochs", type=int, default=10, help="passes over the training vertices (default 10)")
     picker.add_argument("--vertices", type=int, default=400, help="vertices drawn per candidate (default 400)")
@@ -256,13 +258,16 @@ def _run_picker(args: argparse.Namespace) -> int:
         raise InputError("--epochs, --vertices and --members must be at least 1")
     if args.unscaled and not args.proportional:
         raise InputError("--unscaled only applies with --proportional (pickers trained without the scaled references)")
-    rows, held_rows = read_manifest(args.manifest), read_manifest(args.held)  # both refused before training
-    refuse_shared_series(rows, held_rows, "the held-out studies must not be trained on")
+    rows = read_manifest(args.manifest)
+    held_rows = [read_manifest(held) for held in args.held]  # every manifest refused before training
+    for held in held_rows:
+        refuse_shared_series(rows, held, "the held-out studies must not be trained on")
     cases = load_cases(rows, args.cache)
     vertices = training_vertices(cases, args.vertices, args.seed, args.proportional)
     picker = train_picker_set(vertices, args.members, args.epochs, args.seed, args.unscaled)
-    card = write_picker_model(args.out, picker, (args.manifest, cases), (args.held, load_cases(held_rows, args.cache)),
-                              len(vertices.offsets), args.seed, args.name, args.version, args.extra_body_parts)
+    held_out = [(manifest, load_cases(held, args.cache)) for manifest, held in zip(args.held, held_rows)]
+    card = write_picker_model(args.out, picker, (args.manifest, cases), held_out, len(vertices.offsets), args.seed,
+                              args.name, args.version, args.extra_body_parts)
     print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of {args.manifest} ({args.members} "
           f"member{'s' * (args.members > 1)}); withholds beyond a spread of {card.domain.threshold} mm"
           f"{''.join(f', {roi} {limit} mm' for roi, limit in card.spread_limit_by_roi.items())}"

@@ -6,6 +6,9 @@ examples instead of 1,400 Dice values. Held-out studies of the same style (never
 spread beyond which it withholds its number and the half-width of its interval (``picker_predictor``).
 Its second guard, the feature guard, holds the pooled hidden features of the training contours (means per
 ROI and a shared precision, as a network's guard); its threshold too is set on the held-out studies.
+A picker trained on several styles is given held-out studies of each, as separate sets: every limit is
+the largest of the sets' own quantiles, so that each style's held-out studies stay inside as often as
+the quantile says (pooled, the style with the sharpest edges would pull the limits down for all).
 """
 
 from __future__ import annotations
@@ -74,33 +77,44 @@ class HeldOutFigures(NamedTuple):
     candidates: int
     features: np.ndarray  # each candidate's pooled features (rows), for the feature guard's threshold
     rois: list[str]  # each candidate's ROI
+    sets: np.ndarray  # each candidate's held-out set (its index in the sets given)
 
 
-def held_out_figures(picker: Picker | PickersByRoi, held_out: Iterable[CachedCase]) -> HeldOutFigures:
-    """From held-out studies' realistic candidates: the ``SPREAD_QUANTILE`` of the picker's spread (beyond
-    it the image does not show the picker one edge), of their own for the ROIs with a picker of their own,
-    and the ``INTERVAL_QUANTILE`` of its absolute error where it is within its limit, over all and per ROI
-    with at least ``MIN_PER_ROI`` of them."""
+def largest_quantile(values: np.ndarray, sets: np.ndarray, quantile: float) -> float:
+    """The largest of the held-out sets' own ``quantile`` of ``values``: a limit each set stays within."""
+    return max(float(np.quantile(values[sets == s], quantile)) for s in np.unique(sets))
+
+
+def held_out_figures(picker: Picker | PickersByRoi, held_out: list[list[CachedCase]]) -> HeldOutFigures:
+    """From the realistic candidates of one or more sets of held-out studies (one set per style): the
+    ``SPREAD_QUANTILE`` of the picker's spread (beyond it the image does not show the picker one edge), of
+    their own for the ROIs with a picker of their own, each the largest of the sets' own quantiles; and the
+    ``INTERVAL_QUANTILE`` of its absolute error where it is within its limit, over all and per ROI with at
+    least ``MIN_PER_ROI`` of them."""
     picked = [(picked_edge(picker_for_roi(picker, candidate.row.roi), case.image, mask, case.grid.spacing[::-1]),
-               candidate) for case, candidate, mask in realistic_masks(held_out)]
-    picked = [(estimate, candidate.dice, candidate.row.roi.lower()) for estimate, candidate in picked
+               candidate, index) for index, cases in enumerate(held_out) for case, candidate, mask in realistic_masks(cases)]
+    picked = [(estimate, candidate.dice, candidate.row.roi.lower(), index) for estimate, candidate, index in picked
               if np.isfinite(estimate.spread_mm)]
     own = set(picker) - {PickersByRoi.DEFAULT} if isinstance(picker, PickersByRoi) else set()
     if not picked:
         raise InputError("no realistic candidate with a surface in the held-out studies to set the spread limit on")
+    spreads = np.array([estimate.spread_mm for estimate, *_ in picked])
+    rois = np.array([roi for _, _, roi, _ in picked])
+    sets = np.array([index for *_, index in picked])
     # where every held-out ROI has a picker of its own, the default's limit is set on all of them
-    shared = [estimate.spread_mm for estimate, _, roi in picked if roi not in own] or [e.spread_mm for e, _, _ in picked]
-    limit = float(np.quantile(shared, SPREAD_QUANTILE))
-    own_spreads = {roi: [e.spread_mm for e, _, r in picked if r == roi] for roi in sorted(own)}
-    limit_by_roi = {roi: round(float(np.quantile(s, SPREAD_QUANTILE)), 2) for roi, s in own_spreads.items() if s}
-    sure = [(abs(estimate.dice - true), roi) for estimate, true, roi in picked
+    own_rows = np.isin(rois, sorted(own))
+    shared = ~own_rows if not own_rows.all() else np.ones(len(rois), bool)
+    limit = largest_quantile(spreads[shared], sets[shared], SPREAD_QUANTILE)
+    limit_by_roi = {roi: round(largest_quantile(spreads[rois == roi], sets[rois == roi], SPREAD_QUANTILE), 2)
+                    for roi in sorted(own) if (rois == roi).any()}
+    sure = [(abs(estimate.dice - true), roi) for estimate, true, roi, _ in picked
             if estimate.spread_mm <= limit_by_roi.get(roi, limit)]
     errors = np.array([error for error, _ in sure])
     by_roi = {roi: np.array([e for e, r in sure if r == roi]) for roi in sorted({r for _, r in sure})}
     return HeldOutFigures(limit, limit_by_roi, float(np.quantile(errors, INTERVAL_QUANTILE)),
                           {roi: round(float(np.quantile(e, INTERVAL_QUANTILE)), 4)
                            for roi, e in by_roi.items() if len(e) >= MIN_PER_ROI}, len(picked),
-                          np.stack([estimate.features for estimate, _, _ in picked]), [roi for _, _, roi in picked])
+                          np.stack([estimate.features for estimate, *_ in picked]), rois.tolist(), sets)
 
 
 def _member_counts(picker: Picker | PickersByRoi) -> set[int]:
@@ -131,9 +145,11 @@ def feature_guard(picker: Picker | PickersByRoi, cases: list[CachedCase]) -> Dom
 
 def feature_guard_card(guard: DomainGuard, held_features: np.ndarray, held_rois: list[str], trained_on: str,
                        cases: int, held_on: str, held: int, body_parts: list[str],
-                       quantile: float = SPREAD_QUANTILE) -> DomainCard:
-    """The card's summary of ``guard``: its threshold the ``quantile`` of the held-out distances."""
-    threshold = float(np.quantile(guard.distances(held_features, held_rois), quantile))
+                       quantile: float = SPREAD_QUANTILE, held_sets: np.ndarray | None = None) -> DomainCard:
+    """The card's summary of ``guard``: its threshold the ``quantile`` of the held-out distances, the largest
+    of the held-out sets' own where ``held_sets`` says which set each row is of."""
+    sets = np.zeros(len(held_rois), int) if held_sets is None else held_sets
+    threshold = largest_quantile(guard.distances(held_features, held_rois), sets, quantile)
     return DomainCard(features=FEATURE_GUARD_FEATURES, roi_names=guard.roi_names, threshold=round(threshold, 2),
                       quantile=quantile, body_parts=body_parts, fitted_on={"manifest": trained_on, "cases": cases},
                       threshold_from={"manifest": held_on, "cases": held, "candidates": len(held_rois)})
@@ -244,14 +260,16 @@ def _named(manifest: Path) -> str:
 
 
 def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: tuple[Path, list[CachedCase]],
-                       held_out: tuple[Path, list[CachedCase]], vertices: int, seed: int, name: str, version: str,
-                       extra_body_parts: Iterable[str] = ()) -> ModelCard:
+                       held_out: list[tuple[Path, list[CachedCase]]], vertices: int, seed: int, name: str,
+                       version: str, extra_body_parts: Iterable[str] = ()) -> ModelCard:
     """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
     the modalities, ROIs and body parts of the studies it was trained on (and ``extra_body_parts``, a
     site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
-    Both are (manifest, cases)."""
-    (manifest, cases), (held_manifest, held) = trained_on, held_out
-    held_figures = held_out_figures(picker, held)
+    ``trained_on`` is (manifest, cases); ``held_out`` one (manifest, cases) per held-out set."""
+    manifest, cases = trained_on
+    held_figures = held_out_figures(picker, [held for _, held in held_out])
+    held_on = ", ".join(_named(held_manifest) for held_manifest, _ in held_out)
+    held_cases = sum(len(held_set) for _, held_set in held_out)
     # the guard's rows are the pickers' hidden layers side by side: one length only where every picker
     # has as many members (as `contourqa picker` trains them)
     guard = feature_guard(picker, cases) if len(_member_counts(picker)) == 1 else None
@@ -272,13 +290,13 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
                           threshold=round(held_figures.spread_limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
                           fitted_on={"manifest": _named(manifest), "cases": len(cases)},
-                          threshold_from={"manifest": _named(held_manifest), "cases": len(held),
+                          threshold_from={"manifest": held_on, "cases": held_cases,
                                           "candidates": held_figures.candidates}),
         interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
         spread_limit_by_roi=held_figures.spread_limit_by_roi,
         feature_guard=None if guard is None else feature_guard_card(
-            guard, held_figures.features, held_figures.rois, _named(manifest), len(cases), _named(held_manifest),
-            len(held), body_parts),
+            guard, held_figures.features, held_figures.rois, _named(manifest), len(cases), held_on,
+            held_cases, body_parts, held_sets=held_figures.sets),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DOMAIN_FILE).unlink(missing_ok=True)  # a guard of an earlier model in this folder
