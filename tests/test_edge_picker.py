@@ -144,7 +144,7 @@ def model_dir(tmp_path_factory) -> Path:
     features, offsets, _ = training_vertices(cases, per_candidate=600)
     network = train_pickers(features, offsets, members=2, epochs=15)
     folder = tmp_path_factory.mktemp("picker") / "model"
-    write_picker_model(folder, network, (Path("spheres.csv"), cases), [(Path("held.csv"), [_case(_organ(90, 8, 2), "held")])],
+    write_picker_model(folder, network, [(Path("spheres.csv"), cases)], [(Path("held.csv"), [_case(_organ(90, 8, 2), "held")])],
                        len(offsets), 0, "spheres", "1", ["whole body"])
     return folder
 
@@ -259,7 +259,7 @@ def test_a_roi_with_a_picker_of_its_own_reads_with_it_and_is_judged_by_its_own_s
     ensemble = model.network
     by_roi = PickersByRoi({PickersByRoi.DEFAULT: ensemble, "organ": ensemble[0]})
     held = [_case(_organ(90, 8, 2), "held")]
-    card = write_picker_model(tmp_path / "model", by_roi, (Path("spheres.csv"), held), [(Path("held.csv"), held)],
+    card = write_picker_model(tmp_path / "model", by_roi, [(Path("spheres.csv"), held)], [(Path("held.csv"), held)],
                               1, 0, "spheres", "1")
     assert set(card.spread_limit_by_roi) == {"organ"}
     loaded = load_predictor(tmp_path / "model")
@@ -327,7 +327,7 @@ def test_held_out_styles_each_stay_inside_the_limits_set_on_them_together(picker
     assert both.spread_limit == pytest.approx(np.quantile(faint_spreads, 0.99))
     assert both.spread_limit > np.quantile(np.concatenate([sharp_spreads, faint_spreads]), 0.99)
     assert both.candidates == 24 and both.sets.tolist() == [0] * 12 + [1] * 12
-    card = write_picker_model(tmp_path / "model", picker, (Path("spheres.csv"), sharp),
+    card = write_picker_model(tmp_path / "model", picker, [(Path("spheres.csv"), sharp)],
                               [(Path("a/sharp.csv"), sharp), (Path("b/faint.csv"), faint)], 1, 0, "spheres", "1")
     assert card.domain.threshold_from == {"manifest": "a/sharp.csv, b/faint.csv", "cases": 4, "candidates": 24}
     assert card.domain.threshold == round(both.spread_limit, 2)

@@ -295,6 +295,7 @@ def test_evaluation_page_renders_in_headless_chromium(evaluation, tmp_path):
     (["picker", "--unscaled", "Rectum", "--held", "held.csv"], "--unscaled only applies with --proportional"),
     (["picker", "--held", "missing.csv"], "no such manifest"),
     (["picker", "--held", "held.csv", "--held", "missing.csv"], "missing.csv: no such manifest"),  # each read first
+    (["picker", "--manifest", "missing.csv", "--held", "held.csv"], "missing.csv: no such manifest"),
     (["picker", "--held", "held.csv"], "the held-out studies must not be trained on; 2 image series are in both"),
     (["evaluate", "--picker", "notes.txt"], "notes.txt: not a model folder"),
     (["evaluate", "--picker", "missing"], "missing: not a model folder"),

@@ -118,7 +118,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
 
     picker = commands.add_parser("picker", help="train an edge picker (which edge along each normal is the organ's) "
                                                "as a model folder for assess, serve and evaluate")
-    picker.add_argument("--manifest", type=Path, required=True, help="training manifest (its references give the targets)")
+    picker.add_argument("--manifest", type=Path, required=True, action="append",
+                        help="training manifest (its references give the targets); repeat it to train on several")
     picker.add_argument("--held", type=Path, required=True, action="append", metavar="HELD.csv",
                         help="held-out studies (never trained on) that set the spread beyond which the picker "
                              "withholds its number (its 99 %% quantile over their candidates) and its interval; "
@@ -258,17 +259,20 @@ def _run_picker(args: argparse.Namespace) -> int:
         raise InputError("--epochs, --vertices and --members must be at least 1")
     if args.unscaled and not args.proportional:
         raise InputError("--unscaled only applies with --proportional (pickers trained without the scaled references)")
-    rows = read_manifest(args.manifest)
-    held_rows = [read_manifest(held) for held in args.held]  # every manifest refused before training
-    for held in held_rows:
-        refuse_shared_series(rows, held, "the held-out studies must not be trained on")
-    cases = load_cases(rows, args.cache)
-    vertices = training_vertices(cases, args.vertices, args.seed, args.proportional)
+    # every manifest is read (and refused) before training; each is loaded on its own, as case IDs
+    # (case000 ...) repeat between manifests written by `contourqa phantom`
+    rows, held_rows = [read_manifest(m) for m in args.manifest], [read_manifest(m) for m in args.held]
+    refuse_shared_series([r for m in rows for r in m], [r for m in held_rows for r in m],
+                         "the held-out studies must not be trained on")
+    trained_on = [(manifest, load_cases(r, args.cache)) for manifest, r in zip(args.manifest, rows)]
+    vertices = training_vertices([case for _, cases in trained_on for case in cases], args.vertices, args.seed,
+                                 args.proportional)
     picker = train_picker_set(vertices, args.members, args.epochs, args.seed, args.unscaled)
-    held_out = [(manifest, load_cases(held, args.cache)) for manifest, held in zip(args.held, held_rows)]
-    card = write_picker_model(args.out, picker, (args.manifest, cases), held_out, len(vertices.offsets), args.seed,
+    held_out = [(manifest, load_cases(r, args.cache)) for manifest, r in zip(args.held, held_rows)]
+    card = write_picker_model(args.out, picker, trained_on, held_out, len(vertices.offsets), args.seed,
                               args.name, args.version, args.extra_body_parts)
-    print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of {args.manifest} ({args.members} "
+    print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of "
+          f"{', '.join(map(str, args.manifest))} ({args.members} "
           f"member{'s' * (args.members > 1)}); withholds beyond a spread of {card.domain.threshold} mm"
           f"{''.join(f', {roi} {limit} mm' for roi, limit in card.spread_limit_by_roi.items())}"
           f"{f', or a feature distance of {card.feature_guard.threshold}' if card.feature_guard else ''}"

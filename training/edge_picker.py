@@ -259,14 +259,18 @@ def _named(manifest: Path) -> str:
     return f"{manifest.parent.name}/{manifest.name}" if manifest.parent.name else manifest.name
 
 
-def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: tuple[Path, list[CachedCase]],
-                       held_out: list[tuple[Path, list[CachedCase]]], vertices: int, seed: int, name: str,
-                       version: str, extra_body_parts: Iterable[str] = ()) -> ModelCard:
+Studies = list[tuple[Path, list[CachedCase]]]  # (manifest, its cases) per manifest
+
+
+def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: Studies, held_out: Studies,
+                       vertices: int, seed: int, name: str, version: str,
+                       extra_body_parts: Iterable[str] = ()) -> ModelCard:
     """The picker as a model folder the product loads (``load_predictor``): its weights, then its card with
     the modalities, ROIs and body parts of the studies it was trained on (and ``extra_body_parts``, a
-    site's other terms for that anatomy), and the spread limit and interval set on the held-out studies.
-    ``trained_on`` is (manifest, cases); ``held_out`` one (manifest, cases) per held-out set."""
-    manifest, cases = trained_on
+    site's other terms for that anatomy), and the spread limit and interval set on the held-out studies,
+    each held-out manifest a set of its own (``held_out_figures``)."""
+    cases = [case for _, studies in trained_on for case in studies]
+    trained_on_names = ", ".join(_named(manifest) for manifest, _ in trained_on)
     held_figures = held_out_figures(picker, [held for _, held in held_out])
     held_on = ", ".join(_named(held_manifest) for held_manifest, _ in held_out)
     held_cases = sum(len(held_set) for _, held_set in held_out)
@@ -285,17 +289,17 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
         seed=seed,
         training_data={"cases": len(cases), "candidates": len(realistic), "vertices": vertices,
                        "members": len(default) if isinstance(default, PickerEnsemble) else 1,
-                       "dice_mean_realistic": float(np.mean(realistic)), "manifest": _named(manifest)},
+                       "dice_mean_realistic": float(np.mean(realistic)), "manifest": trained_on_names},
         training_command=shlex.join(["contourqa", *sys.argv[1:]]) if sys.argv and "contourqa" in sys.argv[0] else "",
         domain=DomainCard(features=SPREAD_FEATURES, roi_names=[n.lower() for n in roi_names],
                           threshold=round(held_figures.spread_limit, 2), quantile=SPREAD_QUANTILE, body_parts=body_parts,
-                          fitted_on={"manifest": _named(manifest), "cases": len(cases)},
+                          fitted_on={"manifest": trained_on_names, "cases": len(cases)},
                           threshold_from={"manifest": held_on, "cases": held_cases,
                                           "candidates": held_figures.candidates}),
         interval_half_width=round(held_figures.half_width, 4), interval_half_width_by_roi=held_figures.half_width_by_roi,
         spread_limit_by_roi=held_figures.spread_limit_by_roi,
         feature_guard=None if guard is None else feature_guard_card(
-            guard, held_figures.features, held_figures.rois, _named(manifest), len(cases), held_on,
+            guard, held_figures.features, held_figures.rois, trained_on_names, len(cases), held_on,
             held_cases, body_parts, held_sets=held_figures.sets),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
