@@ -125,8 +125,10 @@ class Prediction:
 
 
 # the models shipped inside the package, by the name `--model` and worker.model_dir accept: the edge
-# picker, trained on randomised synthetic images, and the network v15, trained on the project's phantom
-SHIPPED_MODELS = {"edge-picker": "picker_model", "phantom-v15": "phantom_model"}
+# picker, trained on randomised synthetic images; the edge picker trained on three phantom styles
+# (docs/model.md, "Version 4"); and the network v15, trained on the project's phantom
+SHIPPED_MODELS = {"edge-picker": "picker_model", "edge-picker-three-styles": "picker_three_model",
+                  "phantom-v15": "phantom_model"}
 DEFAULT_MODEL = "edge-picker"
 
 

@@ -12,6 +12,7 @@ from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load
 from contourqa.qa_models.screens import says_off_organ
 
 V15 = shipped_model_dir("phantom-v15")
+THREE_STYLES = shipped_model_dir("edge-picker-three-styles")
 
 
 def test_the_default_is_the_edge_picker_trained_on_randomised_images_and_measured_on_another_style():
@@ -26,6 +27,17 @@ def test_the_default_is_the_edge_picker_trained_on_randomised_images_and_measure
     assert card.evaluation["manifest"].startswith("classic") and card.evaluation["realistic"]["n"] > 100
     assert "PELVIS" in card.domain.body_parts and "rectum" in card.spread_limit_by_roi  # the rectum reads with its own
     assert isinstance(load_predictor(folder), PickerPredictor)
+
+
+def test_the_picker_trained_on_three_styles_is_shipped_beside_it_measured_on_a_fourth():
+    card = read_card(THREE_STYLES)
+    assert card.architecture == "edge_picker" and card.training_data["cases"] == 120  # 40 of each style
+    # its limits set on held-out studies of each style, each a set of its own
+    held = "synth_held/manifest.csv, classic_held/manifest.csv, fse_held/manifest.csv"
+    assert card.domain.threshold_from["manifest"] == card.feature_guard.threshold_from["manifest"] == held
+    # recorded on images of an acquisition it was never trained on
+    assert card.evaluation["manifest"].startswith("mrsim") and card.evaluation["realistic"]["n"] > 100
+    assert "rectum" in card.spread_limit_by_roi and isinstance(load_predictor(THREE_STYLES), PickerPredictor)
 
 
 def test_the_phantom_network_v15_is_shipped_beside_it():
@@ -47,7 +59,8 @@ def test_assess_uses_the_default_model(phantom):
     assert any(roi["predicted_dice"] is not None for roi in report["rois"])
 
 
-@pytest.mark.parametrize("model", [default_model_dir(), V15], ids=["edge-picker", "phantom-v15"])
+@pytest.mark.parametrize("model", [default_model_dir(), THREE_STYLES, V15],
+                         ids=["edge-picker", "edge-picker-three-styles", "phantom-v15"])
 def test_every_constructed_failure_is_flagged(phantom, model):
     # in process, one model load for all eight (the command line itself is tested in test_cli)
     predictor, config = load_predictor(model, device="cpu"), AssessConfig(mc_samples=0)
@@ -62,7 +75,7 @@ def test_every_constructed_failure_is_flagged(phantom, model):
                         else off_organ or roi.domain is not None and roi.domain.inside is False), (case, candidate, roi.name)
 
 
-@pytest.mark.parametrize("model", ["edge-picker", "phantom-v15"])
+@pytest.mark.parametrize("model", ["edge-picker", "edge-picker-three-styles", "phantom-v15"])
 def test_reference_contours_are_predicted_good(phantom, model):
     study = phantom / "case001"
     result = run_cli("assess", study / "image", study / "reference.dcm", "--json", "--mc-samples", "0", "--model", model)

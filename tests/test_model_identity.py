@@ -16,7 +16,7 @@ from contourqa.qa_models.predictor import DicePredictor, default_model_dir, mode
 from contourqa.qa_models.sr_report import write_sr
 
 
-@pytest.mark.parametrize("name", ["edge-picker", "phantom-v15"])
+@pytest.mark.parametrize("name", ["edge-picker", "edge-picker-three-styles", "phantom-v15"])
 def test_each_shipped_card_records_the_digest_of_its_folder(name):
     card = read_card(shipped_model_dir(name))
     assert card.sha256 is not None and len(card.sha256) == 64
