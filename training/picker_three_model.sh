@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Rebuilds the edge picker trained on three phantom styles (qa_models/picker_three_model, `--model
+# edge-picker-three-styles`) and measures it, with the same recipe trained with fse left out.
+# Usage: bash training/picker_three_model.sh [WORK_DIR]   (default /tmp/cqa_picker, shared with
+# training/picker_model.sh, whose studies it reuses)
+#
+# Measured on the 2-core CPU (2026-12-07): the 48 fse studies 29 min; the picker 46 min wall, 59 min of
+# CPU (2.0 million vertices, eight pickers of 10 epochs, the feature guard over 120 studies); each
+# evaluation 6-8 min. Studies and pickers are skipped where they exist, so the script resumes.
+# The shipped folder was trained from one manifest holding the three manifests' rows in this order (case
+# IDs prefixed); three --manifest flags read the same rows in the same order.
+set -euo pipefail
+WORK=${1:-/tmp/cqa_picker}
+mkdir -p "$WORK"
+cd "$WORK"
+
+studies() {  # NAME STYLE CASES SEED
+    [ -f "$1/manifest.csv" ] || contourqa phantom "$1" --style "$2" --cases "$3" --seed "$4" --size 192 192 28
+}
+fse() {  # NAME CASES SEED: at a prostate scan's matrix, 320x320
+    [ -f "$1/manifest.csv" ] || contourqa phantom "$1" --style fse --cases "$2" --seed "$3" --workers 2
+}
+studies synth_train synth 40 2000
+studies synth_held synth 8 2903
+studies synth_eval synth 8 2901
+studies classic_train classic 40 2100
+studies classic_held classic 8 2103
+studies classic_903 classic 12 903
+studies mrsim_904 mrsim 12 904
+fse fse_train 40 2200
+fse fse_held 8 2203
+fse fse_905 12 905
+
+picker() {  # OUT NAME, then --manifest/--held flags: the shipped picker's recipe flags
+    local out=$1 name=$2
+    shift 2
+    [ -f "$out/model.json" ] || contourqa picker "$@" --cache cache --out "$out" --name "$name" \
+        --model-version 4 --seed 0 --members 4 --proportional --unscaled Rectum \
+        --body-part ABDOMENPELVIS --body-part BLADDER --body-part PROSTATE --body-part RECTUM
+}
+# each style's held-out studies a set of their own: every limit is the largest of the sets' 99 % quantiles
+picker picker_three contourqa-pelvis-picker-three-styles \
+    --manifest synth_train/manifest.csv --manifest classic_train/manifest.csv --manifest fse_train/manifest.csv \
+    --held synth_held/manifest.csv --held classic_held/manifest.csv --held fse_held/manifest.csv
+picker picker_no_fse contourqa-pelvis-picker-without-fse \
+    --manifest synth_train/manifest.csv --manifest classic_train/manifest.csv \
+    --held synth_held/manifest.csv --held classic_held/manifest.csv
+
+for set in synth_eval classic_903 fse_905; do
+    contourqa evaluate --manifest $set/manifest.csv --model picker_three --cache cache --json > three-$set.json
+done
+contourqa evaluate --manifest mrsim_904/manifest.csv --model picker_three --cache cache --json --record > three-mrsim_904.json
+contourqa evaluate --manifest fse_905/manifest.csv --model picker_no_fse --cache cache --json > left-out-fse.json
+echo "$WORK/picker_three: copy model.json, weights.pt and domain.npz to qa_models/picker_three_model to ship it"
