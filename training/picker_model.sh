@@ -16,13 +16,11 @@
 # which no choice has used and whose report is recorded in its card; and on two styles written after the
 # model was shipped: mrsim (seed 904) and fse (seed 905, an anatomy of its own as well, 320x320).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/phantom_sets.sh"
 WORK=${1:-/tmp/cqa_picker}
 mkdir -p "$WORK"
 cd "$WORK"
 
-studies() {  # NAME STYLE CASES SEED
-    [ -f "$1/manifest.csv" ] || contourqa phantom "$1" --style "$2" --cases "$3" --seed "$4" --size 192 192 28
-}
 studies synth_train synth 40 2000
 studies synth_held synth 8 2903
 studies synth_eval synth 8 2901
@@ -31,8 +29,7 @@ studies classic_eval classic 12 901
 studies classic_fresh classic 12 902
 studies classic_903 classic 12 903
 studies mrsim_904 mrsim 12 904  # a third style: the classic anatomy through a simulated MR acquisition
-# a fourth, unlike all three in anatomy too, at a prostate scan's matrix (about 4 min with --workers 2)
-[ -f fse_905/manifest.csv ] || contourqa phantom fse_905 --style fse --cases 12 --seed 905 --workers 2
+fse fse_905 12 905  # a fourth, unlike all three in anatomy too (about 4 min)
 
 # four pickers on every ROI (scaled references among their training contours) and four more for the
 # rectum (without them), and the feature guard (version 3.1: version 3's weights and limits, its feature

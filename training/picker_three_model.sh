@@ -10,16 +10,11 @@
 # The shipped folder was trained from one manifest holding the three manifests' rows in this order (case
 # IDs prefixed); three --manifest flags read the same rows in the same order.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/phantom_sets.sh"
 WORK=${1:-/tmp/cqa_picker}
 mkdir -p "$WORK"
 cd "$WORK"
 
-studies() {  # NAME STYLE CASES SEED
-    [ -f "$1/manifest.csv" ] || contourqa phantom "$1" --style "$2" --cases "$3" --seed "$4" --size 192 192 28
-}
-fse() {  # NAME CASES SEED: at a prostate scan's matrix, 320x320
-    [ -f "$1/manifest.csv" ] || contourqa phantom "$1" --style fse --cases "$2" --seed "$3" --workers 2
-}
 studies synth_train synth 40 2000
 studies synth_held synth 8 2903
 studies synth_eval synth 8 2901
