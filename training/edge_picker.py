@@ -92,7 +92,8 @@ def held_out_figures(picker: Picker | PickersByRoi, held_out: list[list[CachedCa
     ``INTERVAL_QUANTILE`` of its absolute error where it is within its limit, over all and per ROI with at
     least ``MIN_PER_ROI`` of them."""
     picked = [(picked_edge(picker_for_roi(picker, candidate.row.roi), case.image, mask, case.grid.spacing[::-1]),
-               candidate, index) for index, cases in enumerate(held_out) for case, candidate, mask in realistic_masks(cases)]
+               candidate, index)
+              for index, cases in enumerate(held_out) for case, candidate, mask in realistic_masks(cases)]
     picked = [(estimate, candidate.dice, candidate.row.roi.lower(), index) for estimate, candidate, index in picked
               if np.isfinite(estimate.spread_mm)]
     own = set(picker) - {PickersByRoi.DEFAULT} if isinstance(picker, PickersByRoi) else set()
