@@ -2,10 +2,11 @@
 catching failures."""
 
 import json
+import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import THIGH, run_cli, set_image_tags
 from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.picker_predictor import PickerPredictor
 from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor, read_card, shipped_model_dir
@@ -120,3 +121,18 @@ def test_the_default_pickers_interval_is_each_organs_own(phantom):
             low, high = roi["predicted_dice_interval"]
             assert low == pytest.approx(max(roi["predicted_dice"] - widths[roi["name"].lower()], 0), abs=1e-3)
             assert high == pytest.approx(min(roi["predicted_dice"] + widths[roi["name"].lower()], 1), abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["edge-picker", "edge-picker-three-styles"])
+def test_the_shipped_pickers_withhold_on_real_mr_of_other_anatomy_by_its_edges_alone(thigh_named_prostate, model,
+                                                                                   tmp_path):
+    """The real thigh, its ROI named Prostate and its Body Part Examined removed: the spread alone must
+    withhold the number (the header is no help where a scanner leaves it out)."""
+    image = tmp_path / "image"
+    shutil.copytree(THIGH / "image", image)
+    set_image_tags(image, BodyPartExamined=None)
+    result = run_cli("assess", image, thigh_named_prostate, "--model", model, "--json")
+    roi = json.loads(result.stdout)["rois"][0]
+    assert roi["predicted_dice"] is None and roi["verdict"] == "review", roi
+    assert roi["domain"]["inside"] is False and roi["domain"]["score"] > roi["domain"]["threshold"]
+    assert "body_part" not in roi["domain"]  # the header did not decide it
