@@ -26,7 +26,8 @@ def add_assess_commands(commands: argparse._SubParsersAction) -> None:
     assess.add_argument("--sr", type=Path, help="write the QA report as a DICOM Comprehensive 3D SR here")
     assess.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     model = assess.add_mutually_exclusive_group()
-    model.add_argument("--model", type=Path, help="model folder for the Dice prediction (default: the shipped model)")
+    model.add_argument("--model", type=Path, help="model folder for the Dice prediction, or a shipped model's name: "
+                                                  "edge-picker (the default), edge-picker-three-styles, phantom-v15")
     model.add_argument("--no-model", action="store_true", help="screens only, no Dice prediction")
     assess.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes for the interval (default 10)")
     assess.add_argument("--body-part", action="append", default=[], dest="extra_body_parts", metavar="TERM",

@@ -2,6 +2,7 @@
 catching failures."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from conftest import THIGH, run_cli, set_image_tags
 from contourqa.qa_models.assessment import AssessConfig, assess_files
 from contourqa.qa_models.picker_predictor import PickerPredictor
-from contourqa.qa_models.predictor import DicePredictor, default_model_dir, load_predictor, read_card, shipped_model_dir
+from contourqa.qa_models.predictor import (SHIPPED_MODELS, DicePredictor, default_model_dir, load_predictor, read_card,
+                                          shipped_model_dir)
 from contourqa.qa_models.screens import says_off_organ
 
 V15 = shipped_model_dir("phantom-v15")
@@ -136,3 +138,8 @@ def test_the_shipped_pickers_withhold_on_real_mr_of_other_anatomy_by_its_edges_a
     assert roi["predicted_dice"] is None and roi["verdict"] == "review", roi
     assert roi["domain"]["inside"] is False and roi["domain"]["score"] > roi["domain"]["threshold"]
     assert "body_part" not in roi["domain"]  # the header did not decide it
+
+
+def test_assess_help_names_every_shipped_model():
+    help_text = re.sub(r"-\s+", "-", run_cli("assess", "--help").stdout)  # argparse wraps at hyphens
+    assert all(name in help_text for name in SHIPPED_MODELS), help_text

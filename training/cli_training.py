@@ -146,7 +146,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
 
     evaluate = commands.add_parser("evaluate", help="measure a model on a manifest's candidates, beside baselines")
     evaluate.add_argument("--manifest", type=Path, required=True)
-    evaluate.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    evaluate.add_argument("--model", type=Path, help="model folder, or a shipped model's name (default: edge-picker)")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--html", type=Path, help="write the report as HTML with plots")
     evaluate.add_argument("--baseline-trials", type=int, default=20, help="Optuna trials per fold for CatBoost")
