@@ -1,9 +1,11 @@
 """The domain guard of a network (the shipped phantom network v15): no confident number on an image the
 model does not know. The edge picker's guard, its spread, is tested in test_picker_model.py."""
 
+import csv
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -131,6 +133,50 @@ def test_guard_command_fits_a_model_and_the_node_reads_it(phantom, tmp_path, thi
     assert predictor.card.domain.body_parts == ["PELVIS", "PROSTATE"]
     assessment = assess_files(THIGH / "image", thigh_named_prostate, predictor=predictor)
     assert assessment.rois[0].outside_domain and assessment.rois[0].prediction is None
+
+
+def _realistic_scores(predictor: DicePredictor, manifest: Path) -> list[float]:
+    """The guard's score of every realistic candidate in ``manifest``, as `assess` measures it."""
+    with open(manifest, newline="") as rows:
+        rows = [r for r in csv.DictReader(rows) if not r["kind"].startswith("failure")]
+    scores = []
+    for candidate in sorted({r["candidate"] for r in rows}):
+        wanted = {r["roi"] for r in rows if r["candidate"] == candidate}
+        image = next(r["image"] for r in rows if r["candidate"] == candidate)
+        assessment = assess_files(Path(image), Path(candidate), AssessConfig(mc_samples=0), predictor=predictor)
+        scores += [roi.domain.score for roi in assessment.rois if roi.name in wanted]
+    return scores
+
+
+def test_guard_threshold_set_on_several_styles_is_the_largest_of_their_own(phantom, tmp_path):
+    """One held-out set per style: each stays inside as often as the quantile says. Pooled, the style nearer
+    the training inputs would pull the threshold below what the other needs."""
+    synth = tmp_path / "synth"
+    assert run_cli("phantom", synth, "--style", "synth", "--cases", "1", "--seed", "4",
+                   "--size", "64", "64", "8").returncode == 0
+    model = tmp_path / "model"
+    shutil.copytree(V15, model)
+    (model / "domain.npz").unlink()
+    write_card(read_card(model).model_copy(update={"domain": None}), model)
+    (tmp_path / "classic").mkdir()
+    fit = one_case_manifest(phantom, "case000", tmp_path)
+    classic = one_case_manifest(phantom, "case001", tmp_path / "classic")
+    other = one_case_manifest(synth, "case000", synth)
+    missing = run_cli("guard", "--fit", fit, "--threshold", classic, "--threshold", tmp_path / "none.csv",
+                      "--model", model)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert read_card(model).domain is None and not (model / "domain.npz").exists()  # refused before fitting
+    result = run_cli("guard", "--fit", fit, "--threshold", classic, "--threshold", other, "--model", model,
+                     "--quantile", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "the largest of 2 sets" in result.stdout
+    card = read_card(model).domain
+    assert card.threshold_from["manifest"] == "classic/case001.csv, synth/case000.csv"
+    predictor = DicePredictor.from_model_folder(model)
+    own, far = _realistic_scores(predictor, classic), _realistic_scores(predictor, other)
+    assert np.median(far) > np.median(own)  # the styles differ as the test needs
+    assert card.threshold == pytest.approx(np.median(far), rel=1e-3)
+    assert card.threshold > np.median(own + far)
 
 
 def test_a_card_naming_a_guard_without_its_file_is_refused(tmp_path):

@@ -94,10 +94,11 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
 
     guard = commands.add_parser("guard", help="fit a model's domain guard (stored beside its weights); for an edge "
                                               "picker trained before it had one, its feature guard")
-    guard.add_argument("--fit", type=Path, required=True, metavar="MANIFEST",
-                       help="studies the model was trained on: the class means and covariance")
-    guard.add_argument("--threshold", type=Path, required=True, metavar="MANIFEST",
-                       help="in-domain studies neither trained nor fitted on: the threshold")
+    guard.add_argument("--fit", type=Path, required=True, action="append", metavar="MANIFEST",
+                       help="studies the model was trained on: the class means and covariance (repeatable)")
+    guard.add_argument("--threshold", type=Path, required=True, action="append", metavar="MANIFEST",
+                       help="in-domain studies neither trained nor fitted on: the threshold (repeatable: one per "
+                            "style or site, the threshold the largest of their own quantiles)")
     guard.add_argument("--model", type=Path, required=True, help="model folder whose card is updated")
     guard.add_argument("--quantile", type=float, default=0.99,
                        help="quantile of the held-out distances taken as threshold (default 0.99; 1: the largest)")
@@ -245,7 +246,8 @@ def _run_guard(args: argparse.Namespace) -> int:
                   extra_body_parts=args.extra_body_parts)
     body_parts = ", ".join(s["body_parts"]) or "none named by the fitted images: not checked"
     print(f"{args.model}: domain guard on {s['features']} features fitted on {s['fit_candidates']} candidates; "
-          f"threshold {s['threshold']:.2f} (the {args.quantile:.1%} quantile of {s['held_cases']} held-out studies); "
+          f"threshold {s['threshold']:.2f} (the {args.quantile:.1%} quantile of {s['held_cases']} held-out studies"
+          f"{f', the largest of {len(args.threshold)} sets' if len(args.threshold) > 1 else ''}); "
           f"median distance fitted {s['fit_median']:.2f}, held-out {s['held_median']:.2f}; body parts {body_parts}")
     return EXIT_OK
 

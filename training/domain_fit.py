@@ -21,7 +21,8 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, DicePredictor, read_card, write_card
 
 from .cache import CachedCase, load_cases
-from .manifest import read_manifest, refuse_shared_series
+from .edge_picker import feature_guard_card, largest_quantile, pooled_rows
+from .manifest import manifest_names, read_manifest, refuse_shared_series
 
 log = logging.getLogger(__name__)
 
@@ -29,77 +30,87 @@ BATCH = 16
 MIN_CANDIDATES = 30  # the Ledoit-Wolf covariance stays invertible below one sample per feature, but not on a handful
 
 
-def case_features(predictor: DicePredictor, cases: list[CachedCase]) -> tuple[np.ndarray, list[str], list[str]]:
-    """The guard's feature vector of every realistic candidate of ``cases``, with its ROI name and case ID.
+def case_features(predictor: DicePredictor, cases: list[CachedCase]) -> tuple[np.ndarray, list[str]]:
+    """The guard's feature vector of every realistic candidate of ``cases``, with its ROI name.
 
     Constructed failures (empty, all-ones, noise, far shifts) are left out: the screens reject them, and
     their odd crops would widen the domain the guard accepts for real images."""
-    vectors, names, case_ids = [], [], []
+    vectors, names = [], []
     for case in cases:
         candidates = [c for c in case.candidates if not c.row.kind.startswith("failure")]
         inputs = [predictor.network_input(case.image, c.mask, case.grid, c.probabilities) for c in candidates]
         for start in range(0, len(inputs), BATCH):
             vectors.append(predictor.features(inputs[start:start + BATCH]))
         names += [c.row.roi for c in candidates]
-        case_ids += [case.case_id] * len(candidates)
-    return np.concatenate(vectors), names, case_ids
+    return np.concatenate(vectors), names
 
 
-def fit_guard(model_dir: str | Path, fit_manifest: str | Path, threshold_manifest: str | Path,
+def fit_guard(model_dir: str | Path, fit_manifests: list[Path], threshold_manifests: list[Path],
               quantile: float = 0.99, cache_dir: Path | None = None, extra_body_parts: list[str] | None = None) -> dict:
     """Fit the guard, write ``domain.npz`` and the card, and return what was measured. The card records the
-    Body Part Examined of the fitted images, with ``extra_body_parts`` (other terms for that anatomy)."""
+    Body Part Examined of the fitted images, with ``extra_body_parts`` (other terms for that anatomy).
+
+    Each threshold manifest is a set of its own (one per style or site): the threshold is the largest of
+    the sets' own quantiles, so each set's studies stay inside about that often. Pooled, the set nearest
+    the training inputs would pull it down for the others. Every manifest is read before any is loaded,
+    each loaded on its own (phantom manifests repeat case IDs)."""
     model_dir = Path(model_dir)
-    fit_rows, held_rows = read_manifest(fit_manifest), read_manifest(threshold_manifest)
-    refuse_shared_series(fit_rows, held_rows, "the threshold needs studies the guard was not fitted on")
+    fit_rows, held_rows = [read_manifest(m) for m in fit_manifests], [read_manifest(m) for m in threshold_manifests]
+    refuse_shared_series([r for rows in fit_rows for r in rows], [r for rows in held_rows for r in rows],
+                         "the threshold needs studies the guard was not fitted on")
+    fit_cases = [case for rows in fit_rows for case in load_cases(rows, cache_dir)]
+    held_sets = [load_cases(rows, cache_dir) for rows in held_rows]
+    fitted_on, held_on = manifest_names(fit_manifests), manifest_names(threshold_manifests)
     if read_card(model_dir).architecture == PICKER_ARCHITECTURE:
-        return _fit_picker_guard(model_dir, fit_manifest, threshold_manifest, fit_rows, held_rows, cache_dir, quantile)
+        return _fit_picker_guard(model_dir, fit_cases, held_sets, fitted_on, held_on, quantile)
     predictor = DicePredictor.from_model_folder(model_dir)
-    fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
-    features, names, _ = case_features(predictor, fit_cases)
+    features, names = case_features(predictor, fit_cases)
     if len(features) < MIN_CANDIDATES:
         raise InputError(f"the guard needs at least {MIN_CANDIDATES} realistic candidates to fit; "
-                         f"{fit_manifest} has {len(features)}")
+                         f"{fitted_on} has {len(features)}")
     if len(features) < features.shape[1]:
         log.warning("%d candidates for %d features: the guard's covariance rests mostly on its shrinkage; "
                     "fit it on more studies", len(features), features.shape[1])
     guard = DomainGuard.fit(features, names)
-    held, held_names, held_ids = case_features(predictor, held_cases)
-    held_distances = guard.distances(held, held_names)
-    threshold = float(np.quantile(held_distances, quantile))
+    held = [case_features(predictor, cases) for cases in held_sets]
+    held_names = [name for _, names_of_set in held for name in names_of_set]
+    held_distances = guard.distances(np.concatenate([f for f, _ in held]), held_names)
+    sets = np.concatenate([np.full(len(n), index) for index, (_, n) in enumerate(held)])
+    threshold = largest_quantile(held_distances, sets, quantile)
     fitted = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     body_parts = sorted({c.body_part for c in fit_cases if c.body_part}
                         | set(filter(None, map(normalise_body_part, extra_body_parts or []))))
     if not body_parts:
         log.warning("no fitted image names its Body Part Examined: the guard will not check it")
+    held_cases = sum(map(len, held_sets))
     card = DomainCard(roi_names=guard.roi_names, threshold=threshold, quantile=quantile, body_parts=body_parts,
-                      fitted_on={"manifest": Path(fit_manifest).name, "cases": len(fit_cases),
+                      fitted_on={"manifest": fitted_on, "cases": len(fit_cases),
                                  "candidates": len(features), "fitted": fitted},
-                      threshold_from={"manifest": Path(threshold_manifest).name, "cases": len(held_cases),
-                                      "candidates": len(held)})
+                      threshold_from={"manifest": held_on, "cases": held_cases, "candidates": len(held_names)})
     guard.save(model_dir)
     write_card(predictor.card.model_copy(update={"domain": card}), model_dir)
-    return _measured(guard, features, names, held_distances, threshold, len(set(held_ids)), body_parts)
+    return _measured(guard, features, names, held_distances, threshold, held_cases, body_parts)
 
 
-def _fit_picker_guard(model_dir: Path, fit_manifest: str | Path, threshold_manifest: str | Path, fit_rows: list,
-                      held_rows: list, cache_dir: Path | None, quantile: float) -> dict:
+def _fit_picker_guard(model_dir: Path, fit_cases: list[CachedCase], held_sets: list[list[CachedCase]],
+                      fitted_on: str, held_on: str, quantile: float) -> dict:
     """An edge picker's feature guard (its spread limits stay as trained), for a picker trained before
     ``contourqa picker`` fitted one; the card keeps the body parts its spread guard records."""
     from contourqa.qa_models.picker_predictor import PickerPredictor
-    from contourqa.training.edge_picker import feature_guard_card, pooled_rows
 
     predictor = PickerPredictor.from_model_folder(model_dir)
-    fit_cases, held_cases = load_cases(fit_rows, cache_dir), load_cases(held_rows, cache_dir)
     features, names = pooled_rows(predictor.network, fit_cases, "training contours")
     guard = DomainGuard.fit(features, names)
-    held, held_names = pooled_rows(predictor.network, held_cases, "held-out contours")
+    held = [pooled_rows(predictor.network, cases, "held-out contours") for cases in held_sets]
+    held_features, held_names = np.concatenate([f for f, _ in held]), [n for _, rois in held for n in rois]
+    sets = np.concatenate([np.full(len(rois), index) for index, (_, rois) in enumerate(held)])
     body_parts = predictor.card.domain.body_parts
-    card = feature_guard_card(guard, held, held_names, Path(fit_manifest).name, len(fit_cases),
-                              Path(threshold_manifest).name, len(held_cases), body_parts, quantile)
+    held_cases = sum(map(len, held_sets))
+    card = feature_guard_card(guard, held_features, held_names, fitted_on, len(fit_cases), held_on, held_cases,
+                              body_parts, quantile, held_sets=sets)
     guard.save(model_dir)
     write_card(predictor.card.model_copy(update={"feature_guard": card}), model_dir)
-    return _measured(guard, features, names, guard.distances(held, held_names), card.threshold, len(held_cases),
+    return _measured(guard, features, names, guard.distances(held_features, held_names), card.threshold, held_cases,
                      body_parts)
 
 

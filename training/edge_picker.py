@@ -34,6 +34,7 @@ from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
 
 from .cache import CachedCase, Candidate
+from .manifest import manifest_names
 from .progress import progress
 
 SPREAD_QUANTILE = 0.99  # the spread limit, as a network guard's threshold: a quantile of held-out studies
@@ -255,11 +256,6 @@ def train_picker_set(vertices: TrainingVertices, members: int, epochs: int, seed
     return PickersByRoi({PickersByRoi.DEFAULT: picker} | {roi: unscaled for roi in own})
 
 
-def _named(manifest: Path) -> str:
-    """A manifest as the card names it, with its folder: manifests are mostly all called manifest.csv."""
-    return f"{manifest.parent.name}/{manifest.name}" if manifest.parent.name else manifest.name
-
-
 Studies = list[tuple[Path, list[CachedCase]]]  # (manifest, its cases) per manifest
 
 
@@ -271,9 +267,9 @@ def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on:
     site's other terms for that anatomy), and the spread limit and interval set on the held-out studies,
     each held-out manifest a set of its own (``held_out_figures``)."""
     cases = [case for _, studies in trained_on for case in studies]
-    trained_on_names = ", ".join(_named(manifest) for manifest, _ in trained_on)
+    trained_on_names = manifest_names([manifest for manifest, _ in trained_on])
     held_figures = held_out_figures(picker, [held for _, held in held_out])
-    held_on = ", ".join(_named(held_manifest) for held_manifest, _ in held_out)
+    held_on = manifest_names([manifest for manifest, _ in held_out])
     held_cases = sum(len(held_set) for _, held_set in held_out)
     # the guard's rows are the pickers' hidden layers side by side: one length only where every picker
     # has as many members (as `contourqa picker` trains them)

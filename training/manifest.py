@@ -54,6 +54,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     return rows
 
 
+def manifest_names(manifests: list[Path]) -> str:
+    """Manifests as a model card names them, each with its folder: they are mostly all called manifest.csv."""
+    return ", ".join(f"{m.parent.name}/{m.name}" if m.parent.name else m.name for m in map(Path, manifests))
+
+
 def refuse_shared_series(trained: list[ManifestRow], held_out: list[ManifestRow], why: str) -> None:
     """Held-out studies must be studies the fit never saw: refuse manifests that share an image series,
     ``why`` saying what needs them apart."""
