@@ -45,6 +45,13 @@ def case_features(predictor: DicePredictor, cases: list[CachedCase]) -> tuple[np
     return np.concatenate(vectors), names
 
 
+def stacked(sets: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The rows and ROI names of several held-out sets one under another, with the set each row is of."""
+    names = [name for _, names_of_set in sets for name in names_of_set]
+    index = np.concatenate([np.full(len(names_of_set), i) for i, (_, names_of_set) in enumerate(sets)])
+    return np.concatenate([rows for rows, _ in sets]), names, index
+
+
 def fit_guard(model_dir: str | Path, fit_manifests: list[Path], threshold_manifests: list[Path],
               quantile: float = 0.99, cache_dir: Path | None = None, extra_body_parts: list[str] | None = None) -> dict:
     """Fit the guard, write ``domain.npz`` and the card, and return what was measured. The card records the
@@ -72,10 +79,8 @@ def fit_guard(model_dir: str | Path, fit_manifests: list[Path], threshold_manife
         log.warning("%d candidates for %d features: the guard's covariance rests mostly on its shrinkage; "
                     "fit it on more studies", len(features), features.shape[1])
     guard = DomainGuard.fit(features, names)
-    held = [case_features(predictor, cases) for cases in held_sets]
-    held_names = [name for _, names_of_set in held for name in names_of_set]
-    held_distances = guard.distances(np.concatenate([f for f, _ in held]), held_names)
-    sets = np.concatenate([np.full(len(n), index) for index, (_, n) in enumerate(held)])
+    held_features, held_names, sets = stacked([case_features(predictor, cases) for cases in held_sets])
+    held_distances = guard.distances(held_features, held_names)
     threshold = largest_quantile(held_distances, sets, quantile)
     fitted = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     body_parts = sorted({c.body_part for c in fit_cases if c.body_part}
@@ -101,9 +106,8 @@ def _fit_picker_guard(model_dir: Path, fit_cases: list[CachedCase], held_sets: l
     predictor = PickerPredictor.from_model_folder(model_dir)
     features, names = pooled_rows(predictor.network, fit_cases, "training contours")
     guard = DomainGuard.fit(features, names)
-    held = [pooled_rows(predictor.network, cases, "held-out contours") for cases in held_sets]
-    held_features, held_names = np.concatenate([f for f, _ in held]), [n for _, rois in held for n in rois]
-    sets = np.concatenate([np.full(len(rois), index) for index, (_, rois) in enumerate(held)])
+    held_features, held_names, sets = stacked([pooled_rows(predictor.network, cases, "held-out contours")
+                                               for cases in held_sets])
     body_parts = predictor.card.domain.body_parts
     held_cases = sum(map(len, held_sets))
     card = feature_guard_card(guard, held_features, held_names, fitted_on, len(fit_cases), held_on, held_cases,

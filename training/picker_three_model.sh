@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the edge picker trained on three phantom styles (qa_models/picker_three_model, `--model
-# edge-picker-three-styles`) and measures it, with the same recipe trained with fse left out.
+# edge-picker-three-styles`) and measures it, with the same recipe trained with each style left out in turn
+# and on fse alone (docs/model.md, "Version 4" and "Each style left out").
 # Usage: bash training/picker_three_model.sh [WORK_DIR]   (default /tmp/cqa_picker, shared with
 # training/picker_model.sh, whose studies it reuses)
 #
@@ -40,10 +41,24 @@ picker picker_three contourqa-pelvis-picker-three-styles \
 picker picker_no_fse contourqa-pelvis-picker-without-fse \
     --manifest synth_train/manifest.csv --manifest classic_train/manifest.csv \
     --held synth_held/manifest.csv --held classic_held/manifest.csv
+picker picker_no_classic contourqa-pelvis-picker-without-classic \
+    --manifest synth_train/manifest.csv --manifest fse_train/manifest.csv \
+    --held synth_held/manifest.csv --held fse_held/manifest.csv
+picker picker_no_synth contourqa-pelvis-picker-without-synth \
+    --manifest classic_train/manifest.csv --manifest fse_train/manifest.csv \
+    --held classic_held/manifest.csv --held fse_held/manifest.csv
+picker picker_fse_only contourqa-pelvis-picker-fse-only --manifest fse_train/manifest.csv --held fse_held/manifest.csv
 
 for set in synth_eval classic_903 fse_905; do
     contourqa evaluate --manifest $set/manifest.csv --model picker_three --cache cache --json > three-$set.json
 done
 contourqa evaluate --manifest mrsim_904/manifest.csv --model picker_three --cache cache --json --record > three-mrsim_904.json
-contourqa evaluate --manifest fse_905/manifest.csv --model picker_no_fse --cache cache --json > left-out-fse.json
+evaluate() {  # MODEL SET: MODEL-SET.json
+    contourqa evaluate --manifest "$2/manifest.csv" --model "$1" --cache cache --baseline-trials 1 --json > "$1-$2.json"
+}
+evaluate picker_no_fse fse_905
+evaluate picker_no_classic classic_903
+evaluate picker_no_synth synth_eval
+for model in picker_no_fse picker_no_classic picker_no_synth; do evaluate $model mrsim_904; done
+for set in synth_eval classic_903 mrsim_904 fse_905; do evaluate picker_fse_only $set; done
 echo "$WORK/picker_three: copy model.json, weights.pt and domain.npz to qa_models/picker_three_model to ship it"
