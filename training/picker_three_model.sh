@@ -7,7 +7,8 @@
 #
 # Measured on the 2-core CPU (2026-12-07): the 48 fse studies 29 min; the picker 46 min wall, 59 min of
 # CPU (2.0 million vertices, eight pickers of 10 epochs, the feature guard over 120 studies); each
-# evaluation 6-8 min. Studies and pickers are skipped where they exist, so the script resumes.
+# evaluation 6-8 min (2-3 min on an idle CPU with the studies cached); each two-style picker 29-37 min
+# wall, the fse-only one 17 min. Studies and pickers are skipped where they exist, so the script resumes.
 # The shipped folder was trained from one manifest holding the three manifests' rows in this order (case
 # IDs prefixed); three --manifest flags read the same rows in the same order.
 set -euo pipefail
