@@ -22,7 +22,7 @@ from contourqa.qa_models.rtstruct import RoiMask
 from contourqa.qa_models.series import load_series
 from contourqa.reporting.overlap import dice
 
-from .manifest import ManifestRow
+from .manifest import ManifestRow, read_manifest, refuse_shared_series
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -162,3 +162,16 @@ def load_cases(rows: list[ManifestRow], cache_dir: Path | None = None, workers: 
     for case_rows in progress(by_case.values(), "cases rasterised or read from the cache"):
         cases.append(load_case(case_rows, cache_dir))
     return cases
+
+
+Studies = list[tuple[Path, list[CachedCase]]]  # (manifest, its cases) per manifest
+
+
+def load_apart(trained: list[Path], held_out: list[Path], cache_dir: Path | None, why: str) -> tuple[Studies, Studies]:
+    """The cases of every manifest, each manifest loaded on its own (phantom manifests repeat case IDs:
+    case000 ...), once all were read and held-out manifests sharing an image series with a trained one
+    were refused (``why`` says what needs them apart)."""
+    trained_rows, held_rows = [read_manifest(m) for m in trained], [read_manifest(m) for m in held_out]
+    refuse_shared_series([r for rows in trained_rows for r in rows], [r for rows in held_rows for r in rows], why)
+    return ([(m, load_cases(rows, cache_dir)) for m, rows in zip(trained, trained_rows)],
+            [(m, load_cases(rows, cache_dir)) for m, rows in zip(held_out, held_rows)])

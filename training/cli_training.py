@@ -253,24 +253,18 @@ def _run_guard(args: argparse.Namespace) -> int:
 
 
 def _run_picker(args: argparse.Namespace) -> int:
-    from contourqa.training.cache import load_cases
+    from contourqa.training.cache import load_apart
     from contourqa.training.edge_picker import train_picker_set, training_vertices, write_picker_model
-    from contourqa.training.manifest import read_manifest, refuse_shared_series
 
     if min(args.epochs, args.vertices, args.members) < 1:
         raise InputError("--epochs, --vertices and --members must be at least 1")
     if args.unscaled and not args.proportional:
         raise InputError("--unscaled only applies with --proportional (pickers trained without the scaled references)")
-    # every manifest is read (and refused) before training; each is loaded on its own, as case IDs
-    # (case000 ...) repeat between manifests written by `contourqa phantom`
-    rows, held_rows = [read_manifest(m) for m in args.manifest], [read_manifest(m) for m in args.held]
-    refuse_shared_series([r for m in rows for r in m], [r for m in held_rows for r in m],
-                         "the held-out studies must not be trained on")
-    trained_on = [(manifest, load_cases(r, args.cache)) for manifest, r in zip(args.manifest, rows)]
+    # every manifest is read, refused and loaded before training
+    trained_on, held_out = load_apart(args.manifest, args.held, args.cache, "the held-out studies must not be trained on")
     vertices = training_vertices([case for _, cases in trained_on for case in cases], args.vertices, args.seed,
                                  args.proportional)
     picker = train_picker_set(vertices, args.members, args.epochs, args.seed, args.unscaled)
-    held_out = [(manifest, load_cases(r, args.cache)) for manifest, r in zip(args.held, held_rows)]
     card = write_picker_model(args.out, picker, trained_on, held_out, len(vertices.offsets), args.seed,
                               args.name, args.version, args.extra_body_parts)
     print(f"{args.out}: edge picker trained on {len(vertices.offsets)} vertices of "

@@ -20,9 +20,9 @@ from contourqa.qa_models.domain import DomainCard, DomainGuard, normalise_body_p
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, DicePredictor, read_card, write_card
 
-from .cache import CachedCase, load_cases
+from .cache import CachedCase, load_apart
 from .edge_picker import feature_guard_card, largest_quantile, pooled_rows
-from .manifest import manifest_names, read_manifest, refuse_shared_series
+from .manifest import manifest_names
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,12 @@ def fit_guard(model_dir: str | Path, fit_manifests: list[Path], threshold_manife
 
     Each threshold manifest is a set of its own (one per style or site): the threshold is the largest of
     the sets' own quantiles, so each set's studies stay inside about that often. Pooled, the set nearest
-    the training inputs would pull it down for the others. Every manifest is read before any is loaded,
-    each loaded on its own (phantom manifests repeat case IDs)."""
+    the training inputs would pull it down for the others."""
     model_dir = Path(model_dir)
-    fit_rows, held_rows = [read_manifest(m) for m in fit_manifests], [read_manifest(m) for m in threshold_manifests]
-    refuse_shared_series([r for rows in fit_rows for r in rows], [r for rows in held_rows for r in rows],
-                         "the threshold needs studies the guard was not fitted on")
-    fit_cases = [case for rows in fit_rows for case in load_cases(rows, cache_dir)]
-    held_sets = [load_cases(rows, cache_dir) for rows in held_rows]
+    fitted, held = load_apart(fit_manifests, threshold_manifests, cache_dir,
+                              "the threshold needs studies the guard was not fitted on")
+    fit_cases = [case for _, cases in fitted for case in cases]
+    held_sets = [cases for _, cases in held]
     fitted_on, held_on = manifest_names(fit_manifests), manifest_names(threshold_manifests)
     if read_card(model_dir).architecture == PICKER_ARCHITECTURE:
         return _fit_picker_guard(model_dir, fit_cases, held_sets, fitted_on, held_on, quantile)

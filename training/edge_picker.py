@@ -33,7 +33,7 @@ from contourqa.qa_models.edge_surface import PROFILE_MM, STEP_MM, ContourSurface
 from contourqa.qa_models.errors import InputError
 from contourqa.qa_models.predictor import PICKER_ARCHITECTURE, WEIGHTS_FILE, ModelCard, write_card
 
-from .cache import CachedCase, Candidate
+from .cache import CachedCase, Candidate, Studies
 from .manifest import manifest_names
 from .progress import progress
 
@@ -254,9 +254,6 @@ def train_picker_set(vertices: TrainingVertices, members: int, epochs: int, seed
     plain = ~vertices.scaled
     unscaled = train_pickers(vertices.features[plain], vertices.offsets[plain], members, epochs, seed)
     return PickersByRoi({PickersByRoi.DEFAULT: picker} | {roi: unscaled for roi in own})
-
-
-Studies = list[tuple[Path, list[CachedCase]]]  # (manifest, its cases) per manifest
 
 
 def write_picker_model(out_dir: Path, picker: Picker | PickersByRoi, trained_on: Studies, held_out: Studies,
