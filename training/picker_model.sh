@@ -17,19 +17,12 @@
 # model was shipped: mrsim (seed 904) and fse (seed 905, an anatomy of its own as well, 320x320).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/phantom_sets.sh"
-WORK=${1:-/tmp/cqa_picker}
-mkdir -p "$WORK"
-cd "$WORK"
+enter_work "${1:-}"
 
-studies synth_train synth 40 2000
-studies synth_held synth 8 2903
-studies synth_eval synth 8 2901
+shared_sets
 for seed in 2904 2905 2906; do studies synth_$seed synth 8 $seed; done
 studies classic_eval classic 12 901
 studies classic_fresh classic 12 902
-studies classic_903 classic 12 903
-studies mrsim_904 mrsim 12 904  # a third style: the classic anatomy through a simulated MR acquisition
-fse fse_905 12 905  # a fourth, unlike all three in anatomy too (about 4 min)
 
 # four pickers on every ROI (scaled references among their training contours) and four more for the
 # rectum (without them), and the feature guard (version 3.1: version 3's weights and limits, its feature

@@ -13,20 +13,13 @@
 # IDs prefixed); three --manifest flags read the same rows in the same order.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/phantom_sets.sh"
-WORK=${1:-/tmp/cqa_picker}
-mkdir -p "$WORK"
-cd "$WORK"
+enter_work "${1:-}"
 
-studies synth_train synth 40 2000
-studies synth_held synth 8 2903
-studies synth_eval synth 8 2901
+shared_sets
 studies classic_train classic 40 2100
 studies classic_held classic 8 2103
-studies classic_903 classic 12 903
-studies mrsim_904 mrsim 12 904
 fse fse_train 40 2200
 fse fse_held 8 2203
-fse fse_905 12 905
 
 picker() {  # OUT NAME, then --manifest/--held flags: the shipped picker's recipe flags
     local out=$1 name=$2
@@ -50,13 +43,14 @@ picker picker_no_synth contourqa-pelvis-picker-without-synth \
     --held classic_held/manifest.csv --held fse_held/manifest.csv
 picker picker_fse_only contourqa-pelvis-picker-fse-only --manifest fse_train/manifest.csv --held fse_held/manifest.csv
 
-for set in synth_eval classic_903 fse_905; do
-    contourqa evaluate --manifest $set/manifest.csv --model picker_three --cache cache --json > three-$set.json
-done
-contourqa evaluate --manifest mrsim_904/manifest.csv --model picker_three --cache cache --json --record > three-mrsim_904.json
-evaluate() {  # MODEL SET: MODEL-SET.json
-    contourqa evaluate --manifest "$2/manifest.csv" --model "$1" --cache cache --baseline-trials 1 --json > "$1-$2.json"
+evaluate() {  # MODEL SET [FLAG...]: MODEL-SET.json
+    local model=$1 set=$2
+    shift 2
+    contourqa evaluate --manifest "$set/manifest.csv" --model "$model" --cache cache --baseline-trials 1 --json "$@" \
+        > "$model-$set.json"
 }
+for set in synth_eval classic_903 fse_905; do evaluate picker_three $set; done
+evaluate picker_three mrsim_904 --record
 evaluate picker_no_fse fse_905
 evaluate picker_no_classic classic_903
 evaluate picker_no_synth synth_eval
